@@ -1,0 +1,108 @@
+"""Checkpoints without pickle: a directory holding `weights.pt` (a flat dict of tensors,
+loaded with `weights_only=True`), `model.json` (model + MAML config) and
+`feature_spec.json`. `model_version` is a content hash of all three.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+
+from meta_embed.config import MamlConfig, ModelConfig, from_dict, to_dict
+from meta_embed.features import FeatureSpec
+from meta_embed.model import TwoBlockModel
+
+FORMAT = 1
+
+
+class CheckpointError(ValueError):
+    """A checkpoint is missing, corrupt, or does not fit the data it is used with."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Checkpoint:
+    model: TwoBlockModel
+    spec: FeatureSpec
+    model_cfg: ModelConfig
+    maml_cfg: MamlConfig
+    model_version: str
+    path: Path | None = None
+
+
+def _version(weights: dict[str, torch.Tensor], model_json: str, spec_json: str) -> str:
+    h = hashlib.sha256()
+    for name in sorted(weights):
+        t = weights[name].detach().contiguous().cpu()
+        h.update(name.encode())
+        h.update(str(tuple(t.shape)).encode())
+        h.update(t.numpy().tobytes())
+    h.update(model_json.encode())
+    h.update(spec_json.encode())
+    return h.hexdigest()[:16]
+
+
+def _model_json(model_cfg: ModelConfig, maml_cfg: MamlConfig) -> str:
+    payload = {"format": FORMAT, "model": to_dict(model_cfg), "maml": to_dict(maml_cfg)}
+    return json.dumps(payload, sort_keys=True, indent=2)
+
+
+def build_model(spec: FeatureSpec, model_cfg: ModelConfig, maml_cfg: MamlConfig) -> TwoBlockModel:
+    return TwoBlockModel(spec, model_cfg, maml_cfg.inner_lr if maml_cfg.learn_inner_lr else None)
+
+
+def model_version(model: TwoBlockModel, maml_cfg: MamlConfig) -> str:
+    """The version a checkpoint of `model` would carry."""
+    return _version(model.state_dict(), _model_json(model.cfg, maml_cfg), model.spec.to_json())
+
+
+def save(model: TwoBlockModel, maml_cfg: MamlConfig, path: str | Path) -> str:
+    """Write the checkpoint directory atomically (temp dir, then rename); returns model_version."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    weights = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    model_json, spec_json = _model_json(model.cfg, maml_cfg), model.spec.to_json()
+    version = _version(weights, model_json, spec_json)
+    tmp = Path(tempfile.mkdtemp(prefix=".ckpt-", dir=path.parent))
+    torch.save(weights, tmp / "weights.pt")
+    (tmp / "model.json").write_text(model_json)
+    (tmp / "feature_spec.json").write_text(spec_json)
+    (tmp / "VERSION").write_text(version + "\n")
+    if path.exists():
+        shutil.rmtree(path)
+    os.replace(tmp, path)
+    return version
+
+
+def load(path: str | Path, expect_spec_hash: str | None = None) -> Checkpoint:
+    """Load a checkpoint; with `expect_spec_hash`, refuse one built for another feature spec."""
+    path = Path(path)
+    for name in ("weights.pt", "model.json", "feature_spec.json"):
+        if not (path / name).is_file():
+            raise CheckpointError(f"{path}: not a checkpoint (missing {name}); point to a directory written by `meta-embed train`")
+    raw = json.loads((path / "model.json").read_text())
+    if raw.get("format") != FORMAT:
+        raise CheckpointError(f"{path}/model.json: format {raw.get('format')} is not {FORMAT}; retrain or convert it")
+    spec_json = (path / "feature_spec.json").read_text()
+    spec = FeatureSpec.from_json(spec_json)
+    if expect_spec_hash is not None and spec.hash != expect_spec_hash:
+        raise CheckpointError(
+            f"{path}: checkpoint was trained with feature spec {spec.hash}, but the data uses {expect_spec_hash}; "
+            "use a checkpoint trained on this feature spec, or retrain"
+        )
+    model_cfg, maml_cfg = from_dict(ModelConfig, raw["model"]), from_dict(MamlConfig, raw["maml"])
+    model = build_model(spec, model_cfg, maml_cfg)
+    try:
+        weights = torch.load(path / "weights.pt", weights_only=True, map_location="cpu")
+        model.load_state_dict(weights)
+    except (RuntimeError, EOFError, OSError) as err:
+        raise CheckpointError(f"{path}/weights.pt: cannot be loaded into the configured model ({err})") from err
+    model.eval()
+    version = _version(weights, _model_json(model_cfg, maml_cfg), spec_json)
+    return Checkpoint(model, spec, model_cfg, maml_cfg, version, path)

@@ -1,0 +1,191 @@
+"""The two-block model: `MetaBlock` (adapted per user), `ItemTower`, `GlobalBlock`,
+`RetrievalHead`, and `TwoBlockModel` that composes them. Modules return logits (or the
+predicted rating in regression mode); losses live with the training task.
+
+The meta block's parameters may carry a leading user axis: `MetaBlock.embed(params, x)`
+takes a dict of tensors shaped (users, *param_shape) so that many users, each with
+their own adapted weights, are embedded in one batched call. The stored meta embedding
+is whatever `embed` returns, and `GlobalBlock` consumes exactly that vector, which is
+what makes the offline/online exactness contract hold by construction:
+
+    logits(user u, item i) = GlobalBlock(MetaBlock.embed(theta_u, x_u), ItemTower(i), ctx)
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from meta_embed.config import ModelConfig
+from meta_embed.features import Column, Encoded, FeatureSpec
+
+Params = dict[str, torch.Tensor]
+
+
+class FeatureEmbedder(nn.Module):
+    """Embeds encoded columns and concatenates them; bags are mean-pooled over non-zero indices."""
+
+    def __init__(self, columns: tuple[Column, ...]):
+        super().__init__()
+        self.columns = columns
+        self.tables = nn.ModuleDict({c.name: nn.Embedding(c.cardinality, c.dim) for c in columns})
+        for table in self.tables.values():
+            nn.init.normal_(table.weight, std=0.05)
+        self.out_dim = sum(c.dim for c in columns)
+
+    def forward(self, enc: Encoded) -> torch.Tensor:
+        parts = []
+        for col in self.columns:
+            idx = enc[col.name]
+            vec = self.tables[col.name](idx)
+            if col.kind == "bag":  # idx (*, L) -> mean over present values
+                mask = (idx > 0).unsqueeze(-1).to(vec.dtype)
+                vec = (vec * mask).sum(-2) / mask.sum(-2).clamp(min=1.0)
+            parts.append(vec)
+        return torch.cat(parts, dim=-1)  # (*, out_dim)
+
+
+def _mlp(sizes: list[int]) -> nn.Sequential:
+    layers: list[nn.Module] = []
+    for i in range(len(sizes) - 1):
+        layers.append(nn.Linear(sizes[i], sizes[i + 1]))
+        if i < len(sizes) - 2:
+            layers.append(nn.ReLU())
+    return nn.Sequential(*layers)
+
+
+class MetaBlock(nn.Module):
+    """The per-user sub-network. Only its parameters are adapted in the inner loop.
+
+    activation mode: e = W2 relu(W1 x + b1) + b2                      (meta_dim)
+    weights mode:    e = [flatten(Wv), Wx x + b]   for the personal layer relu(Wv v + c)
+                     with c = Wx x + b folded in, so the vector alone defines the layer.
+    """
+
+    def __init__(self, in_dim: int, cfg: ModelConfig):
+        super().__init__()
+        self.mode = cfg.embedding_mode
+        self.rank, self.item_dim = cfg.personal_rank, cfg.item_dim
+        if self.mode == "activation":
+            shapes = {"w1": (cfg.meta_hidden, in_dim), "b1": (cfg.meta_hidden,),
+                      "w2": (cfg.meta_dim, cfg.meta_hidden), "b2": (cfg.meta_dim,)}
+        else:
+            shapes = {"wx": (cfg.personal_rank, in_dim), "wv": (cfg.personal_rank, cfg.item_dim),
+                      "b": (cfg.personal_rank,)}
+        self.weights = nn.ParameterDict()
+        for name, shape in shapes.items():
+            fan_in = shape[1] if len(shape) == 2 else 1
+            std = (1.0 / fan_in) ** 0.5 if len(shape) == 2 else 0.0
+            self.weights[name] = nn.Parameter(torch.randn(shape) * std)
+
+    def init_params(self) -> Params:
+        """The meta-learned initialization theta as a plain dict (no user axis)."""
+        return dict(self.weights.items())
+
+    def embed(self, params: Params, x: torch.Tensor) -> torch.Tensor:
+        """Meta embeddings of users x (users, in_dim) under per-user params (users, *shape)."""
+        if self.mode == "activation":
+            h = torch.relu(torch.einsum("bhf,bf->bh", params["w1"], x) + params["b1"])  # (users, hidden)
+            return torch.einsum("bdh,bh->bd", params["w2"], h) + params["b2"]  # (users, meta_dim)
+        bias = torch.einsum("brf,bf->br", params["wx"], x) + params["b"]  # (users, rank)
+        return torch.cat([params["wv"].flatten(1), bias], dim=1)  # (users, rank*item_dim + rank)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Zero-step embeddings: the initialization applied to x (users, in_dim)."""
+        return self.embed(batched(self.init_params(), x.shape[0]), x)
+
+
+def batched(params: Params, users: int) -> Params:
+    """Give every parameter a leading user axis (a view; gradients flow back to the source)."""
+    return {k: p.unsqueeze(0).expand(users, *p.shape) for k, p in params.items()}
+
+
+class ItemTower(nn.Module):
+    """Item features -> item vector (item_dim)."""
+
+    def __init__(self, columns: tuple[Column, ...], item_dim: int):
+        super().__init__()
+        self.features = FeatureEmbedder(columns)
+        self.mlp = _mlp([self.features.out_dim, 2 * item_dim, item_dim])
+
+    def forward(self, enc: Encoded) -> torch.Tensor:
+        return self.mlp(self.features(enc))  # (*, item_dim)
+
+
+class GlobalBlock(nn.Module):
+    """[meta embedding, item vector, context] -> logit; shared by all users."""
+
+    def __init__(self, cfg: ModelConfig, context_dim: int):
+        super().__init__()
+        self.mode, self.rank, self.item_dim = cfg.embedding_mode, cfg.personal_rank, cfg.item_dim
+        if self.mode == "activation":
+            self.project = nn.Linear(cfg.meta_dim, cfg.item_dim, bias=False)
+            in_dim = cfg.meta_dim + 2 * cfg.item_dim + context_dim
+        else:
+            in_dim = cfg.personal_rank + cfg.item_dim + context_dim
+        self.mlp = _mlp([in_dim, *cfg.global_hidden, 1])
+
+    def forward(self, e: torch.Tensor, v: torch.Tensor, ctx: torch.Tensor | None = None) -> torch.Tensor:
+        """e (*, D) broadcast against v (*, item_dim) and ctx (*, C) -> logits (*)."""
+        e = e.expand(*v.shape[:-1], e.shape[-1])
+        if self.mode == "activation":
+            parts = [e, v, self.project(e) * v]
+        else:
+            wv = e[..., : self.rank * self.item_dim].unflatten(-1, (self.rank, self.item_dim))
+            personal = torch.relu(torch.einsum("...rh,...h->...r", wv, v) + e[..., self.rank * self.item_dim:])
+            parts = [personal, v]
+        if ctx is not None and ctx.shape[-1] > 0:
+            parts.append(ctx)
+        return self.mlp(torch.cat(parts, dim=-1)).squeeze(-1)
+
+
+class RetrievalHead(nn.Module):
+    """Two projections whose inner product ranks items for a user (used by the FAISS index)."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.query = nn.Linear(cfg.embedding_dim, cfg.retrieval_dim)
+        self.item = nn.Linear(cfg.item_dim, cfg.retrieval_dim, bias=False)
+
+    def forward(self, e: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        return (self.query(e) * self.item(v)).sum(-1)
+
+
+class TwoBlockModel(nn.Module):
+    """User features -> MetaBlock -> meta embedding; with ItemTower and context -> GlobalBlock -> logit."""
+
+    def __init__(self, spec: FeatureSpec, cfg: ModelConfig, learned_inner_lr: float | None = None):
+        super().__init__()
+        self.spec, self.cfg = spec, cfg
+        self.user_features = FeatureEmbedder(spec.user)
+        self.meta = MetaBlock(self.user_features.out_dim, cfg)
+        # Meta-SGD: one learned step size per meta-block weight, starting at `learned_inner_lr`.
+        self.inner_lr = nn.ParameterDict(
+            {} if learned_inner_lr is None
+            else {k: nn.Parameter(torch.full_like(p, learned_inner_lr)) for k, p in self.meta.weights.items()}
+        )
+        self.item_tower = ItemTower(spec.item, cfg.item_dim)
+        self.context = FeatureEmbedder(spec.context)
+        self.global_block = GlobalBlock(cfg, self.context.out_dim)
+        self.retrieval = RetrievalHead(cfg)
+
+    def user_inputs(self, user_enc: Encoded) -> torch.Tensor:
+        return self.user_features(user_enc)  # (users, in_dim)
+
+    def context_vectors(self, ctx_enc: Encoded | None) -> torch.Tensor | None:
+        if ctx_enc is None or not self.spec.context:
+            return None
+        return self.context(ctx_enc)
+
+    def forward(self, user_enc: Encoded, item_enc: Encoded, ctx_enc: Encoded | None = None,
+                meta_params: Params | None = None) -> torch.Tensor:
+        """Logits of every user (users,) against their items (users, items) -> (users, items).
+
+        `meta_params` are per-user adapted weights (users, *shape); None means the
+        initialization (zero-step, cold users).
+        """
+        x = self.user_inputs(user_enc)
+        params = meta_params if meta_params is not None else batched(self.meta.init_params(), x.shape[0])
+        e = self.meta.embed(params, x)  # (users, D)
+        v = self.item_tower(item_enc)  # (users, items, item_dim)
+        return self.global_block(e.unsqueeze(1), v, self.context_vectors(ctx_enc))
