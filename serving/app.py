@@ -1,0 +1,219 @@
+"""The HTTP API (FastAPI), built by `create_app` so tests run it in-process and uvicorn
+runs it for real.
+
+Every handler reads `holder.state` once and answers from that immutable object, so a
+hot reload (a background `Watcher`) never mixes snapshots or models inside one answer.
+Handlers are `async` and compute inline: each is a few hundred microseconds of
+NumPy/PyTorch/FAISS work, cheaper than a hop to a worker thread.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import datetime as dt
+import json
+from pathlib import Path
+from typing import Annotated, Any
+
+import faiss
+import torch
+from fastapi import FastAPI, Query, Request
+from fastapi import Path as PathParam
+from fastapi.exception_handlers import http_exception_handler
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from serving import schemas, service
+from serving.config import MAX_ID_LENGTH, MAX_K, ServingConfig
+from serving.reload import StateHolder, Watcher
+from serving.scorer import ContextError
+from serving.state import ServingState
+from serving.store import Status
+
+UserId = Annotated[str, PathParam(min_length=1, max_length=MAX_ID_LENGTH)]
+ERRORS = {413: {"model": schemas.ErrorResponse, "description": "request body over the size limit"}}
+
+
+def apply_threads(threads: int) -> None:
+    """Threads PyTorch and FAISS may use for one request's work."""
+    torch.set_num_threads(threads)
+    faiss.omp_set_num_threads(threads)
+
+
+def _json(payload: dict[str, Any], status_code: int = 200) -> Response:
+    return Response(json.dumps(payload, allow_nan=False, separators=(",", ":")).encode(), status_code,
+                    media_type="application/json")
+
+
+def _served(state: ServingState, user: service.UserEmbedding) -> dict[str, Any]:
+    return {"user_id": user.user_id, "status": user.status.value, "model_version": state.model_version,
+            "snapshot": state.snapshot, "as_of": state.store.meta.as_of.isoformat()}
+
+
+class BodyLimit:
+    """ASGI middleware: refuse request bodies over `max_bytes` with 413 before the app parses them."""
+
+    def __init__(self, app: Any, max_bytes: int):
+        self.app, self.max_bytes = app, max_bytes
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        length = dict(scope.get("headers") or []).get(b"content-length")
+        if length is not None and (not length.isdigit() or int(length) > self.max_bytes):
+            return await self._too_large(scope, send, length.decode("latin-1"))
+        chunks, total = [], 0
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":
+                break
+            chunks.append(message.get("body", b""))
+            total += len(chunks[-1])
+            if total > self.max_bytes:
+                return await self._too_large(scope, send, f"more than {self.max_bytes}")
+            if not message.get("more_body"):
+                break
+        body, replayed = b"".join(chunks), False
+
+        async def replay() -> dict:
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()
+
+        await self.app(scope, replay, send)
+
+    async def _too_large(self, scope: dict, send: Any, size: str) -> None:
+        detail = f"request body is {size} bytes; the limit is {self.max_bytes} bytes"
+        await JSONResponse({"detail": detail}, 413)(scope, None, send)
+
+
+def _validation_body(errors: list[dict[str, Any]]) -> dict[str, Any]:
+    detail = [{k: v for k, v in e.items() if k in ("loc", "msg", "type")} for e in errors]
+    parts = [f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in detail[:10]]
+    return {"detail": detail, "message": "invalid request: " + "; ".join(parts)}
+
+
+def _install_errors(app: FastAPI) -> None:
+    @app.exception_handler(RequestValidationError)
+    async def invalid(_: Request, err: RequestValidationError) -> JSONResponse:
+        return JSONResponse(_validation_body(list(err.errors())), 422)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, err: StarletteHTTPException) -> Response:
+        if err.status_code == 400:  # FastAPI's "error parsing the body" (e.g. not UTF-8): a bad body, so 422
+            msg = f"body cannot be decoded as JSON text ({err.detail})"
+            return JSONResponse(_validation_body([{"loc": ["body"], "msg": msg, "type": "json_invalid"}]), 422)
+        return await http_exception_handler(request, err)
+
+    @app.exception_handler(ContextError)
+    async def bad_context(_: Request, err: ContextError) -> JSONResponse:
+        return JSONResponse(_validation_body([{"loc": ["body", "context"], "msg": str(err), "type": "context"}]), 422)
+
+    @app.exception_handler(service.UnknownItems)
+    async def unknown_items(_: Request, err: service.UnknownItems) -> JSONResponse:
+        return JSONResponse({"detail": str(err), "unknown_item_ids": err.item_ids[:1000]}, 404)
+
+
+def _holder(source: ServingState | StateHolder | str | Path, config: ServingConfig | None) -> StateHolder:
+    if isinstance(source, StateHolder):
+        return source
+    if isinstance(source, ServingState):
+        return StateHolder(source, config)
+    if config is None:
+        raise ValueError("create_app(root) needs a ServingConfig (items table, checkpoint, ...)")
+    return StateHolder.open(dataclasses.replace(config, root=Path(source)))
+
+
+def create_app(state_or_root: ServingState | StateHolder | str | Path, config: ServingConfig | None = None,
+               *, watch: bool | None = None) -> FastAPI:
+    """The API over a loaded state, a holder, or a snapshot root (then `config` says the rest).
+
+    With a root (or a holder opened from one) and `config.reload_interval_s` > 0, a
+    background thread polls ROOT/CURRENT while the app runs (`watch=False` turns it off).
+    """
+    holder = _holder(state_or_root, config)
+    config = holder.config or config
+    if config is not None:
+        apply_threads(config.threads)
+    interval = config.reload_interval_s if config is not None and holder.sources is not None else 0.0
+    watching = bool(interval > 0 and (watch is None or watch))
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_: FastAPI):
+        watcher = Watcher(holder, interval).start() if watching else None
+        try:
+            yield
+        finally:
+            if watcher is not None:
+                watcher.stop()
+
+    app = FastAPI(title="meta-embed serving", version="1", lifespan=lifespan,
+                  description="Meta embeddings, scoring, retrieval and lookalikes (see docs/api.md).")
+    app.state.holder = holder
+    _install_errors(app)
+    _routes(app, holder, watching, interval)
+    max_bytes = config.max_body_bytes if config is not None else ServingConfig.max_body_bytes
+    app.add_middleware(BodyLimit, max_bytes=max_bytes)
+    return app
+
+
+def _routes(app: FastAPI, holder: StateHolder, watching: bool, interval: float) -> None:
+    @app.get("/healthz", response_model=schemas.Health)
+    async def healthz() -> Response:
+        return _json({"status": "ok", "snapshot": holder.state.snapshot})
+
+    @app.get("/v1/info", response_model=schemas.InfoResponse)
+    async def info() -> Response:
+        return _json(_info(holder, watching, interval))
+
+    @app.get("/v1/users/{user_id}/embedding", response_model=schemas.EmbeddingResponse, responses=ERRORS)
+    async def embedding(user_id: UserId) -> Response:
+        state = holder.state
+        user = service.user_embedding(state, user_id)
+        last = user.last_event_ts.isoformat() if user.last_event_ts else None
+        return _json(_served(state, user) | {"dim": len(user.embedding), "embedding": user.embedding.tolist(),
+                                             "n_support": user.n_support, "last_event_ts": last})
+
+    @app.post("/v1/score", response_model=schemas.ScoreResponse,
+              responses={404: {"model": schemas.UnknownItemsResponse, "description": "unknown item ids"}, **ERRORS})
+    async def score(body: schemas.ScoreRequest) -> Response:
+        state = holder.state
+        user, logits = service.score(state, body.user_id, body.item_ids, body.context)
+        return _json(_served(state, user) | {"item_ids": body.item_ids, "scores": logits.tolist()})
+
+    @app.post("/v1/recommend", response_model=schemas.RecommendResponse, responses=ERRORS)
+    async def recommend(body: schemas.RecommendRequest) -> Response:
+        state = holder.state
+        user, rec = service.recommend(state, body.user_id, body.k, body.exclude_item_ids, body.context)
+        items = [{"item_id": i, "score": s, "retrieval_score": r}
+                 for i, s, r in zip(rec.item_ids, rec.scores.tolist(), rec.retrieval_scores.tolist())]
+        return _json(_served(state, user) | {"items": items})
+
+    @app.get("/v1/users/{user_id}/similar", response_model=schemas.SimilarResponse, responses=ERRORS)
+    async def similar(user_id: UserId, k: Annotated[int, Query(ge=1, le=MAX_K)] = 10) -> Response:
+        state = holder.state
+        user, ids, sims = service.similar(state, user_id, k)
+        users = [{"user_id": u, "similarity": s} for u, s in zip(ids, sims.tolist())]
+        return _json(_served(state, user) | {"users": users})
+
+
+def _info(holder: StateHolder, watching: bool, interval: float) -> dict[str, Any]:
+    state, stats = holder.state, holder.stats
+    store, scorer = state.store, state.scorer
+    age = store.age_s(dt.datetime.now(dt.timezone.utc))
+    return {
+        "model_version": state.model_version, "snapshot": state.snapshot, "as_of": store.meta.as_of.isoformat(),
+        "age_s": age, "stale": store.known_status(dt.datetime.now(dt.timezone.utc), state.max_age_s) == Status.STALE,
+        "max_age_s": state.max_age_s, "embedding_mode": store.meta.embedding_mode, "embedding_dim": store.meta.dim,
+        "embedding_dtype": str(store.embeddings.dtype),
+        "counts": {"users_in_snapshot": len(store), "items": scorer.item_count,
+                   "users_with_features": scorer.user_count},
+        "indexes": {"items": state.items_index.factory, "users": state.users_index.factory},
+        "loaded_at": state.loaded_at.isoformat(),
+        "reload": {"checks": stats.checks, "swaps": stats.swaps, "failures": stats.failures,
+                   "last_error": stats.last_error, "watching": watching, "interval_s": interval if watching else None},
+    }

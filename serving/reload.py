@@ -1,0 +1,112 @@
+"""Hot reload: notice a new ROOT/CURRENT, load it in the background, swap atomically.
+
+`StateHolder.state` is the one reference requests read (once, at their start). A
+reload builds a complete new `ServingState` off to the side (checkpoint, catalog,
+store, indexes) and replaces the reference in one assignment; requests already in
+flight keep the old object until they finish. When the new snapshot was written by
+another model_version, `load_state` loads that model's checkpoint first, so scorer and
+embeddings always switch together. A failed load leaves the old state serving and is
+retried with backoff; its error is reported by `/v1/info`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import threading
+import time
+
+from meta_embed.snapshot import current_name
+from serving.config import ServingConfig
+from serving.state import ServingState, Sources, load_state
+
+log = logging.getLogger("serving.reload")
+
+
+@dataclasses.dataclass
+class ReloadStats:
+    checks: int = 0
+    swaps: int = 0
+    failures: int = 0
+    last_error: str | None = None
+    last_swap_at: float | None = None
+
+
+class StateHolder:
+    """Holds the live `ServingState`; `refresh()` swaps in the snapshot CURRENT names."""
+
+    def __init__(self, state: ServingState, config: ServingConfig | None = None, sources: Sources | None = None):
+        self._state = state
+        self.config, self.sources = config, sources
+        self.stats = ReloadStats()
+        self._lock = threading.Lock()  # one reload at a time; readers never take it
+        self._retry_at: dict[str, float] = {}
+
+    @classmethod
+    def open(cls, config: ServingConfig) -> "StateHolder":
+        sources = Sources.read(config)
+        return cls(load_state(config, sources), config, sources)
+
+    @property
+    def state(self) -> ServingState:
+        return self._state
+
+    def swap(self, new: ServingState) -> ServingState:
+        """Replace the live state (one reference assignment); returns the old one."""
+        old, self._state = self._state, new
+        self.stats.swaps += 1
+        self.stats.last_swap_at = time.time()
+        return old
+
+    def refresh(self, force: bool = False) -> bool:
+        """Load and swap in CURRENT if it names another snapshot; True if swapped."""
+        if self.config is None or self.sources is None:
+            raise ValueError("StateHolder.refresh needs the ServingConfig and Sources it was opened with")
+        with self._lock:
+            self.stats.checks += 1
+            name = current_name(self.config.root)
+            if name is None or name == self._state.snapshot:
+                return False
+            if not force and time.monotonic() < self._retry_at.get(name, 0.0):
+                return False
+            try:
+                new = load_state(self.config, self.sources, previous=self._state)
+            except Exception as err:  # any failure keeps the old state serving; surfaced in /v1/info
+                self._record_failure(name, err)
+                return False
+            self._retry_at.pop(name, None)
+            self.swap(new)
+            log.info("serving snapshot %s (model_version %s)", new.snapshot, new.model_version)
+            return True
+
+    def _record_failure(self, name: str, err: Exception) -> None:
+        self.stats.failures += 1
+        self.stats.last_error = f"{name}: {type(err).__name__}: {err}"
+        interval = self.config.reload_interval_s if self.config else 10.0
+        backoff = min(300.0, max(interval, 1.0) * 2 ** min(self.stats.failures, 8))
+        self._retry_at[name] = time.monotonic() + backoff
+        log.error("cannot load snapshot %s; still serving %s; retry in %.0fs: %s",
+                  name, self._state.snapshot, backoff, err)
+
+
+class Watcher:
+    """A daemon thread that calls `holder.refresh()` every `interval_s` seconds until stopped."""
+
+    def __init__(self, holder: StateHolder, interval_s: float):
+        if interval_s <= 0:
+            raise ValueError(f"Watcher interval must be > 0 seconds, got {interval_s}")
+        self.holder, self.interval_s = holder, interval_s
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="snapshot-watcher", daemon=True)
+
+    def start(self) -> "Watcher":
+        self._thread.start()
+        return self
+
+    def stop(self, timeout_s: float = 30.0) -> None:
+        self._stop.set()
+        self._thread.join(timeout_s)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            self.holder.refresh()

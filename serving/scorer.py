@@ -1,0 +1,161 @@
+"""The online scorer: the global block only, against item-tower outputs precomputed once
+for the whole catalog.
+
+    score(u, i, ctx) = model.global_block(e_u, item_tower(i), ctx)
+
+with e_u the stored meta embedding: the exactness contract of the core model, so the
+served score equals the full model's logit with u's adapted meta block. The scorer also
+owns the zero-step embeddings (cold users with a features row, and the all-missing
+default) and the retrieval head's item vectors for FAISS. Nothing here runs MAML.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+
+from meta_embed.checkpoint import Checkpoint
+from meta_embed.features import Column, default_row, encode, take
+from meta_embed.schemas import ITEMS, USERS, check_schema
+from serving.ids import IdIndex
+
+ContextValue = str | int | float | list[str] | None
+
+
+class ContextError(ValueError):
+    """A request's context does not fit the model's context columns."""
+
+
+def read_features(path: Path, kind: str) -> pa.Table:
+    """Read the items or users table (a Parquet file or directory) and check its schema."""
+    table = pq.read_table(path)
+    check_schema(table.schema, ITEMS if kind == "items" else USERS, str(path))
+    return table
+
+
+@dataclasses.dataclass(frozen=True)
+class Catalog:
+    """Every item's tower output and retrieval vector, computed once per model version."""
+
+    ids: IdIndex
+    vectors: torch.Tensor  # (items, item_dim) item-tower outputs
+    retrieval: np.ndarray  # (items, R) float32: model.retrieval.item(vectors)
+    fingerprint: str  # hash of ids and vectors: keys the FAISS item index
+
+
+def build_catalog(ckpt: Checkpoint, items: pa.Table, batch: int = 65536) -> Catalog:
+    model, spec = ckpt.model, ckpt.spec
+    ids = IdIndex.build(items.column(spec.item_key), what="items table item_id")
+    enc = encode(items, spec.item, "items table")
+    parts, heads = [], []
+    with torch.inference_mode():
+        for start in range(0, items.num_rows, batch):
+            rows = torch.arange(start, min(start + batch, items.num_rows))
+            v = model.item_tower(take(enc, rows))  # (batch, item_dim)
+            parts.append(v)
+            heads.append(model.retrieval.item(v))  # (batch, R)
+        vectors = torch.cat(parts) if parts else torch.zeros(0, model.cfg.item_dim)
+        retrieval = torch.cat(heads) if heads else torch.zeros(0, model.cfg.retrieval_dim)
+    h = hashlib.sha256(ckpt.model_version.encode())
+    h.update(np.ascontiguousarray(ids.hashes).tobytes())
+    h.update(np.ascontiguousarray(ids.order).tobytes())
+    h.update(vectors.numpy().tobytes())
+    return Catalog(ids, vectors, np.ascontiguousarray(retrieval.numpy(), dtype=np.float32), h.hexdigest()[:16])
+
+
+class Scorer:
+    """Global-block scoring, retrieval queries and zero-step embeddings for one checkpoint."""
+
+    def __init__(self, ckpt: Checkpoint, items: pa.Table, users: pa.Table | None = None):
+        self.checkpoint = ckpt
+        self.model = ckpt.model.eval()
+        self.spec = ckpt.spec
+        self.model_version = ckpt.model_version
+        self.dim = ckpt.model_cfg.embedding_dim
+        self.catalog = build_catalog(ckpt, items)
+        self.item_count = items.num_rows
+        self.users, self.user_features = None, None
+        if users is not None:
+            self.users = IdIndex.build(users.column(self.spec.user_key), "users table user_id")
+            self.user_features = encode(users, self.spec.user, "users table")
+        with torch.inference_mode():
+            x = self.model.user_inputs(default_row(self.spec.user))
+            self.default_embedding = self.model.meta(x)[0].numpy().astype(np.float32)  # (D,)
+
+    @property
+    def user_count(self) -> int:
+        return 0 if self.users is None else len(self.users)
+
+    def item_rows(self, item_ids: list[str]) -> np.ndarray:
+        """Catalog row of each id (int64), -1 where the item is unknown."""
+        return self.catalog.ids.find_many(item_ids)
+
+    def item_ids(self, rows: np.ndarray) -> list[str]:
+        return self.catalog.ids.ids.take(pa.array(np.asarray(rows, dtype=np.int64))).to_pylist()
+
+    def cold_embedding(self, user_id: str) -> np.ndarray | None:
+        """Zero-step embedding from the users table (the meta block's initialization), or None."""
+        if self.users is None:
+            return None
+        row = self.users.find(user_id)
+        if row < 0:
+            return None
+        with torch.inference_mode():
+            x = self.model.user_inputs(take(self.user_features, torch.tensor([row])))  # (1, in_dim)
+            return self.model.meta(x)[0].numpy().astype(np.float32)
+
+    def scores(self, e: np.ndarray, rows: np.ndarray, context: Mapping[str, ContextValue] | None = None) -> np.ndarray:
+        """Logits (n,) of embedding e (D,) against catalog rows (n,)."""
+        with torch.inference_mode():
+            v = self.catalog.vectors[torch.from_numpy(np.asarray(rows, dtype=np.int64))]  # (n, item_dim)
+            ctx = self.context_vector(context)
+            if ctx is not None:
+                ctx = ctx.expand(v.shape[0], ctx.shape[-1])  # (n, C)
+            e_t = torch.tensor(e, dtype=torch.float32)  # (D,), a copy
+            return self.model.global_block(e_t, v, ctx).numpy()
+
+    def query(self, e: np.ndarray) -> np.ndarray:
+        """The retrieval head's query vector (R,) for embedding e (D,)."""
+        with torch.inference_mode():
+            return self.model.retrieval.query(torch.tensor(e, dtype=torch.float32)).numpy()
+
+    def context_vector(self, context: Mapping[str, ContextValue] | None) -> torch.Tensor | None:
+        """Encode one request's context (column -> value) into (1, C); missing columns are missing values."""
+        columns = self.spec.context
+        context = context or {}
+        unknown = sorted(set(context) - {c.name for c in columns})
+        if unknown:
+            known = [c.name for c in columns]
+            raise ContextError(f"context has unknown keys {unknown}; this model's context columns are {known}")
+        if not columns:
+            return None
+        table = pa.table({c.name: _context_array(c, context.get(c.name)) for c in columns})
+        return self.model.context_vectors(encode(table, columns, "request context"))
+
+
+def _context_array(col: Column, value: Any) -> pa.Array:
+    try:
+        if col.kind == "bag":
+            if value is not None and not isinstance(value, list):
+                raise TypeError("expected a list of strings")
+            return pa.array([None if value is None else [str(v) for v in value]], pa.list_(pa.string()))
+        if col.kind == "bucket":
+            if isinstance(value, (list, bool)) or (isinstance(value, str) and not value.strip()):
+                raise TypeError("expected a number")
+            number = None if value is None else float(value)
+            if number is not None and not np.isfinite(number):
+                raise TypeError("expected a finite number")
+            return pa.array([number], pa.float64())
+        if isinstance(value, list):
+            raise TypeError("expected a single value")
+        return pa.array([None if value is None else str(value)], pa.string())
+    except (TypeError, ValueError) as err:
+        raise ContextError(f"context['{col.name}'] ({col.kind}): {err}; got {value!r}") from err

@@ -1,0 +1,131 @@
+"""A real uvicorn server on loopback under a bounded request loop while a new snapshot
+(from a new model release) is published: no request fails, answers switch to the new
+as_of, and every answer is consistent (scores, embeddings and model_version of one state)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+import torch
+
+from meta_embed import checkpoint
+from meta_embed.features import encode, take
+from tests.serving.world import MAML_CFG, SPEC, build_world, make_model, publish
+
+pytestmark = pytest.mark.slow
+REPO = Path(__file__).resolve().parents[2]
+ITEMS = [f"i{r}" for r in range(0, 300, 15)]
+AS_OF = dt.datetime(2030, 1, 1, tzinfo=dt.timezone.utc)
+MAX_REQUESTS, MAX_SECONDS = 4000, 90.0
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture()
+def server(tmp_path):
+    w = build_world(tmp_path / "w", as_of=AS_OF)
+    port = free_port()
+    cmd = [sys.executable, "-m", "serving.cli", "serve", "--root", str(w.root),
+           "--items", str(w.base / "items.parquet"), "--users", str(w.base / "users.parquet"),
+           "--checkpoint", str(w.ckpt_path), "--host", "127.0.0.1", "--port", str(port),
+           "--reload-interval", "0.2", "--log-level", "warning"]
+    log = open(tmp_path / "server.log", "w")
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT,
+                            env=os.environ | {"PYTHONPATH": str(REPO)})
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline:
+            assert proc.poll() is None, (tmp_path / "server.log").read_text()
+            try:
+                if httpx.get(base + "/healthz", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.2)
+        else:
+            pytest.fail("server did not come up: " + (tmp_path / "server.log").read_text())
+        yield w, base
+    finally:
+        proc.terminate()  # this process only, by its pid
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        log.close()
+
+
+def expected_scores(model, items, e: np.ndarray) -> np.ndarray:
+    rows = torch.tensor([int(i[1:]) for i in ITEMS])
+    with torch.no_grad():
+        ctx = model.context_vectors({c.name: torch.zeros(len(ITEMS), dtype=torch.long) for c in SPEC.context})
+        return model.global_block(torch.tensor(e), model.item_tower(take(encode(items, SPEC.item), rows)), ctx).numpy()
+
+
+def load_loop(base: str, results: list, stop: threading.Event, worker: int) -> None:
+    started = time.monotonic()
+    with httpx.Client(base_url=base, timeout=10) as client:
+        while not stop.is_set() and len(results) < MAX_REQUESTS and time.monotonic() - started < MAX_SECONDS:
+            try:
+                r = client.post("/v1/score", json={"user_id": "u1", "item_ids": ITEMS})
+                results.append((worker, r.status_code, r.json() if r.status_code == 200 else r.text))
+            except httpx.HTTPError as err:
+                results.append((worker, None, repr(err)))
+
+
+def test_publishing_under_load_swaps_without_a_failed_request(server, tmp_path) -> None:
+    w, base = server
+    new_model = make_model(seed=11)
+    new_version = checkpoint.save(new_model, MAML_CFG, tmp_path / "release")
+    new_emb = np.random.default_rng(5).normal(size=(30, 8)).astype(np.float32)
+    results: list = []
+    stop = threading.Event()
+    workers = [threading.Thread(target=load_loop, args=(base, results, stop, i)) for i in range(4)]
+    for t in workers:
+        t.start()
+    try:
+        _wait(lambda: len(results) >= 100)
+        publish(w.root, new_version, [f"u{i}" for i in range(30)], new_emb, AS_OF + dt.timedelta(days=1), "r2",
+                {"checkpoint": str(tmp_path / "release")})
+        _wait(lambda: sum(1 for r in results if r[1] == 200 and r[2]["model_version"] == new_version) >= 100)
+    finally:
+        stop.set()
+        for t in workers:
+            t.join(30)
+    failed = [r for r in results if r[1] != 200]
+    assert not failed, failed[:5]
+    answers = [r[2] for r in results]
+    new_as_of = (AS_OF + dt.timedelta(days=1)).isoformat()
+    assert answers[0]["as_of"] == AS_OF.isoformat() and answers[-1]["as_of"] == new_as_of
+    for worker in range(4):  # one swap: a worker never goes back to the old state
+        seq = [r[2]["as_of"] == new_as_of for r in results if r[0] == worker]
+        assert seq == sorted(seq)
+    old_scores = expected_scores(w.model, w.items, w.embeddings[1])
+    new_scores = expected_scores(new_model, w.items, new_emb[1])
+    for a in answers:  # scorer and embeddings always from the same release
+        want = (new_version, new_scores) if a["as_of"] == new_as_of else (w.version, old_scores)
+        assert a["model_version"] == want[0]
+        np.testing.assert_allclose(a["scores"], want[1], rtol=1e-5, atol=1e-6)
+    info = httpx.get(base + "/v1/info").json()
+    assert info["reload"]["swaps"] == 1 and info["reload"]["failures"] == 0 and info["model_version"] == new_version
+
+
+def _wait(condition, timeout_s: float = MAX_SECONDS) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.05)
