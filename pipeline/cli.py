@@ -23,6 +23,7 @@ COMMAND_MODULES = (
     "pipeline.refresh_cli",
     "serving.cli",
     "pipeline.evaluate_cli",
+    "pipeline.ops_cli",
     "pipeline.demo",
 )
 
