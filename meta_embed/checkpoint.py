@@ -9,6 +9,7 @@ import dataclasses
 import hashlib
 import json
 import os
+import pickle
 import shutil
 import tempfile
 from pathlib import Path
@@ -101,7 +102,7 @@ def load(path: str | Path, expect_spec_hash: str | None = None) -> Checkpoint:
     try:
         weights = torch.load(path / "weights.pt", weights_only=True, map_location="cpu")
         model.load_state_dict(weights)
-    except (RuntimeError, EOFError, OSError) as err:
+    except (RuntimeError, EOFError, OSError, pickle.UnpicklingError) as err:
         raise CheckpointError(f"{path}/weights.pt: cannot be loaded into the configured model ({err})") from err
     model.eval()
     version = _version(weights, _model_json(model_cfg, maml_cfg), spec_json)

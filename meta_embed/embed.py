@@ -41,11 +41,12 @@ def embed_episodes(model: TwoBlockModel, tables: FeatureTables, ep: Episodes, cf
 
 
 def embed_users(model: TwoBlockModel, tables: FeatureTables, tasks: TaskSet, cfg: MamlConfig,
-                batch_size: int = 1024) -> np.ndarray:
+                batch_size: int = 128) -> np.ndarray:
     """Meta embeddings (users, D) float32 for every user of `tasks`, adapted on its support.
 
     Users without support events get the zero-step embedding. Users are batched by
-    support length so that padding stays small; results come back in task order.
+    support length so that padding stays small (batches of a few hundred users keep the
+    (users, slots, hidden) activations in cache); results come back in task order.
     """
     out = np.zeros((len(tasks), model.cfg.embedding_dim), dtype=np.float32)
     order = np.argsort(tasks.support.lengths, kind="stable")

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from meta_embed.config import MamlConfig
-from meta_embed.model import Params, TwoBlockModel, batched
+from meta_embed.model import ItemSide, Params, TwoBlockModel, batched
 
 
 def pointwise_loss(pred: torch.Tensor, target: torch.Tensor, objective: str) -> torch.Tensor:
@@ -41,8 +41,13 @@ def support_losses(model: TwoBlockModel, params: Params, x: torch.Tensor, v: tor
     x (users, in_dim); v (users, slots, item_dim); ctx (users, slots, C) or None;
     y, mask (users, slots).
     """
+    return _losses(model, params, x, model.global_block.prepare(v, ctx), y, mask)
+
+
+def _losses(model: TwoBlockModel, params: Params, x: torch.Tensor, side: ItemSide, y: torch.Tensor,
+            mask: torch.Tensor) -> torch.Tensor:
     e = model.meta.embed(params, x)  # (users, D)
-    pred = model.global_block(e.unsqueeze(1), v, ctx)  # (users, slots)
+    pred = model.global_block.score(e.unsqueeze(1), side)  # (users, slots)
     return masked_user_mean(pointwise_loss(pred, y, model.cfg.objective), mask)
 
 
@@ -61,20 +66,21 @@ def adapt(model: TwoBlockModel, x: torch.Tensor, v: torch.Tensor, ctx: torch.Ten
     gradients are constants (first-order MAML), and the result still depends on the
     initialization (and on learned step sizes), so the meta-gradient reaches them.
     """
-    users = x.shape[0]
     theta = init if init is not None else model.meta.init_params()
     step = step_sizes(model, cfg) if lr is None else lr
-    if torch.is_grad_enabled() and any(p.requires_grad for p in theta.values()):
-        params = batched(theta, users)
-    else:  # inference: a detached leaf per user so autograd can take inner gradients
-        params = {k: p.detach().unsqueeze(0).repeat(users, *[1] * p.dim()).requires_grad_(True)
-                  for k, p in theta.items()}
+    track = torch.is_grad_enabled() and any(p.requires_grad for p in theta.values())
+    if not track:  # inference (also under torch.no_grad): no graph to the initialization or step sizes
+        theta = {k: p.detach() for k, p in theta.items()}
+        step = {k: s.detach() for k, s in step.items()} if isinstance(step, dict) else step
+    params = batched(theta, x.shape[0])
+    side = model.global_block.prepare(v, ctx) if cfg.inner_steps else None  # shared by all steps
     for _ in range(cfg.inner_steps):
         with torch.enable_grad():
-            loss = support_losses(model, params, x, v, ctx, y, mask).sum()
-            grads = torch.autograd.grad(loss, list(params.values()), create_graph=second_order)
+            leaves = params if track else {k: p.detach().requires_grad_(True) for k, p in params.items()}
+            loss = _losses(model, leaves, x, side, y, mask).sum()
+            grads = torch.autograd.grad(loss, list(leaves.values()), create_graph=second_order and track)
         params = {
-            k: p - (step[k] if isinstance(step, dict) else step) * (g if second_order else g.detach())
+            k: p - (step[k] if isinstance(step, dict) else step) * (g if second_order and track else g.detach())
             for (k, p), g in zip(params.items(), grads)
         }
     return params
@@ -88,7 +94,7 @@ def adapt_and_embed(model: TwoBlockModel, x: torch.Tensor, v: torch.Tensor, ctx:
     Users whose mask is all zero keep the initialization: their embedding is the
     zero-step (cold) embedding.
     """
-    params = adapt(model, x.detach(), v.detach(), None if ctx is None else ctx.detach(),
-                   y, mask, cfg, lr=lr, second_order=False)
-    with torch.no_grad():
-        return model.meta.embed({k: p.detach() for k, p in params.items()}, x)
+    with torch.no_grad():  # adapt takes its inner gradients itself, without a graph to the model
+        params = adapt(model, x.detach(), v.detach(), None if ctx is None else ctx.detach(),
+                       y, mask, cfg, lr=lr, second_order=False)
+        return model.meta.embed(params, x.detach())

@@ -13,6 +13,8 @@ what makes the offline/online exactness contract hold by construction:
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 from torch import nn
 
@@ -112,31 +114,62 @@ class ItemTower(nn.Module):
         return self.mlp(self.features(enc))  # (*, item_dim)
 
 
+class ItemSide(NamedTuple):
+    """What the global block needs of a set of items (and contexts), computed once."""
+
+    v: torch.Tensor  # (*, item_dim)
+    base: torch.Tensor  # (*, hidden): the first layer's item, context and bias terms
+
+
 class GlobalBlock(nn.Module):
-    """[meta embedding, item vector, context] -> logit; shared by all users."""
+    """[meta embedding, item vector, context] -> logit; shared by all users.
+
+    The first layer is applied in parts, so that the terms that depend only on items
+    and context (`prepare`) are computed once and reused across inner steps, and the
+    terms of e are computed once per user rather than once per (user, item) pair:
+
+        activation: h1 = W_e e + W_v v + W_p (P e * v) + W_c ctx + b
+        weights:    h1 = W_r relu(Wv v + c) + W_v v + W_c ctx + b,   (Wv, c) = e
+    """
 
     def __init__(self, cfg: ModelConfig, context_dim: int):
         super().__init__()
         self.mode, self.rank, self.item_dim = cfg.embedding_mode, cfg.personal_rank, cfg.item_dim
         if self.mode == "activation":
             self.project = nn.Linear(cfg.meta_dim, cfg.item_dim, bias=False)
-            in_dim = cfg.meta_dim + 2 * cfg.item_dim + context_dim
-        else:
-            in_dim = cfg.personal_rank + cfg.item_dim + context_dim
-        self.mlp = _mlp([in_dim, *cfg.global_hidden, 1])
+            # the first layer's input is the concatenation [e, v, P e * v, ctx]
+            self.parts = {"e": cfg.meta_dim, "v": cfg.item_dim, "pv": cfg.item_dim, "ctx": context_dim}
+        else:  # [relu(Wv v + c), v, ctx]
+            self.parts = {"personal": cfg.personal_rank, "v": cfg.item_dim, "ctx": context_dim}
+        self.mlp = _mlp([sum(self.parts.values()), *cfg.global_hidden, 1])
 
-    def forward(self, e: torch.Tensor, v: torch.Tensor, ctx: torch.Tensor | None = None) -> torch.Tensor:
-        """e (*, D) broadcast against v (*, item_dim) and ctx (*, C) -> logits (*)."""
-        e = e.expand(*v.shape[:-1], e.shape[-1])
+    def _first_layer(self) -> dict[str, torch.Tensor]:
+        """The first layer's weight split into the column blocks of its input parts."""
+        blocks = torch.split(self.mlp[0].weight, list(self.parts.values()), dim=1)  # each (hidden, part)
+        return dict(zip(self.parts, blocks))
+
+    def prepare(self, v: torch.Tensor, ctx: torch.Tensor | None = None) -> ItemSide:
+        """The item/context part of the first layer for v (*, item_dim) and ctx (*, C)."""
+        w = self._first_layer()
+        base = v @ w["v"].T + self.mlp[0].bias
+        if ctx is not None and ctx.shape[-1] > 0:
+            base = base + ctx @ w["ctx"].T
+        return ItemSide(v, base)
+
+    def score(self, e: torch.Tensor, side: ItemSide) -> torch.Tensor:
+        """Logits of e (*, D) broadcast against prepared items -> (*)."""
+        w, v = self._first_layer(), side.v
         if self.mode == "activation":
-            parts = [e, v, self.project(e) * v]
+            h = side.base + e @ w["e"].T + (self.project(e) * v) @ w["pv"].T  # (*, hidden)
         else:
             wv = e[..., : self.rank * self.item_dim].unflatten(-1, (self.rank, self.item_dim))
             personal = torch.relu(torch.einsum("...rh,...h->...r", wv, v) + e[..., self.rank * self.item_dim:])
-            parts = [personal, v]
-        if ctx is not None and ctx.shape[-1] > 0:
-            parts.append(ctx)
-        return self.mlp(torch.cat(parts, dim=-1)).squeeze(-1)
+            h = side.base + personal @ w["personal"].T
+        return self.mlp[2:](torch.relu(h)).squeeze(-1)
+
+    def forward(self, e: torch.Tensor, v: torch.Tensor, ctx: torch.Tensor | None = None) -> torch.Tensor:
+        """e (*, D) broadcast against v (*, item_dim) and ctx (*, C) -> logits (*)."""
+        return self.score(e, self.prepare(v, ctx))
 
 
 class RetrievalHead(nn.Module):

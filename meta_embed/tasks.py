@@ -151,3 +151,43 @@ class Episodes:
 
 def episodes(tasks: TaskSet, users: np.ndarray) -> Episodes:
     return Episodes(torch.from_numpy(tasks.user_rows[users]), pad(tasks.support, users), pad(tasks.query, users))
+
+
+def gather(block: EventBlock, idx: np.ndarray, counts: np.ndarray) -> EventBlock:
+    """A new block of the events `idx` (flat rows of `block`), the first counts[0] of
+    them for its first user, and so on."""
+    offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+    ctx = take(block.context, torch.from_numpy(idx)) if block.context is not None else None
+    return EventBlock(offsets, block.item_rows[idx], block.target[idx], block.ts[idx], ctx)
+
+
+def range_index(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    """Concatenation of arange(starts[k], starts[k] + lengths[k]) over k, without a loop."""
+    ends = np.cumsum(lengths)
+    return (np.repeat(starts - (ends - lengths), lengths) + np.arange(ends[-1] if len(ends) else 0)).astype(np.int64)
+
+
+def ranges(block: EventBlock, starts: np.ndarray, lengths: np.ndarray) -> EventBlock:
+    """The events block[starts[k] : starts[k] + lengths[k]] of each k, as a new block."""
+    return gather(block, range_index(starts, lengths), lengths)
+
+
+def cut(timelines: TaskSet, users: np.ndarray, split: np.ndarray, max_support: int | None = None,
+        max_query: int | None = None) -> TaskSet:
+    """Tasks that cut each user's timeline (the support block of `timelines`, oldest first)
+    at a position: support = the (at most `max_support`) most recent events before
+    `split[k]`, query = the (at most `max_query`) events from `split[k]` on.
+
+    `users` index `timelines`; split[k] is in 0..length (0: a cold user, no support).
+    """
+    users = np.asarray(users, dtype=np.int64)
+    split = np.asarray(split, dtype=np.int64)
+    block = timelines.support
+    lengths, starts = block.lengths[users], block.offsets[users]
+    if np.any(split < 0) or np.any(split > lengths):
+        raise ValueError("cut: every split position must lie in 0..timeline length")
+    n_support = split if max_support is None else np.minimum(split, max_support)
+    n_query = lengths - split if max_query is None else np.minimum(lengths - split, max_query)
+    support = ranges(block, starts + split - n_support, n_support)
+    query = ranges(block, starts + split, n_query)
+    return TaskSet(timelines.user_ids.take(pa.array(users)), timelines.user_rows[users], support, query)

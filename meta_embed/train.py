@@ -1,0 +1,288 @@
+"""Meta-training driver: samples tasks from user timelines, runs the batched inner loop
+and the outer (global) update, validates on held-out users and stops early.
+
+Tasks come from a time split inside each timeline: for a split position t, support =
+the user's most recent `MamlConfig.max_support` events before t, query = the next
+`TrainConfig.max_query` events from t on. Every epoch draws a fresh split per training
+user (so all of a user's history serves as query some time), and a `cold_fraction` of
+the tasks get an empty support so that the initialization itself learns cold start.
+Validation users are held out of training and cut at a fixed position.
+
+The outer update trains everything with Adam: user feature embeddings, the meta
+block's initialization, learned inner step sizes (Meta-SGD), item tower, global block
+and, through an auxiliary loss, the retrieval head.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import time
+from typing import Any, Iterator, Literal
+
+import numpy as np
+import pyarrow as pa
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from meta_embed import metrics
+from meta_embed.config import MamlConfig
+from meta_embed.embed import embed_episodes, event_inputs, item_vectors, user_inputs
+from meta_embed.features import FeatureSpec
+from meta_embed.maml import adapt, masked_user_mean, pointwise_loss
+from meta_embed.model import TwoBlockModel
+from meta_embed.tasks import Episodes, FeatureTables, Padded, TaskSet, build_tasks, cut, episodes
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """The outer loop. `positive_threshold` (default 0.5 for labels, 3.5 for ratings)
+    decides which query events count as positives for the retrieval loss and the AUC."""
+
+    seed: int = 0
+    batch_users: int = 64
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    max_epochs: int = 30
+    patience: int = 4
+    retrieval_weight: float = 0.1
+    retrieval_loss: Literal["softmax", "bce"] = "softmax"
+    max_query: int = 50
+    val_fraction: float = 0.1
+    cold_fraction: float = 0.1
+    grad_clip: float = 5.0
+    positive_threshold: float | None = None
+    eval_batch_users: int = 512
+    threads: int | None = None
+    deterministic: bool = True
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        for name in ("batch_users", "lr", "max_epochs", "patience", "max_query", "grad_clip", "eval_batch_users"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"TrainConfig.{name} must be > 0, got {getattr(self, name)}")
+        for name in ("val_fraction", "cold_fraction"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise ValueError(f"TrainConfig.{name} must be in [0, 1), got {getattr(self, name)}")
+        if self.retrieval_weight < 0 or self.weight_decay < 0:
+            raise ValueError("TrainConfig.retrieval_weight and weight_decay must be >= 0")
+        if self.retrieval_loss not in ("softmax", "bce"):
+            raise ValueError(f"TrainConfig.retrieval_loss must be 'softmax' or 'bce', got {self.retrieval_loss!r}")
+        if self.threads is not None and self.threads <= 0:
+            raise ValueError(f"TrainConfig.threads must be > 0 or None, got {self.threads}")
+
+    def threshold(self, objective: str) -> float:
+        if self.positive_threshold is not None:
+            return self.positive_threshold
+        return 0.5 if objective == "binary" else 3.5
+
+
+@dataclasses.dataclass
+class TrainResult:
+    model: TwoBlockModel
+    history: list[dict[str, float]]  # one row per epoch; epoch 0 = the model before training
+    metric: str  # "auc" (binary) or "neg_mse" (regression): higher is better
+    best_metric: float
+    best_epoch: int
+    seconds: float
+    val_user_ids: pa.Array
+
+
+def timelines(events: pa.Table, tables: FeatureTables, spec: FeatureSpec, objective: str) -> TaskSet:
+    """Every user's whole history as the support block of a TaskSet (oldest first), with
+    the label (binary) or rating (regression; events without a rating are dropped) as target."""
+    target = "label" if objective == "binary" else "rating"
+    if target == "rating":
+        events = events.filter(events.column("rating").is_valid())
+    return build_tasks(events, None, tables, spec, target=target)
+
+
+def sample_splits(lengths: np.ndarray, rng: np.random.Generator, cold_fraction: float) -> np.ndarray:
+    """A random split position per timeline: uniform in 1..n-1 (support and query both
+    non-empty), or 0 (cold) with probability `cold_fraction` and for single-event users."""
+    split = 1 + np.floor(rng.random(len(lengths)) * np.maximum(lengths - 1, 1)).astype(np.int64)
+    cold = (rng.random(len(lengths)) < cold_fraction) | (lengths < 2)
+    return np.where(cold, 0, split)
+
+
+def fixed_splits(lengths: np.ndarray, max_query: int) -> np.ndarray:
+    """The validation split: the last `max_query` events are the query, keeping at least
+    half of the timeline (and at least one event) as support."""
+    return np.clip(np.maximum(lengths - max_query, lengths // 2), np.minimum(lengths, 1), np.maximum(lengths - 1, 0))
+
+
+def holdout(lengths: np.ndarray, fraction: float, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """(train, validation) user indices; validation users have at least 2 events."""
+    eligible = np.flatnonzero(lengths >= 2)
+    n_val = int(round(fraction * len(eligible)))
+    val = np.sort(rng.choice(eligible, size=n_val, replace=False)) if n_val else np.zeros(0, dtype=np.int64)
+    train = np.setdiff1d(np.flatnonzero(lengths >= 1), val)
+    return train, val
+
+
+def retrieval_loss(model: TwoBlockModel, e: torch.Tensor, v: torch.Tensor, query: Padded,
+                   threshold: float, kind: str) -> torch.Tensor:
+    """Auxiliary loss of the retrieval head on query events: an in-batch sampled softmax
+    over positive events (other positives of the same user are masked out), or BCE."""
+    q, r = model.retrieval.query(e), model.retrieval.item(v)  # (users, R), (users, slots, R)
+    pos = query.mask & (query.y > threshold)
+    if kind == "bce":
+        scores = (q.unsqueeze(1) * r).sum(-1)  # (users, slots)
+        losses = F.binary_cross_entropy_with_logits(scores, pos.to(scores.dtype), reduction="none")
+        return (losses * query.mask).sum() / query.mask.sum().clamp(min=1)
+    users, slots = pos.nonzero(as_tuple=True)  # (P,)
+    if len(users) == 0:
+        return e.sum() * 0.0
+    cand, which = torch.unique(query.items[users, slots], return_inverse=True)  # (M,), (P,)
+    first = torch.full((len(cand),), len(users)).scatter_reduce(0, which, torch.arange(len(users)), "amin")
+    logits = q[users] @ r[users, slots][first].T  # (P, M)
+    owned = torch.zeros(e.shape[0], len(cand), dtype=torch.bool)
+    owned[users, which] = True
+    other = owned[users] & (torch.arange(len(cand)) != which.unsqueeze(1))  # (P, M)
+    return F.cross_entropy(logits.masked_fill(other, float("-inf")), which)
+
+
+def episode_loss(model: TwoBlockModel, tables: FeatureTables, ep: Episodes, maml: MamlConfig,
+                 cfg: TrainConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    """(total loss, query task loss) of one batch: adapt on support, score the query."""
+    x = user_inputs(model, tables, ep.user_rows)  # (users, in_dim)
+    s_shape, q_shape = ep.support.items.shape, ep.query.items.shape
+    vecs = item_vectors(model, tables, torch.cat([ep.support.items.flatten(), ep.query.items.flatten()]))
+    v_s = vecs[: s_shape.numel()].view(*s_shape, -1)  # (users, support slots, item_dim)
+    v_q = vecs[s_shape.numel():].view(*q_shape, -1)  # (users, query slots, item_dim)
+    ctx_s, ctx_q = model.context_vectors(ep.support.context), model.context_vectors(ep.query.context)
+    params = adapt(model, x, v_s, ctx_s, ep.support.y, ep.support.mask, maml, second_order=not maml.first_order)
+    e = model.meta.embed(params, x)  # (users, D)
+    pred = model.global_block(e.unsqueeze(1), v_q, ctx_q)  # (users, query slots)
+    per_user = masked_user_mean(pointwise_loss(pred, ep.query.y, model.cfg.objective), ep.query.mask)
+    task = per_user[ep.query.mask.any(1)].mean()
+    if cfg.retrieval_weight == 0:
+        return task, task
+    aux = retrieval_loss(model, e, v_q, ep.query, cfg.threshold(model.cfg.objective), cfg.retrieval_loss)
+    return task + cfg.retrieval_weight * aux, task
+
+
+def predict_query(model: TwoBlockModel, tables: FeatureTables, tasks: TaskSet, maml: MamlConfig,
+                  batch_users: int = 512) -> np.ndarray:
+    """Model output for every query event of `tasks` (aligned with tasks.query), from the
+    stored-embedding path: adapted meta embedding -> global block."""
+    out = np.zeros(len(tasks.query.target), dtype=np.float32)
+    order = np.argsort(tasks.support.lengths, kind="stable")
+    for start in range(0, len(order), batch_users):
+        users = order[start:start + batch_users]
+        ep = episodes(tasks, users)
+        e = embed_episodes(model, tables, ep, maml)  # (users, D)
+        with torch.no_grad():
+            v, ctx = event_inputs(model, tables, ep.query)
+            pred = model.global_block(e.unsqueeze(1), v, ctx).numpy()  # (users, slots)
+        mask = ep.query.mask.numpy()
+        pos = tasks.query.offsets[users][:, None] + np.arange(mask.shape[1])[None, :]
+        out[pos[mask]] = pred[mask]
+    return out
+
+
+def evaluate(model: TwoBlockModel, tables: FeatureTables, tasks: TaskSet, maml: MamlConfig,
+             threshold: float | None = None, batch_users: int = 512) -> dict[str, float]:
+    """Query metrics of `tasks`: pooled AUC, mean per-user AUC, and logloss or MSE."""
+    objective = model.cfg.objective
+    threshold = (0.5 if objective == "binary" else 3.5) if threshold is None else threshold
+    pred = predict_query(model, tables, tasks, maml, batch_users)
+    target = tasks.query.target
+    groups = np.repeat(np.arange(len(tasks)), tasks.query.lengths)
+    out = {"auc": metrics.auc(pred, target > threshold),
+           "user_auc": metrics.mean_group_auc(pred, target > threshold, groups),
+           "n_events": float(len(target)), "n_users": float(int((tasks.query.lengths > 0).sum()))}
+    if objective == "binary":
+        out["logloss"] = metrics.logloss(pred, target)
+    else:
+        out["mse"] = metrics.mse(pred, target)
+        out["neg_mse"] = -out["mse"]
+    return out
+
+
+def init_output_bias(model: TwoBlockModel, value: float) -> None:
+    """Set the global block's output bias (regression: start at the mean rating)."""
+    with torch.no_grad():
+        model.global_block.mlp[-1].bias.fill_(value)
+
+
+@contextlib.contextmanager
+def determinism(seed: int, deterministic: bool = True, threads: int | None = None) -> Iterator[None]:
+    """Seed torch, optionally force deterministic kernels and a thread count; restores both after."""
+    prev = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled(),
+            torch.get_num_threads())
+    torch.manual_seed(seed)
+    if deterministic:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+    if threads is not None:
+        torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(prev[0], warn_only=prev[1])
+        torch.set_num_threads(prev[2])
+
+
+def _epoch(model: TwoBlockModel, tables: FeatureTables, tasks: TaskSet, maml: MamlConfig, cfg: TrainConfig,
+           opt: torch.optim.Optimizer, rng: np.random.Generator, bar: Any) -> float:
+    """One pass over the training tasks in random batches; returns the mean query loss."""
+    order, losses = rng.permutation(len(tasks)), []
+    for start in range(0, len(order), cfg.batch_users):
+        ep = episodes(tasks, order[start:start + cfg.batch_users])
+        opt.zero_grad(set_to_none=True)
+        loss, task = episode_loss(model, tables, ep, maml, cfg)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        opt.step()
+        losses.append(float(task.detach()))
+        bar.update(1)
+        bar.set_postfix(loss=f"{np.mean(losses[-50:]):.4f}", refresh=False)
+    return float(np.mean(losses))
+
+
+def meta_train(model: TwoBlockModel, tables: FeatureTables, history: TaskSet, cfg: TrainConfig,
+               maml: MamlConfig) -> TrainResult:
+    """Meta-train `model` in place on the timelines in `history` (see `timelines`);
+    restores the best validation state and returns it with the training history."""
+    start = time.perf_counter()
+    with determinism(cfg.seed, cfg.deterministic, cfg.threads):
+        rng = np.random.default_rng(cfg.seed)
+        lengths = history.support.lengths
+        train_users, val_users = holdout(lengths, cfg.val_fraction, rng)
+        if len(train_users) == 0:
+            raise ValueError("meta_train: no training users with events; check the input interactions")
+        val = cut(history, val_users, fixed_splits(lengths[val_users], cfg.max_query), maml.max_support, cfg.max_query)
+        metric = "auc" if model.cfg.objective == "binary" else "neg_mse"
+        if model.cfg.objective == "regression":
+            in_train = np.repeat(np.isin(np.arange(len(history)), train_users), lengths)
+            init_output_bias(model, float(np.mean(history.support.target[in_train])))
+        opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        n_batches = -(-len(train_users) // cfg.batch_users)
+        rows: list[dict[str, float]] = []
+
+        def validate(epoch: int, loss: float) -> float:
+            if len(val):
+                scores = evaluate(model, tables, val, maml, cfg.threshold(model.cfg.objective), cfg.eval_batch_users)
+            else:  # no validation users: the training loss decides
+                scores = {metric: -loss if np.isfinite(loss) else -np.inf}
+            rows.append({"epoch": epoch, "train_loss": loss, **{f"val_{k}": v for k, v in scores.items()},
+                         "seconds": time.perf_counter() - start})
+            return scores[metric]
+
+        validate(0, float("nan"))  # the untrained model, for reference; the best state is a trained one
+        best, best_epoch, best_state = -np.inf, 0, {}
+        with tqdm(total=cfg.max_epochs * n_batches, desc="meta-train", unit="batch", disable=not cfg.progress) as bar:
+            for epoch in range(1, cfg.max_epochs + 1):
+                tasks = cut(history, train_users, sample_splits(lengths[train_users], rng, cfg.cold_fraction),
+                            maml.max_support, cfg.max_query)
+                value = validate(epoch, _epoch(model, tables, tasks, maml, cfg, opt, rng, bar))
+                if best_epoch == 0 or value > best:
+                    best, best_epoch = value, epoch
+                    best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+                bar.set_postfix(loss=f"{rows[-1]['train_loss']:.4f}", **{f"val_{metric}": f"{value:.4f}"})
+                if epoch - best_epoch >= cfg.patience:
+                    break
+        model.load_state_dict(best_state)
+    return TrainResult(model, rows, metric, best, best_epoch, time.perf_counter() - start,
+                       history.user_ids.take(pa.array(val_users, type=pa.int64())))

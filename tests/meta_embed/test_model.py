@@ -1,0 +1,87 @@
+"""The two-block model: the offline/online exactness contract in both embedding modes,
+zero-step (cold) embeddings, and the model returning logits for user x item grids."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from meta_embed.config import MamlConfig
+from meta_embed.embed import embed_users, event_inputs, item_vectors, user_inputs
+from meta_embed.features import take
+from meta_embed.maml import adapt
+from meta_embed.tasks import cut, episodes
+from meta_embed.train import timelines
+
+from .conftest import tiny_model
+
+
+@pytest.fixture(scope="module")
+def tasks(world, spec, tables):
+    history = timelines(world.events, tables, spec, "binary")
+    split = history.support.lengths // 2
+    split[:3] = 0  # three cold users
+    return cut(history, np.arange(40), split[:40], max_support=12, max_query=8)
+
+
+@pytest.mark.parametrize("mode", ["activation", "weights"])
+def test_stored_embedding_reproduces_the_adapted_models_logits(spec, tables, tasks, mode):
+    model = tiny_model(spec, mode=mode)
+    cfg = MamlConfig(inner_steps=3, inner_lr=0.5)
+    stored = torch.from_numpy(embed_users(model, tables, tasks, cfg, batch_size=16))  # (users, D)
+    assert stored.shape == (len(tasks), model.cfg.embedding_dim)
+
+    users = np.arange(len(tasks))
+    ep = episodes(tasks, users)
+    with torch.no_grad():
+        x = user_inputs(model, tables, ep.user_rows)
+        v, ctx = event_inputs(model, tables, ep.support)
+        params = adapt(model, x, v, ctx, ep.support.y, ep.support.mask, cfg)
+        items = torch.arange(len(tables.item_ids)).expand(len(users), -1)  # every user x every item
+        full = model(take(tables.users, ep.user_rows), take(tables.items, items), meta_params=params)
+        online = model.global_block(stored.unsqueeze(1), item_vectors(model, tables, items))
+    torch.testing.assert_close(online, full, rtol=0, atol=1e-5)
+    assert not torch.allclose(stored[3:], model.meta(x)[3:], atol=1e-4)  # adaptation did something
+
+
+@pytest.mark.parametrize("mode", ["activation", "weights"])
+def test_cold_users_get_the_zero_step_embedding(spec, tables, tasks, mode):
+    model = tiny_model(spec, mode=mode)
+    stored = embed_users(model, tables, tasks, MamlConfig(inner_steps=3))
+    with torch.no_grad():
+        zero = model.meta(user_inputs(model, tables, torch.from_numpy(tasks.user_rows[:3])))
+    np.testing.assert_allclose(stored[:3], zero.numpy(), rtol=0, atol=1e-6)
+
+
+def test_weights_mode_embedding_is_the_personal_layer(spec, tables, tasks):
+    model = tiny_model(spec, mode="weights")
+    with torch.no_grad():
+        x = user_inputs(model, tables, torch.from_numpy(tasks.user_rows[:4]))
+        e = model.meta(x)
+        w = model.meta.weights
+        np.testing.assert_allclose(e[:, : 3 * 6].numpy(), w["wv"].flatten().expand(4, -1).numpy())
+        np.testing.assert_allclose(e[:, 3 * 6:].numpy(), (x @ w["wx"].T + w["b"]).numpy(), atol=1e-6)
+
+
+@pytest.mark.parametrize("mode", ["activation", "weights"])
+def test_global_block_is_the_mlp_of_the_concatenated_inputs(mode):
+    """The first layer is applied in parts (items once, users once); it must equal the
+    MLP over the concatenation the checkpoints' weights are defined on."""
+    from meta_embed.config import ModelConfig
+    from meta_embed.model import GlobalBlock
+
+    torch.manual_seed(0)
+    cfg = ModelConfig(embedding_mode=mode, meta_dim=5, item_dim=4, personal_rank=3, global_hidden=(7, 6))
+    block = GlobalBlock(cfg, context_dim=2)
+    e = torch.randn(3, 1, cfg.embedding_dim)  # 3 users
+    v, ctx = torch.randn(3, 9, 4), torch.randn(3, 9, 2)  # 9 events each
+    ee = e.expand(3, 9, -1)
+    if mode == "activation":
+        parts = [ee, v, block.project(ee) * v, ctx]
+    else:
+        wv, c = ee[..., :12].unflatten(-1, (3, 4)), ee[..., 12:]
+        parts = [torch.relu(torch.einsum("...rh,...h->...r", wv, v) + c), v, ctx]
+    want = block.mlp(torch.cat(parts, dim=-1)).squeeze(-1)
+    torch.testing.assert_close(block(e, v, ctx), want, rtol=0, atol=1e-6)
+    torch.testing.assert_close(block(e[0, 0], v[0], ctx[0]), want[0], rtol=0, atol=1e-6)  # one user, unbatched

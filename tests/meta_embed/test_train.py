@@ -1,0 +1,123 @@
+"""Meta-training: task sampling, the retrieval loss, learning on a planted world,
+early stopping with best-state restore, determinism for a seed; and the AUC helpers."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from meta_embed import metrics
+from meta_embed.config import MamlConfig
+from meta_embed.tasks import FeatureTables, Padded, cut, episodes
+from meta_embed.train import (TrainConfig, episode_loss, evaluate, fixed_splits, meta_train, retrieval_loss,
+                              sample_splits, timelines)
+
+from .conftest import make_world, tiny_model, tiny_spec
+
+FAST = TrainConfig(batch_users=32, lr=1e-2, max_epochs=2, patience=2, val_fraction=0.25, progress=False, seed=1,
+                   max_query=20, threads=1)
+
+
+@pytest.fixture(scope="module")
+def history(world, spec, tables):
+    return timelines(world.events, tables, spec, "binary")
+
+
+def test_sampled_splits_leave_support_and_query_or_make_cold_users():
+    rng = np.random.default_rng(0)
+    lengths = rng.integers(1, 50, 5000)
+    split = sample_splits(lengths, rng, cold_fraction=0.2)
+    warm = split > 0
+    assert np.all(split[warm] < lengths[warm]) and np.all(split[lengths == 1] == 0)
+    assert 0.17 < np.mean(~warm[lengths > 1]) < 0.23
+    long_warm = split[(lengths == 49) & warm]
+    assert long_warm.min() == 1 and long_warm.max() == 48  # every position of a timeline is used
+    fixed = fixed_splits(np.array([2, 3, 10, 100]), max_query=20)
+    assert fixed.tolist() == [1, 1, 5, 80]  # query = last 20, keeping at least half as support
+
+
+def test_retrieval_softmax_masks_other_positives_of_the_same_user(spec):
+    model = tiny_model(spec)
+    e = torch.randn(2, model.cfg.embedding_dim)
+    v = torch.randn(2, 3, model.cfg.item_dim)
+    # user 0: positives on items 5 and 6, a negative on 7; user 1: a positive on item 5.
+    query = Padded(items=torch.tensor([[5, 6, 7], [5, 0, 0]]), y=torch.tensor([[1.0, 1.0, 0.0], [1.0, 0.0, 0.0]]),
+                   mask=torch.tensor([[True, True, True], [True, False, False]]), context=None)
+    v[1, 0] = v[0, 0]  # same item, same vector
+    loss = retrieval_loss(model, e, v, query, 0.5, "softmax")
+    with torch.no_grad():
+        q, r = model.retrieval.query(e), model.retrieval.item(v)
+        s = q @ torch.stack([r[0, 0], r[0, 1]]).T  # candidates: items 5, 6
+        expected = torch.stack([-F.log_softmax(s[0, :1], 0)[0],  # (u0, 5): item 6 masked
+                                -F.log_softmax(s[0, 1:], 0)[0],  # (u0, 6): item 5 masked
+                                -F.log_softmax(s[1], 0)[0]]).mean()  # (u1, 5): item 6 is a negative
+    torch.testing.assert_close(loss.detach(), expected)
+
+
+@pytest.mark.parametrize("weight", [0.0, 0.5])
+def test_the_retrieval_head_is_trained_only_through_its_loss(spec, tables, history, weight):
+    model = tiny_model(spec)
+    tasks = cut(history, np.arange(20), history.support.lengths[:20] // 2, 10, 10)
+    loss, _ = episode_loss(model, tables, episodes(tasks, np.arange(20)), MamlConfig(inner_steps=1),
+                           dataclasses.replace(FAST, retrieval_weight=weight))
+    loss.backward()
+    grad = model.retrieval.item.weight.grad
+    assert (grad is not None and grad.abs().sum() > 0) == (weight > 0)
+
+
+@pytest.mark.parametrize(("objective", "first_order"), [("binary", False), ("regression", True)])
+def test_meta_training_improves_held_out_users_and_restores_the_best_state(objective, first_order):
+    world = make_world(n_users=300, seed=1)
+    spec = tiny_spec(world)
+    tables = FeatureTables.build(spec, world.users, world.items)
+    model = tiny_model(spec, objective=objective)
+    data = timelines(world.events, tables, spec, objective)
+    maml = MamlConfig(inner_steps=2, inner_lr=0.5 if objective == "binary" else 0.1, first_order=first_order,
+                      max_support=20)
+    result = meta_train(model, tables, data, dataclasses.replace(FAST, max_epochs=5, patience=5), maml)
+    loss = "val_logloss" if objective == "binary" else "val_mse"
+    untrained, best = result.history[0], result.history[result.best_epoch]
+    assert result.best_epoch > 0 and best[loss] < untrained[loss] - (0.04 if objective == "binary" else 0.1)
+    if objective == "regression":  # the output bias starts at the mean rating, so epoch 0 is no strawman
+        assert abs(untrained["val_mse"] - float(np.var(data.support.target))) < 0.3
+    lengths = data.support.lengths
+    val = np.flatnonzero(np.isin(data.user_ids.to_numpy(zero_copy_only=False), result.val_user_ids.to_pylist()))
+    tasks = cut(data, val, fixed_splits(lengths[val], FAST.max_query), maml.max_support, FAST.max_query)
+    again = evaluate(result.model, tables, tasks, maml)
+    assert again[result.metric] == pytest.approx(result.best_metric, abs=1e-9)  # best state restored
+    assert again[loss[4:]] == pytest.approx(best[loss], abs=1e-9)
+
+
+def test_training_is_deterministic_for_a_seed(spec, tables, history):
+    maml = MamlConfig(inner_steps=1, max_support=10)
+
+    def run(seed: int):
+        model = tiny_model(spec, seed=seed)
+        result = meta_train(model, tables, history, dataclasses.replace(FAST, seed=seed), maml)
+        return [row["train_loss"] for row in result.history[1:]], model.state_dict()
+
+    (loss_a, state_a), (loss_b, state_b) = run(4), run(4)
+    assert loss_a == loss_b
+    for k in state_a:
+        assert torch.equal(state_a[k], state_b[k]), k
+    loss_c, _ = run(5)
+    assert loss_c != loss_a
+
+
+def test_auc_helpers_match_a_brute_force_count():
+    rng = np.random.default_rng(0)
+    scores, labels = rng.normal(size=300).round(1), rng.random(300) < 0.3  # many ties
+    groups = rng.integers(0, 4, 300)
+
+    def brute(s, y):
+        p, n = s[y][:, None], s[~y][None, :]
+        return ((p > n).sum() + 0.5 * (p == n).sum()) / (p.size * n.size)
+
+    assert metrics.auc(scores, labels) == pytest.approx(brute(scores, labels))
+    per = metrics.grouped_auc(scores, labels, groups)
+    assert per == pytest.approx([brute(scores[groups == g], labels[groups == g]) for g in range(4)])
+    assert np.isnan(metrics.auc(scores, np.zeros(300)))
