@@ -14,6 +14,7 @@ import datetime as dt
 from pathlib import Path
 
 from meta_embed import checkpoint, snapshot
+from pipeline.io import interactions_path
 from pipeline.refresh import RefreshConfig, refresh
 from pipeline.refresh_cli import _BeamPassThroughParser, parse_as_of, summary
 
@@ -53,7 +54,7 @@ def _path(args: argparse.Namespace, name: str) -> str:
         return given
     if args.data is None:
         raise ValueError(f"give --data or --{name}")
-    return str(args.data / f"{name}.parquet")
+    return str(interactions_path(args.data) if name == "interactions" else args.data / f"{name}.parquet")
 
 
 def _refresh_and_index(args: argparse.Namespace, incremental: bool) -> int:
