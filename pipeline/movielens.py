@@ -27,7 +27,8 @@ import pyarrow.compute as pc
 import pyarrow.csv as pcsv
 
 from meta_embed.schemas import DEAD_LETTER, ITEMS, USERS, SchemaError
-from pipeline.io import REASONS, Validated, conform, dead_letter_rows, parse_float, validate_interactions
+from pipeline.io import conform
+from pipeline.validate import REASONS, Validated, dead_letter_rows, parse_float, validate_interactions
 
 ML100K_GENRES: tuple[str, ...] = (
     "unknown", "Action", "Adventure", "Animation", "Children's", "Comedy", "Crime", "Documentary", "Drama",

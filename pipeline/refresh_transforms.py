@@ -28,7 +28,8 @@ from apache_beam.transforms.window import GlobalWindows
 from apache_beam.utils.windowed_value import WindowedValue
 
 from meta_embed.schemas import TS_TYPE
-from pipeline.io import CorruptInputError, validate_interactions
+from pipeline.io import CorruptInputError
+from pipeline.validate import validate_interactions
 from pipeline.refresh_adapt import AdaptSettings, adapt_bucket, load_state
 from pipeline.refresh_arrow import event_schema, pack, split_by_bucket, top_n, unpack, user_runs
 from pipeline.refresh_inputs import Chunk, open_parquet, read_all

@@ -12,10 +12,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from meta_embed.schemas import DEAD_LETTER, INTERACTIONS, TS_TYPE, USERS, SchemaError
-from pipeline.io import (
-    REASONS, CorruptInputError, interactions_path, parse_float, parse_timestamp, read_table, validate_interactions,
-    write_dead_letter, write_table,
-)
+from pipeline.io import CorruptInputError, interactions_path, read_table, write_dead_letter, write_table
+from pipeline.validate import REASONS, parse_float, parse_timestamp, validate_interactions
 
 UTC = dt.timezone.utc
 
