@@ -33,6 +33,8 @@ from meta_embed.features import fit_spec, movielens_template
 from meta_embed.schemas import TS_TYPE
 from meta_embed.train import TrainConfig
 from pipeline import eval_baseline, eval_bootstrap, eval_melu, eval_report
+from pipeline.eval_plots import ARMS
+from pipeline.eval_report import SLICE_NAMES
 from pipeline.eval_metrics import compute_metrics
 from pipeline.eval_replay import ReplaySetup, before, make_period, replay, replay_events
 from pipeline.train import TrainJobConfig, load_data, train
@@ -104,10 +106,15 @@ class EvalResult:
 
     @property
     def headline(self) -> str:
-        """A few printable lines: GAUC overall per arm with its interval, then the targets."""
-        rows = [r for r in self.intervals.to_pylist() if r["metric"] == "gauc" and r["slice"] == "overall"]
-        lines = ["GAUC overall: " + ", ".join(f"{r['arm']} {r['value']:.4f} [{r['lo']:.4f}, {r['hi']:.4f}]"
-                                              for r in sorted(rows, key=lambda r: -r["value"]))]
+        """Printable: GAUC of every arm (columns) by slice (rows) with 95% intervals, then the targets."""
+        iv = {(r["arm"], r["slice"]): r for r in self.intervals.to_pylist() if r["metric"] == "gauc"}
+        arms = [a for a in ARMS if any(k[0] == a for k in iv)]
+        slices = [sl for sl in SLICE_NAMES if any(k[1] == sl for k in iv)]
+        cell = lambda r: f"{r['value']:.3f} [{r['lo']:.3f},{r['hi']:.3f}]" if r else "n/a"  # noqa: E731
+        width = max(len(a) for a in arms + ["0.000 [0.000,0.000]"])
+        lines = ["GAUC by slice, 95% intervals", f"{'slice':<18}" + "".join(f" {a:>{width}}" for a in arms)]
+        for sl in slices:
+            lines.append(f"{sl:<18}" + "".join(f" {cell(iv.get((a, sl))):>{width}}" for a in arms))
         for t in self.targets:
             lines.append(f"[{ {True: 'met', False: 'MISSED', None: 'n/a'}[t['met']] }] {t['target']}: {t['measured']}")
         return "\n".join(lines)

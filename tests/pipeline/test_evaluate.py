@@ -38,7 +38,9 @@ def test_synthetic_end_to_end(tmp_path):
         assert size > 1000
     assert json.loads((out / "config.json").read_text())["config"]["days"] == 3
     assert len(result.targets) == 4 and all(t["met"] in (True, False, None) for t in result.targets)
-    assert result.headline.startswith("GAUC overall: ") and result.headline.count("\n") == 4
+    head = result.headline.splitlines()
+    assert head[0] == "GAUC by slice, 95% intervals" and set(head[1].split()) == {"slice"} | ARMS
+    assert head[2].split()[0] == "overall" and sum(line.startswith("[") for line in head) == 4
 
 
 @pytest.mark.parametrize("bad, match", [
