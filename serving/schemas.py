@@ -21,7 +21,7 @@ StatusName = Literal["fresh", "stale", "cold", "default"]
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)  # no coercion: `"k": true` is a 422, not k=1
 
 
 class ScoreRequest(_Strict):
