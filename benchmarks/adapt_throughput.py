@@ -205,7 +205,7 @@ def main() -> None:
         results[k] = (rate_b / rate_m, rate_b, gflops / peak)
         print(f"{k:>2} {rate_b:>15.0f} {rate_m:>17.1f} {rate_b / rate_m:>7.1f}x {rate_l:>17.1f} "
               f"{rate_b / rate_l:>7.1f}x {gflops:>8.2f} {gflops / peak:>7.1%} {diff:>10.2e}")
-    print(f"\nGFLOP/s: the inner loop's FLOPs as executed (inner_loop_flops; the textbook per-event formulation")
+    print("\nGFLOP/s: the inner loop's FLOPs as executed (inner_loop_flops; the textbook per-event formulation")
     print(f"would need {textbook / flops:.1f}x more: item terms are computed once, user terms once per user) over the")
     print("whole embed_users time (padding, feature lookups and the item tower included). Why it is below the peak:")
     print("per event the matrices are skinny (inner dimensions 32-64), which GEMM kernels run far below a large")
