@@ -41,16 +41,23 @@ def embed_episodes(model: TwoBlockModel, tables: FeatureTables, ep: Episodes, cf
 
 
 def embed_users(model: TwoBlockModel, tables: FeatureTables, tasks: TaskSet, cfg: MamlConfig,
-                batch_size: int = 128) -> np.ndarray:
+                batch_size: int = 64) -> np.ndarray:
     """Meta embeddings (users, D) float32 for every user of `tasks`, adapted on its support.
 
-    Users without support events get the zero-step embedding. Users are batched by
-    support length so that padding stays small (batches of a few hundred users keep the
-    (users, slots, hidden) activations in cache); results come back in task order.
+    Users without support events get the zero-step embedding. The item tower runs once
+    per catalog item. Users are batched by support length so that padding stays small
+    (batches of about 64 users keep the (users, slots, hidden) activations in
+    cache); results come back in task order.
     """
     out = np.zeros((len(tasks), model.cfg.embedding_dim), dtype=np.float32)
+    with torch.no_grad():
+        catalog = model.item_tower(tables.items)  # (items + 1, item_dim): every item once
     order = np.argsort(tasks.support.lengths, kind="stable")
     for start in range(0, len(order), batch_size):
         users = order[start:start + batch_size]
-        out[users] = embed_episodes(model, tables, episodes(tasks, users), cfg).numpy()
+        ep = episodes(tasks, users)
+        with torch.no_grad():
+            x, ctx = user_inputs(model, tables, ep.user_rows), model.context_vectors(ep.support.context)
+        out[users] = adapt_and_embed(model, x, catalog[ep.support.items], ctx, ep.support.y, ep.support.mask,
+                                     cfg).numpy()
     return out

@@ -13,6 +13,7 @@ what makes the offline/online exactness contract hold by construction:
 
 from __future__ import annotations
 
+import itertools
 from typing import NamedTuple
 
 import torch
@@ -94,6 +95,9 @@ class MetaBlock(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Zero-step embeddings: the initialization applied to x (users, in_dim)."""
+        if self.mode == "activation":  # shared weights: plain matrix products, as the inference inner loop does
+            w = self.weights
+            return torch.relu(x @ w["w1"].T + w["b1"]) @ w["w2"].T + w["b2"]
         return self.embed(batched(self.init_params(), x.shape[0]), x)
 
 
@@ -150,11 +154,13 @@ class GlobalBlock(nn.Module):
 
     def prepare(self, v: torch.Tensor, ctx: torch.Tensor | None = None) -> ItemSide:
         """The item/context part of the first layer for v (*, item_dim) and ctx (*, C)."""
-        w = self._first_layer()
-        base = v @ w["v"].T + self.mlp[0].bias
-        if ctx is not None and ctx.shape[-1] > 0:
-            base = base + ctx @ w["ctx"].T
-        return ItemSide(v, base)
+        return self.with_context(ItemSide(v, v @ self._first_layer()["v"].T + self.mlp[0].bias), ctx)
+
+    def with_context(self, side: ItemSide, ctx: torch.Tensor | None) -> ItemSide:
+        """`side` (prepared without context) plus the context's first-layer term; ctx broadcasts."""
+        if ctx is None or ctx.shape[-1] == 0:
+            return side
+        return ItemSide(side.v, side.base + ctx @ self._first_layer()["ctx"].T)
 
     def score(self, e: torch.Tensor, side: ItemSide) -> torch.Tensor:
         """Logits of e (*, D) broadcast against prepared items -> (*)."""
@@ -165,7 +171,10 @@ class GlobalBlock(nn.Module):
             wv = e[..., : self.rank * self.item_dim].unflatten(-1, (self.rank, self.item_dim))
             personal = torch.relu(torch.einsum("...rh,...h->...r", wv, v) + e[..., self.rank * self.item_dim:])
             h = side.base + personal @ w["personal"].T
-        return self.mlp[2:](torch.relu(h)).squeeze(-1)
+        h = torch.relu(h)
+        for layer in itertools.islice(self.mlp, 2, None):  # (slicing the Sequential would build a module per call)
+            h = layer(h)
+        return h.squeeze(-1)
 
     def forward(self, e: torch.Tensor, v: torch.Tensor, ctx: torch.Tensor | None = None) -> torch.Tensor:
         """e (*, D) broadcast against v (*, item_dim) and ctx (*, C) -> logits (*)."""

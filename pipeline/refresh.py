@@ -58,7 +58,7 @@ class RefreshConfig:
     max_support: int | None = None
     incremental: bool = False
     keep: int = 3
-    batch_size: int = 256
+    batch_size: int = 64
     buckets: int | None = None
     cold_users: bool = True
     expect_spec_hash: str | None = None

@@ -43,7 +43,7 @@ class AdaptSettings:
     item_files: tuple[str, ...]
     meta: snapshot.SnapshotMeta
     max_support: int
-    batch_size: int = 256
+    batch_size: int = 64
     cold_users: bool = True
     torch_threads: int = 1
 

@@ -54,7 +54,7 @@ def register(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--incremental", action="store_true", help="re-adapt only users with new events since CURRENT")
     p.add_argument("--max-support", type=int, default=None, help="most recent events per user (default: checkpoint's)")
     p.add_argument("--keep", type=int, default=3, help="snapshots to keep (default 3)")
-    p.add_argument("--batch-size", type=int, default=256, help="users per inner-loop batch (default 256)")
+    p.add_argument("--batch-size", type=int, default=64, help="users per inner-loop batch (default 64)")
     p.add_argument("--buckets", type=int, default=None, help="user buckets (default: about 4,000 users each)")
     p.add_argument("--no-cold-users", dest="cold_users", action="store_false",
                    help="do not write zero-step embeddings for users without events")

@@ -203,3 +203,22 @@ def test_losses_ignore_masked_slots():
     mask = torch.tensor([[True, True, False], [False, False, False]])
     assert masked_user_mean(values, mask).tolist() == [2.0, 0.0]
     assert pointwise_loss(torch.tensor([2.0]), torch.tensor([0.5]), "regression").item() == pytest.approx(2.25)
+
+
+@pytest.mark.parametrize("objective", ["binary", "regression"])
+@pytest.mark.parametrize("learned_lr", [None, 0.3])
+def test_inference_loop_without_weight_copies_equals_adapt_then_embed(spec, tables, tasks, objective, learned_lr):
+    """Activation mode adapts through vectors only (`_activation_embeddings`); it must be the
+    same math as adapting per-user weight copies, with scalar and per-weight (Meta-SGD) steps."""
+    model = tiny_model(spec, objective=objective, learned_inner_lr=learned_lr)
+    if learned_lr is not None:  # distinct step sizes per weight element
+        with torch.no_grad():
+            for lr in model.inner_lr.values():
+                lr.uniform_(0.05, 0.6)
+    cfg = MamlConfig(inner_steps=4, inner_lr=0.4, learn_inner_lr=learned_lr is not None)
+    with torch.no_grad():
+        x, v, ctx, y, mask = inputs(model, tables, tasks)
+        reference = model.meta.embed(adapt(model, x, v, ctx, y, mask, cfg), x)
+        fast = adapt_and_embed(model, x, v, ctx, y, mask, cfg)
+    assert (reference - model.meta(x)).abs().max() > 1e-2  # the users really moved
+    torch.testing.assert_close(fast, reference, rtol=0, atol=1e-5)
