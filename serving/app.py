@@ -11,29 +11,34 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import gc
 import datetime as dt
 import json
+import os
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
 import faiss
+import orjson
 import torch
 from fastapi import FastAPI, Query, Request
 from fastapi import Path as PathParam
-from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
-from starlette.exceptions import HTTPException as StarletteHTTPException
+from pydantic import BaseModel, ValidationError
 
 from serving import schemas, service
-from serving.config import MAX_ID_LENGTH, MAX_K, ServingConfig
+from meta_embed.config import from_dict
+from serving.config import CONFIG_ENV, MAX_ID_LENGTH, MAX_K, ServingConfig
 from serving.reload import StateHolder, Watcher
 from serving.scorer import ContextError
 from serving.state import ServingState
 from serving.store import Status
 
 UserId = Annotated[str, PathParam(min_length=1, max_length=MAX_ID_LENGTH)]
-ERRORS = {413: {"model": schemas.ErrorResponse, "description": "request body over the size limit"}}
+Body = TypeVar("Body", bound=BaseModel)
+ERRORS = {413: {"model": schemas.ErrorResponse, "description": "request body over the size limit"},
+          422: {"model": schemas.InvalidRequest, "description": "invalid request"}}
 
 
 def apply_threads(threads: int) -> None:
@@ -43,7 +48,8 @@ def apply_threads(threads: int) -> None:
 
 
 def _json(payload: dict[str, Any], status_code: int = 200) -> Response:
-    return Response(json.dumps(payload, allow_nan=False, separators=(",", ":")).encode(), status_code,
+    """orjson: NumPy arrays go in as they are (float32 in its shortest round-trip form), ~20x json's speed."""
+    return Response(orjson.dumps(payload, option=orjson.OPT_SERIALIZE_NUMPY), status_code,
                     media_type="application/json")
 
 
@@ -91,6 +97,21 @@ class BodyLimit:
         await JSONResponse({"detail": detail}, 413)(scope, None, send)
 
 
+def _request_body(model: type[BaseModel]) -> dict[str, Any]:
+    """The OpenAPI requestBody of a route that parses its body itself with `_parse`."""
+    return {"requestBody": {"required": True, "content": {"application/json": {"schema": model.model_json_schema()}}}}
+
+
+async def _parse(request: Request, model: type[Body]) -> Body:
+    """The JSON body as `model`, parsed and validated in one pass by pydantic-core (about 40 us
+    cheaper per request than FastAPI's json.loads + validation); 422 like FastAPI's on failure."""
+    try:
+        return model.model_validate_json(await request.body())
+    except ValidationError as err:
+        raise RequestValidationError([{**e, "loc": ("body", *e["loc"])} for e in err.errors(include_url=False)]) \
+            from None
+
+
 def _validation_body(errors: list[dict[str, Any]]) -> dict[str, Any]:
     detail = [{k: v for k, v in e.items() if k in ("loc", "msg", "type")} for e in errors]
     parts = [f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in detail[:10]]
@@ -101,13 +122,6 @@ def _install_errors(app: FastAPI) -> None:
     @app.exception_handler(RequestValidationError)
     async def invalid(_: Request, err: RequestValidationError) -> JSONResponse:
         return JSONResponse(_validation_body(list(err.errors())), 422)
-
-    @app.exception_handler(StarletteHTTPException)
-    async def http_error(request: Request, err: StarletteHTTPException) -> Response:
-        if err.status_code == 400:  # FastAPI's "error parsing the body" (e.g. not UTF-8): a bad body, so 422
-            msg = f"body cannot be decoded as JSON text ({err.detail})"
-            return JSONResponse(_validation_body([{"loc": ["body"], "msg": msg, "type": "json_invalid"}]), 422)
-        return await http_exception_handler(request, err)
 
     @app.exception_handler(ContextError)
     async def bad_context(_: Request, err: ContextError) -> JSONResponse:
@@ -144,6 +158,7 @@ def create_app(state_or_root: ServingState | StateHolder | str | Path, config: S
 
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI):
+        gc.freeze()  # the loaded model, state and imports never become garbage: keep them out of GC passes
         watcher = Watcher(holder, interval).start() if watching else None
         try:
             yield
@@ -161,6 +176,16 @@ def create_app(state_or_root: ServingState | StateHolder | str | Path, config: S
     return app
 
 
+def app_from_env() -> FastAPI:
+    """The app of one `serve --workers N` process: `create_app` over the ServingConfig (JSON)
+    that the launching process put in the CONFIG_ENV environment variable."""
+    raw = os.environ.get(CONFIG_ENV)
+    if not raw:
+        raise RuntimeError(f"{CONFIG_ENV} is not set: worker processes are started by `meta-embed serve --workers N`")
+    config = from_dict(ServingConfig, json.loads(raw))
+    return create_app(config.root, config)
+
+
 def _routes(app: FastAPI, holder: StateHolder, watching: bool, interval: float) -> None:
     @app.get("/healthz", response_model=schemas.Health)
     async def healthz() -> Response:
@@ -175,18 +200,21 @@ def _routes(app: FastAPI, holder: StateHolder, watching: bool, interval: float) 
         state = holder.state
         user = service.user_embedding(state, user_id)
         last = user.last_event_ts.isoformat() if user.last_event_ts else None
-        return _json(_served(state, user) | {"dim": len(user.embedding), "embedding": user.embedding.tolist(),
+        return _json(_served(state, user) | {"dim": len(user.embedding), "embedding": user.embedding,
                                              "n_support": user.n_support, "last_event_ts": last})
 
-    @app.post("/v1/score", response_model=schemas.ScoreResponse,
+    @app.post("/v1/score", response_model=schemas.ScoreResponse, openapi_extra=_request_body(schemas.ScoreRequest),
               responses={404: {"model": schemas.UnknownItemsResponse, "description": "unknown item ids"}, **ERRORS})
-    async def score(body: schemas.ScoreRequest) -> Response:
+    async def score(request: Request) -> Response:
+        body = await _parse(request, schemas.ScoreRequest)
         state = holder.state
         user, logits = service.score(state, body.user_id, body.item_ids, body.context)
-        return _json(_served(state, user) | {"item_ids": body.item_ids, "scores": logits.tolist()})
+        return _json(_served(state, user) | {"item_ids": body.item_ids, "scores": logits})
 
-    @app.post("/v1/recommend", response_model=schemas.RecommendResponse, responses=ERRORS)
-    async def recommend(body: schemas.RecommendRequest) -> Response:
+    @app.post("/v1/recommend", response_model=schemas.RecommendResponse,
+              openapi_extra=_request_body(schemas.RecommendRequest), responses=ERRORS)
+    async def recommend(request: Request) -> Response:
+        body = await _parse(request, schemas.RecommendRequest)
         state = holder.state
         user, rec = service.recommend(state, body.user_id, body.k, body.exclude_item_ids, body.context)
         items = [{"item_id": i, "score": s, "retrieval_score": r}

@@ -9,12 +9,13 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Sequence
 
 from meta_embed.config import to_dict, write_config
-from serving.config import IndexConfig, ServingConfig
+from serving.config import CONFIG_ENV, IndexConfig, ServingConfig
 
 INDEX_EPILOG = """example:
   meta-embed index build --root runs/snapshots --checkpoint runs/ckpt --items data/ml-1m/items.parquet
@@ -69,6 +70,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                        help="seconds between checks of ROOT/CURRENT (0 = no hot reload)")
     serve.add_argument("--max-age", type=float, default=48.0, help="hours after which a snapshot's users are 'stale'")
     serve.add_argument("--max-body-bytes", type=int, default=1 << 20, help="request body limit (413 above)")
+    serve.add_argument("--workers", type=int, default=1,
+                       help="server processes sharing the port, each with its own state and reload watcher "
+                            "(about one per core; default 1)")
     serve.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
     serve.set_defaults(func=run_serve)
 
@@ -102,13 +106,21 @@ def run_serve(args: argparse.Namespace) -> int:
     from serving.app import create_app
 
     cfg = config_from_args(args)
+    if args.workers < 1:
+        raise SystemExit(f"--workers must be >= 1, got {args.workers}")
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     print("config: " + json.dumps(to_dict(cfg), sort_keys=True), flush=True)  # serve writes no files
-    app = create_app(cfg.root, cfg)
+    app = create_app(cfg.root, cfg)  # builds any missing artifacts once, before workers start
     state = app.state.holder.state
-    print(f"serving snapshot {state.snapshot} (model_version {state.model_version}) on http://{args.host}:{args.port}",
-          flush=True)
-    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, access_log=False)
+    print(f"serving snapshot {state.snapshot} (model_version {state.model_version}) on http://{args.host}:{args.port}"
+          f" with {args.workers} worker process{'es' if args.workers > 1 else ''}", flush=True)
+    run = dict(host=args.host, port=args.port, log_level=args.log_level, access_log=False)
+    if args.workers == 1:
+        uvicorn.run(app, **run)
+        return 0
+    del app, state
+    os.environ[CONFIG_ENV] = json.dumps(to_dict(cfg))
+    uvicorn.run("serving.app:app_from_env", factory=True, workers=args.workers, **run)
     return 0
 
 

@@ -118,6 +118,19 @@ class ErrorResponse(BaseModel):
     detail: str
 
 
+class InvalidField(BaseModel):
+    loc: list[str | int]
+    msg: str
+    type: str
+
+
+class InvalidRequest(BaseModel):
+    """A 422: what is wrong with each field, and all of it in one line."""
+
+    detail: list[InvalidField]
+    message: str
+
+
 class UnknownItemsResponse(BaseModel):
     detail: str
     unknown_item_ids: list[str]

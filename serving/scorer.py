@@ -24,10 +24,12 @@ import torch
 
 from meta_embed.checkpoint import Checkpoint
 from meta_embed.features import Column, default_row, encode, take
+from meta_embed.model import ItemSide
 from meta_embed.schemas import ITEMS, USERS, check_schema
 from serving.ids import IdIndex
 
 ContextValue = str | int | float | list[str] | None
+DICT_MAX_ITEMS = 1 << 21  # catalogs up to this size also keep a dict id -> row (about 100 bytes per item)
 
 
 class ContextError(ValueError):
@@ -43,12 +45,26 @@ def read_features(path: Path, kind: str) -> pa.Table:
 
 @dataclasses.dataclass(frozen=True)
 class Catalog:
-    """Every item's tower output and retrieval vector, computed once per model version."""
+    """Every item's tower output, its first-layer terms and retrieval vector, computed once
+    per model version.
+
+    A request's item ids are looked up in a plain dict when the catalog is small enough
+    (a few microseconds for 100 ids), else through the hashed `IdIndex`.
+    """
 
     ids: IdIndex
     vectors: torch.Tensor  # (items, item_dim) item-tower outputs
+    side: ItemSide  # the global block's item terms of every item (no context)
     retrieval: np.ndarray  # (items, R) float32: model.retrieval.item(vectors)
     fingerprint: str  # hash of ids and vectors: keys the FAISS item index
+    rows_by_id: dict[str, int] | None  # id -> row for catalogs up to DICT_MAX_ITEMS
+
+    def rows(self, item_ids: list[str]) -> np.ndarray:
+        """Row of each id (int64), -1 where unknown."""
+        if self.rows_by_id is None:
+            return self.ids.find_many(item_ids)
+        get = self.rows_by_id.get
+        return np.fromiter((get(i, -1) for i in item_ids), np.int64, len(item_ids))
 
 
 def build_catalog(ckpt: Checkpoint, items: pa.Table, batch: int = 65536) -> Catalog:
@@ -64,11 +80,14 @@ def build_catalog(ckpt: Checkpoint, items: pa.Table, batch: int = 65536) -> Cata
             heads.append(model.retrieval.item(v))  # (batch, R)
         vectors = torch.cat(parts) if parts else torch.zeros(0, model.cfg.item_dim)
         retrieval = torch.cat(heads) if heads else torch.zeros(0, model.cfg.retrieval_dim)
+        side = model.global_block.prepare(vectors)
     h = hashlib.sha256(ckpt.model_version.encode())
     h.update(np.ascontiguousarray(ids.hashes).tobytes())
     h.update(np.ascontiguousarray(ids.order).tobytes())
     h.update(vectors.numpy().tobytes())
-    return Catalog(ids, vectors, np.ascontiguousarray(retrieval.numpy(), dtype=np.float32), h.hexdigest()[:16])
+    rows_by_id = {i: r for r, i in enumerate(ids.ids.to_pylist())} if len(ids) <= DICT_MAX_ITEMS else None
+    return Catalog(ids, vectors, side, np.ascontiguousarray(retrieval.numpy(), dtype=np.float32),
+                   h.hexdigest()[:16], rows_by_id)
 
 
 class Scorer:
@@ -96,7 +115,7 @@ class Scorer:
 
     def item_rows(self, item_ids: list[str]) -> np.ndarray:
         """Catalog row of each id (int64), -1 where the item is unknown."""
-        return self.catalog.ids.find_many(item_ids)
+        return self.catalog.rows(item_ids)
 
     def item_ids(self, rows: np.ndarray) -> list[str]:
         return self.catalog.ids.ids.take(pa.array(np.asarray(rows, dtype=np.int64))).to_pylist()
@@ -115,12 +134,11 @@ class Scorer:
     def scores(self, e: np.ndarray, rows: np.ndarray, context: Mapping[str, ContextValue] | None = None) -> np.ndarray:
         """Logits (n,) of embedding e (D,) against catalog rows (n,)."""
         with torch.inference_mode():
-            v = self.catalog.vectors[torch.from_numpy(np.asarray(rows, dtype=np.int64))]  # (n, item_dim)
-            ctx = self.context_vector(context)
-            if ctx is not None:
-                ctx = ctx.expand(v.shape[0], ctx.shape[-1])  # (n, C)
+            index = torch.from_numpy(np.asarray(rows, dtype=np.int64))
+            side = ItemSide(self.catalog.side.v[index], self.catalog.side.base[index])  # (n, item_dim), (n, hidden)
+            side = self.model.global_block.with_context(side, self.context_vector(context))  # ctx (1, C) broadcasts
             e_t = torch.tensor(e, dtype=torch.float32)  # (D,), a copy
-            return self.model.global_block(e_t, v, ctx).numpy()
+            return self.model.global_block.score(e_t, side).numpy()
 
     def query(self, e: np.ndarray) -> np.ndarray:
         """The retrieval head's query vector (R,) for embedding e (D,)."""

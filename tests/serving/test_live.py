@@ -1,6 +1,7 @@
-"""A real uvicorn server on loopback under a bounded request loop while a new snapshot
-(from a new model release) is published: no request fails, answers switch to the new
-as_of, and every answer is consistent (scores, embeddings and model_version of one state)."""
+"""A real uvicorn server on loopback (one process, and two worker processes) under a bounded
+request loop while a new snapshot (from a new model release) is published: no request fails,
+answers switch to the new as_of, and every answer is consistent (scores, embeddings and
+model_version of one state). Stopping the server by its pid stops its workers too."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from pathlib import Path
 
 import httpx
 import numpy as np
+import psutil
 import pytest
 import torch
 
@@ -35,14 +37,14 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture()
-def server(tmp_path):
+@pytest.fixture(params=[1, 2], ids=["1-worker", "2-workers"])
+def server(tmp_path, request):
     w = build_world(tmp_path / "w", as_of=AS_OF)
     port = free_port()
     cmd = [sys.executable, "-m", "serving.cli", "serve", "--root", str(w.root),
            "--items", str(w.base / "items.parquet"), "--users", str(w.base / "users.parquet"),
            "--checkpoint", str(w.ckpt_path), "--host", "127.0.0.1", "--port", str(port),
-           "--reload-interval", "0.2", "--log-level", "warning"]
+           "--reload-interval", "0.2", "--log-level", "warning", "--workers", str(request.param)]
     log = open(tmp_path / "server.log", "w")
     proc = subprocess.Popen(cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT,
                             env=os.environ | {"PYTHONPATH": str(REPO)})
@@ -58,15 +60,19 @@ def server(tmp_path):
                 time.sleep(0.2)
         else:
             pytest.fail("server did not come up: " + (tmp_path / "server.log").read_text())
+        workers = psutil.Process(proc.pid).children(recursive=True)
+        assert len(workers) >= (request.param if request.param > 1 else 0)
         yield w, base
     finally:
-        proc.terminate()  # this process only, by its pid
+        proc.terminate()  # the server, by its pid; uvicorn stops its worker processes
         try:
             proc.wait(timeout=15)
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
         log.close()
+    _, alive = psutil.wait_procs(workers, timeout=15)
+    assert not alive, alive
 
 
 def expected_scores(model, items, e: np.ndarray) -> np.ndarray:
