@@ -101,7 +101,9 @@ def per_user_loop(model: TwoBlockModel, tables: FeatureTables, tasks: TaskSet, c
 
         def inputs() -> tuple[torch.Tensor, torch.Tensor]:
             with torch.no_grad():
-                return model.user_inputs(user_enc), model.item_tower(item_enc)  # (1, in), (n, item_dim)
+                v = model.item_tower(item_enc)  # (n, item_dim)
+                every = torch.ones(1, len(y), dtype=torch.bool)
+                return model.with_history(model.user_inputs(user_enc), v[None], y[None], every), v  # (1, in_dim)
 
         x, v = inputs()
         for _ in range(cfg.inner_steps if len(y) else 0):

@@ -27,6 +27,10 @@ class ModelConfig:
     `meta_dim` is the meta embedding size in `activation` mode. In `weights` mode the
     embedding is the personal layer, (personal_rank x item_dim) weights plus a
     personal_rank bias, flattened: see `embedding_dim`.
+
+    `history_inputs` adds a summary of the user's support events to the meta block's
+    inputs (`TwoBlockModel.with_history`): the mean item vector, the mean item vector
+    weighted by the user-centered target, and log(1 + events). Cold users get zeros.
     """
 
     embedding_mode: EmbeddingMode = "activation"
@@ -37,6 +41,7 @@ class ModelConfig:
     global_hidden: tuple[int, ...] = (64, 32)
     personal_rank: int = 8
     retrieval_dim: int = 32
+    history_inputs: bool = True
 
     def __post_init__(self) -> None:
         if self.embedding_mode not in ("activation", "weights"):
@@ -69,7 +74,7 @@ class MamlConfig:
     inner_lr: float = 0.5
     learn_inner_lr: bool = False
     first_order: bool = False
-    max_support: int = 50
+    max_support: int = 100
 
     def __post_init__(self) -> None:
         if self.inner_steps < 0:

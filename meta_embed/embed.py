@@ -35,8 +35,8 @@ def event_inputs(model: TwoBlockModel, tables: FeatureTables, events: Padded):
 def embed_episodes(model: TwoBlockModel, tables: FeatureTables, ep: Episodes, cfg: MamlConfig) -> torch.Tensor:
     """Adapted meta embeddings (users, D) of one batch, from its support events."""
     with torch.no_grad():
-        x = user_inputs(model, tables, ep.user_rows)
         v, ctx = event_inputs(model, tables, ep.support)
+        x = model.with_history(user_inputs(model, tables, ep.user_rows), v, ep.support.y, ep.support.mask)
     return adapt_and_embed(model, x, v, ctx, ep.support.y, ep.support.mask, cfg)
 
 
@@ -56,8 +56,9 @@ def embed_users(model: TwoBlockModel, tables: FeatureTables, tasks: TaskSet, cfg
     for start in range(0, len(order), batch_size):
         users = order[start:start + batch_size]
         ep = episodes(tasks, users)
+        s = ep.support
         with torch.no_grad():
-            x, ctx = user_inputs(model, tables, ep.user_rows), model.context_vectors(ep.support.context)
-        out[users] = adapt_and_embed(model, x, catalog[ep.support.items], ctx, ep.support.y, ep.support.mask,
-                                     cfg).numpy()
+            v, ctx = catalog[s.items], model.context_vectors(s.context)
+            x = model.with_history(user_inputs(model, tables, ep.user_rows), v, s.y, s.mask)
+        out[users] = adapt_and_embed(model, x, v, ctx, s.y, s.mask, cfg).numpy()
     return out

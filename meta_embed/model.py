@@ -107,15 +107,18 @@ def batched(params: Params, users: int) -> Params:
 
 
 class ItemTower(nn.Module):
-    """Item features -> item vector (item_dim)."""
+    """Item features -> item vector (item_dim): an MLP plus a linear (wide) path, so that
+    per-item effects of the id embedding reach the vector without passing a ReLU."""
 
     def __init__(self, columns: tuple[Column, ...], item_dim: int):
         super().__init__()
         self.features = FeatureEmbedder(columns)
         self.mlp = _mlp([self.features.out_dim, 2 * item_dim, item_dim])
+        self.wide = nn.Linear(self.features.out_dim, item_dim, bias=False)
 
     def forward(self, enc: Encoded) -> torch.Tensor:
-        return self.mlp(self.features(enc))  # (*, item_dim)
+        f = self.features(enc)
+        return self.mlp(f) + self.wide(f)  # (*, item_dim)
 
 
 class ItemSide(NamedTuple):
@@ -146,6 +149,8 @@ class GlobalBlock(nn.Module):
         else:  # [relu(Wv v + c), v, ctx]
             self.parts = {"personal": cfg.personal_rank, "v": cfg.item_dim, "ctx": context_dim}
         self.mlp = _mlp([sum(self.parts.values()), *cfg.global_hidden, 1])
+        self.item_bias = nn.Linear(cfg.item_dim, 1, bias=False)  # a linear path from v to the logit
+        nn.init.zeros_(self.item_bias.weight)
 
     def _first_layer(self) -> dict[str, torch.Tensor]:
         """The first layer's weight split into the column blocks of its input parts."""
@@ -174,7 +179,7 @@ class GlobalBlock(nn.Module):
         h = torch.relu(h)
         for layer in itertools.islice(self.mlp, 2, None):  # (slicing the Sequential would build a module per call)
             h = layer(h)
-        return h.squeeze(-1)
+        return (h + self.item_bias(v)).squeeze(-1)
 
     def forward(self, e: torch.Tensor, v: torch.Tensor, ctx: torch.Tensor | None = None) -> torch.Tensor:
         """e (*, D) broadcast against v (*, item_dim) and ctx (*, C) -> logits (*)."""
@@ -200,7 +205,8 @@ class TwoBlockModel(nn.Module):
         super().__init__()
         self.spec, self.cfg = spec, cfg
         self.user_features = FeatureEmbedder(spec.user)
-        self.meta = MetaBlock(self.user_features.out_dim, cfg)
+        self.history_dim = 2 * cfg.item_dim + 1 if cfg.history_inputs else 0
+        self.meta = MetaBlock(self.user_features.out_dim + self.history_dim, cfg)
         # Meta-SGD: one learned step size per meta-block weight, starting at `learned_inner_lr`.
         self.inner_lr = nn.ParameterDict(
             {} if learned_inner_lr is None
@@ -212,7 +218,29 @@ class TwoBlockModel(nn.Module):
         self.retrieval = RetrievalHead(cfg)
 
     def user_inputs(self, user_enc: Encoded) -> torch.Tensor:
-        return self.user_features(user_enc)  # (users, in_dim)
+        """Meta-block inputs (users, in_dim) of users with no known events: their features,
+        then (with `history_inputs`) a zero history part; see `with_history`."""
+        f = self.user_features(user_enc)
+        return torch.cat([f, f.new_zeros(*f.shape[:-1], self.history_dim)], -1) if self.history_dim else f
+
+    def with_history(self, x: torch.Tensor, v: torch.Tensor, y: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """x (users, in_dim) with its history part summarizing the users' support events:
+        item vectors v (users, slots, item_dim), targets y and mask (users, slots).
+
+            [mean_s v_s,  mean_s (y_s - mean y) v_s,  log(1 + n)]   over the n valid events
+
+        The second part points toward what the user rates above their own average, the
+        collaborative signal a few inner steps recover poorly from user features alone.
+        Without `history_inputs`, x is returned as it is.
+        """
+        if not self.history_dim:
+            return x
+        m = mask.to(v.dtype)
+        n = m.sum(1, keepdim=True)  # (users, 1)
+        w = m / n.clamp(min=1.0)  # (users, slots): mean weights, 0 on padding
+        centered = w * (y.to(v.dtype) - (w * y).sum(1, keepdim=True))  # (users, slots)
+        history = [(w.unsqueeze(-1) * v).sum(1), (centered.unsqueeze(-1) * v).sum(1), torch.log1p(n)]
+        return torch.cat([x[..., : x.shape[-1] - self.history_dim], *history], -1)
 
     def context_vectors(self, ctx_enc: Encoded | None) -> torch.Tensor | None:
         if ctx_enc is None or not self.spec.context:
@@ -220,13 +248,17 @@ class TwoBlockModel(nn.Module):
         return self.context(ctx_enc)
 
     def forward(self, user_enc: Encoded, item_enc: Encoded, ctx_enc: Encoded | None = None,
-                meta_params: Params | None = None) -> torch.Tensor:
+                meta_params: Params | None = None,
+                support: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
         """Logits of every user (users,) against their items (users, items) -> (users, items).
 
         `meta_params` are per-user adapted weights (users, *shape); None means the
-        initialization (zero-step, cold users).
+        initialization (zero-step, cold users). `support` = (item vectors, targets, mask)
+        of the users' support events feeds `with_history`; None means no known events.
         """
         x = self.user_inputs(user_enc)
+        if support is not None:
+            x = self.with_history(x, *support)
         params = meta_params if meta_params is not None else batched(self.meta.init_params(), x.shape[0])
         e = self.meta.embed(params, x)  # (users, D)
         v = self.item_tower(item_enc)  # (users, items, item_dim)

@@ -42,7 +42,7 @@ class TrainConfig:
 
     seed: int = 0
     batch_users: int = 64
-    lr: float = 1e-3
+    lr: float = 3e-3
     weight_decay: float = 0.0
     max_epochs: int = 30
     patience: int = 4
@@ -54,6 +54,8 @@ class TrainConfig:
     grad_clip: float = 5.0
     positive_threshold: float | None = None
     eval_batch_users: int = 512
+    select_on: Literal["auc", "user_auc"] = "user_auc"
+    loss_weighting: Literal["user", "event"] = "event"
     threads: int | None = None
     deterministic: bool = True
     progress: bool = True
@@ -69,6 +71,8 @@ class TrainConfig:
             raise ValueError("TrainConfig.retrieval_weight and weight_decay must be >= 0")
         if self.retrieval_loss not in ("softmax", "bce"):
             raise ValueError(f"TrainConfig.retrieval_loss must be 'softmax' or 'bce', got {self.retrieval_loss!r}")
+        if self.select_on not in ("auc", "user_auc"):
+            raise ValueError(f"TrainConfig.select_on must be 'auc' or 'user_auc', got {self.select_on!r}")
         if self.threads is not None and self.threads <= 0:
             raise ValueError(f"TrainConfig.threads must be > 0 or None, got {self.threads}")
 
@@ -152,11 +156,15 @@ def episode_loss(model: TwoBlockModel, tables: FeatureTables, ep: Episodes, maml
     v_s = vecs[: s_shape.numel()].view(*s_shape, -1)  # (users, support slots, item_dim)
     v_q = vecs[s_shape.numel():].view(*q_shape, -1)  # (users, query slots, item_dim)
     ctx_s, ctx_q = model.context_vectors(ep.support.context), model.context_vectors(ep.query.context)
+    x = model.with_history(x, v_s, ep.support.y, ep.support.mask)
     params = adapt(model, x, v_s, ctx_s, ep.support.y, ep.support.mask, maml, second_order=not maml.first_order)
     e = model.meta.embed(params, x)  # (users, D)
     pred = model.global_block(e.unsqueeze(1), v_q, ctx_q)  # (users, query slots)
-    per_user = masked_user_mean(pointwise_loss(pred, ep.query.y, model.cfg.objective), ep.query.mask)
-    task = per_user[ep.query.mask.any(1)].mean()
+    losses = pointwise_loss(pred, ep.query.y, model.cfg.objective)
+    if cfg.loss_weighting == "event":
+        task = (losses * ep.query.mask).sum() / ep.query.mask.sum().clamp(min=1)
+    else:
+        task = masked_user_mean(losses, ep.query.mask)[ep.query.mask.any(1)].mean()
     if cfg.retrieval_weight == 0:
         return task, task
     aux = retrieval_loss(model, e, v_q, ep.query, cfg.threshold(model.cfg.objective), cfg.retrieval_loss)
@@ -253,7 +261,7 @@ def meta_train(model: TwoBlockModel, tables: FeatureTables, history: TaskSet, cf
         if len(train_users) == 0:
             raise ValueError("meta_train: no training users with events; check the input interactions")
         val = cut(history, val_users, fixed_splits(lengths[val_users], cfg.max_query), maml.max_support, cfg.max_query)
-        metric = "auc" if model.cfg.objective == "binary" else "neg_mse"
+        metric = cfg.select_on if model.cfg.objective == "binary" else "neg_mse"
         if model.cfg.objective == "regression":
             in_train = np.repeat(np.isin(np.arange(len(history)), train_users), lengths)
             init_output_bias(model, float(np.mean(history.support.target[in_train])))

@@ -54,7 +54,7 @@ class EvalConfig:
     valid_quantile: float = 0.7
     retrain_every: int = 7
     weights_arm: bool = True
-    meta_epochs: int = 20
+    meta_epochs: int = 30
     wd_lrs: tuple[float, ...] = (1e-3, 3e-3)
     wd_dims: tuple[int, ...] = (16, 32)
     wd_max_epochs: int = 8

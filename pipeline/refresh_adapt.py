@@ -109,7 +109,8 @@ def _embed_with_events(state: ModelState, settings: AdaptSettings, x: torch.Tens
         with torch.no_grad():
             v = state.item_vectors[padded.items]  # (users, slots, item_dim)
             ctx = model.context_vectors(padded.context)
-        out[pick] = adapt_and_embed(model, x[pick], v, ctx, padded.y, padded.mask, cfg).numpy()
+            xs = model.with_history(x[pick], v, padded.y, padded.mask)
+        out[pick] = adapt_and_embed(model, xs, v, ctx, padded.y, padded.mask, cfg).numpy()
     return out
 
 

@@ -66,7 +66,8 @@ def run(args: argparse.Namespace) -> int:
     print(f"checkpoint     {result.checkpoint}")
     print(f"model_version  {result.model_version}")
     print(f"users/events   {s['n_users']} / {s['n_events']} ({s['n_validation_users']} held out for validation)")
-    print(f"best epoch     {result.best_epoch}: val {result.metric} = {result.best_metric:.4f}, "
-          f"val user AUC = {last.get('val_user_auc', float('nan')):.4f}")
+    figures = ", ".join(f"{name} {last[f'val_{key}']:.4f}" for name, key in
+                        (("auc", "auc"), ("user AUC", "user_auc"), ("MSE", "mse")) if f"val_{key}" in last)
+    print(f"best epoch     {result.best_epoch} (selected on {result.metric}): val {figures}")
     print(f"seconds        {result.seconds:.1f}")
     return 0

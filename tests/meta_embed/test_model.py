@@ -35,14 +35,17 @@ def test_stored_embedding_reproduces_the_adapted_models_logits(spec, tables, tas
     users = np.arange(len(tasks))
     ep = episodes(tasks, users)
     with torch.no_grad():
-        x = user_inputs(model, tables, ep.user_rows)
         v, ctx = event_inputs(model, tables, ep.support)
+        support = (v, ep.support.y, ep.support.mask)
+        x = model.with_history(user_inputs(model, tables, ep.user_rows), *support)
         params = adapt(model, x, v, ctx, ep.support.y, ep.support.mask, cfg)
         items = torch.arange(len(tables.item_ids)).expand(len(users), -1)  # every user x every item
-        full = model(take(tables.users, ep.user_rows), take(tables.items, items), meta_params=params)
+        full = model(take(tables.users, ep.user_rows), take(tables.items, items), meta_params=params, support=support)
         online = model.global_block(stored.unsqueeze(1), item_vectors(model, tables, items))
     torch.testing.assert_close(online, full, rtol=0, atol=1e-5)
     assert not torch.allclose(stored[3:], model.meta(x)[3:], atol=1e-4)  # adaptation did something
+    if model.cfg.history_inputs:  # and the history part of the inputs differs between users with events
+        assert not torch.allclose(x[3:, -model.history_dim:], x[4:5, -model.history_dim:])
 
 
 @pytest.mark.parametrize("mode", ["activation", "weights"])

@@ -81,7 +81,9 @@ def test_meta_training_improves_held_out_users_and_restores_the_best_state(objec
     result = meta_train(model, tables, data, dataclasses.replace(FAST, max_epochs=5, patience=5), maml)
     loss = "val_logloss" if objective == "binary" else "val_mse"
     untrained, best = result.history[0], result.history[result.best_epoch]
-    assert result.best_epoch > 0 and best[loss] < untrained[loss] - (0.04 if objective == "binary" else 0.1)
+    assert result.best_epoch > 0 and best[loss] < untrained[loss] - (0.02 if objective == "binary" else 0.1)
+    if objective == "binary":  # selected on held-out users' per-user AUC, which rose above chance
+        assert result.metric == "user_auc" and best["val_user_auc"] > max(untrained["val_user_auc"], 0.5) + 0.02
     if objective == "regression":  # the output bias starts at the mean rating, so epoch 0 is no strawman
         assert abs(untrained["val_mse"] - float(np.var(data.support.target))) < 0.3
     lengths = data.support.lengths

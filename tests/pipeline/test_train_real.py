@@ -31,7 +31,7 @@ def test_train_and_evidence_commands_on_a_synthetic_folder(tmp_path, capsys):
     out = capsys.readouterr().out
     assert code == 0, out
     summary = json.loads((ckpt / "train_summary.json").read_text())
-    assert f"model_version  {summary['model_version']}" in out and "val auc" in out
+    assert f"model_version  {summary['model_version']}" in out and "val auc" in out and "user AUC" in out
     loaded = checkpoint.load(ckpt, expect_spec_hash=summary["feature_spec_hash"])
     assert loaded.model_version == summary["model_version"] and loaded.maml_cfg.inner_steps == 1
     assert json.loads((ckpt / "config.json").read_text())["type"] == "TrainJobConfig"
