@@ -11,10 +11,8 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import gc
 import datetime as dt
-import json
-import os
+import gc
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
@@ -28,8 +26,7 @@ from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ValidationError
 
 from serving import schemas, service
-from meta_embed.config import from_dict
-from serving.config import CONFIG_ENV, MAX_ID_LENGTH, MAX_K, ServingConfig
+from serving.config import MAX_ID_LENGTH, MAX_K, ServingConfig
 from serving.reload import StateHolder, Watcher
 from serving.scorer import ContextError
 from serving.state import ServingState
@@ -174,16 +171,6 @@ def create_app(state_or_root: ServingState | StateHolder | str | Path, config: S
     max_bytes = config.max_body_bytes if config is not None else ServingConfig.max_body_bytes
     app.add_middleware(BodyLimit, max_bytes=max_bytes)
     return app
-
-
-def app_from_env() -> FastAPI:
-    """The app of one `serve --workers N` process: `create_app` over the ServingConfig (JSON)
-    that the launching process put in the CONFIG_ENV environment variable."""
-    raw = os.environ.get(CONFIG_ENV)
-    if not raw:
-        raise RuntimeError(f"{CONFIG_ENV} is not set: worker processes are started by `meta-embed serve --workers N`")
-    config = from_dict(ServingConfig, json.loads(raw))
-    return create_app(config.root, config)
 
 
 def _routes(app: FastAPI, holder: StateHolder, watching: bool, interval: float) -> None:

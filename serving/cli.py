@@ -9,13 +9,12 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import sys
 from pathlib import Path
 from typing import Sequence
 
 from meta_embed.config import to_dict, write_config
-from serving.config import CONFIG_ENV, IndexConfig, ServingConfig
+from serving.config import IndexConfig, ServingConfig
 
 INDEX_EPILOG = """example:
   meta-embed index build --root runs/snapshots --checkpoint runs/ckpt --items data/ml-1m/items.parquet
@@ -71,8 +70,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     serve.add_argument("--max-age", type=float, default=48.0, help="hours after which a snapshot's users are 'stale'")
     serve.add_argument("--max-body-bytes", type=int, default=1 << 20, help="request body limit (413 above)")
     serve.add_argument("--workers", type=int, default=1,
-                       help="server processes sharing the port, each with its own state and reload watcher "
-                            "(about one per core; default 1)")
+                       help="server processes on the port (SO_REUSEPORT), each with its own state and reload "
+                            "watcher (about one per core; default 1)")
     serve.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
     serve.set_defaults(func=run_serve)
 
@@ -104,6 +103,7 @@ def run_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from serving.app import create_app
+    from serving.workers import serve_workers
 
     cfg = config_from_args(args)
     if args.workers < 1:
@@ -114,14 +114,11 @@ def run_serve(args: argparse.Namespace) -> int:
     state = app.state.holder.state
     print(f"serving snapshot {state.snapshot} (model_version {state.model_version}) on http://{args.host}:{args.port}"
           f" with {args.workers} worker process{'es' if args.workers > 1 else ''}", flush=True)
-    run = dict(host=args.host, port=args.port, log_level=args.log_level, access_log=False)
     if args.workers == 1:
-        uvicorn.run(app, **run)
+        uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, access_log=False)
         return 0
     del app, state
-    os.environ[CONFIG_ENV] = json.dumps(to_dict(cfg))
-    uvicorn.run("serving.app:app_from_env", factory=True, workers=args.workers, **run)
-    return 0
+    return serve_workers(cfg, args.host, args.port, args.workers, args.log_level)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -16,7 +16,6 @@ ApproxKind = Literal["ivf", "hnsw"]
 MAX_ITEMS_PER_REQUEST = 1000
 MAX_K = 1000
 MAX_ID_LENGTH = 256
-CONFIG_ENV = "META_EMBED_SERVING_CONFIG"  # JSON ServingConfig handed to `serve --workers N` processes
 
 
 @dataclasses.dataclass(frozen=True)

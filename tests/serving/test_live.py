@@ -135,3 +135,19 @@ def _wait(condition, timeout_s: float = MAX_SECONDS) -> None:
     while not condition():
         assert time.monotonic() < deadline, "timed out"
         time.sleep(0.05)
+
+
+def test_serve_with_workers_exits_with_an_error_when_a_worker_cannot_start(tmp_path) -> None:
+    w = build_world(tmp_path / "w", as_of=AS_OF)
+    with socket.socket() as taken:  # the port is held by a socket without SO_REUSEPORT
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        cmd = [sys.executable, "-m", "serving.cli", "serve", "--root", str(w.root),
+               "--items", str(w.base / "items.parquet"), "--checkpoint", str(w.ckpt_path),
+               "--host", "127.0.0.1", "--port", str(port), "--reload-interval", "0", "--workers", "2"]
+        done = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=120,
+                              env=os.environ | {"PYTHONPATH": str(REPO)})
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "a server worker exited on its own" in done.stdout
+    assert "Address already in use" in done.stderr

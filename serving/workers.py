@@ -1,0 +1,80 @@
+"""`meta-embed serve --workers N`: N server processes on one port.
+
+Each worker binds its own listening socket with SO_REUSEPORT, so the kernel spreads
+new connections across the workers by their address hash. (With one shared socket,
+whichever worker wakes first accepts a burst of connections: 64 connections opened
+together were seen to land 64/0 or 38/26 on two workers.) Every worker loads its own
+`ServingState` and runs its own reload watcher. The launching process only supervises:
+SIGTERM or SIGINT stops every worker, and if one worker exits the others are stopped
+and `serve` exits with an error, so a process manager can restart the whole server.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import signal
+import socket
+from multiprocessing.connection import wait
+from typing import Any
+
+from meta_embed.config import from_dict, to_dict
+from serving.config import ServingConfig
+
+STOP_TIMEOUT_S = 30.0
+
+
+def listening_socket(host: str, port: int) -> socket.socket:
+    """A TCP socket bound to (host, port) with SO_REUSEPORT, ready for uvicorn to listen on."""
+    family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+    sock = socket.socket(family, kind, proto)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    sock.bind(address)
+    return sock
+
+
+def _worker(config: dict[str, Any], host: str, port: int, log_level: str) -> None:
+    import uvicorn
+
+    from serving.app import create_app
+
+    cfg = from_dict(ServingConfig, config)
+    sock = listening_socket(host, port)
+    server = uvicorn.Server(uvicorn.Config(create_app(cfg.root, cfg), log_level=log_level, access_log=False))
+    server.run(sockets=[sock])
+
+
+def serve_workers(cfg: ServingConfig, host: str, port: int, workers: int, log_level: str) -> int:
+    """Run `workers` server processes until a signal or a worker's exit; returns the exit code."""
+    ctx = multiprocessing.get_context("spawn")  # fresh interpreters: no torch/FAISS state forked
+    procs = [ctx.Process(target=_worker, args=(to_dict(cfg), host, port, log_level), name=f"serve-worker-{i}")
+             for i in range(workers)]
+    stopping = False
+
+    def stop(*_: Any) -> None:
+        nonlocal stopping
+        stopping = True
+        for p in procs:
+            if p.is_alive():
+                p.terminate()  # uvicorn shuts down gracefully on SIGTERM
+
+    previous = {s: signal.signal(s, stop) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        for p in procs:
+            p.start()
+        wait([p.sentinel for p in procs])  # the first worker to exit (or all, after a signal)
+        crashed = not stopping
+        stop()
+        for p in procs:
+            p.join(STOP_TIMEOUT_S)
+            if p.is_alive():
+                p.kill()
+                p.join()
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+    if crashed:
+        codes = {p.name: p.exitcode for p in procs}
+        print(f"a server worker exited on its own (exit codes {codes}); stopped the others", flush=True)
+        return 1
+    return 0
