@@ -32,12 +32,20 @@ def event_inputs(model: TwoBlockModel, tables: FeatureTables, events: Padded):
     return item_vectors(model, tables, events.items), model.context_vectors(events.context)
 
 
-def embed_episodes(model: TwoBlockModel, tables: FeatureTables, ep: Episodes, cfg: MamlConfig) -> torch.Tensor:
-    """Adapted meta embeddings (users, D) of one batch, from its support events."""
+def embed_episodes(model: TwoBlockModel, tables: FeatureTables, ep: Episodes, cfg: MamlConfig,
+                   catalog: torch.Tensor | None = None) -> torch.Tensor:
+    """Adapted meta embeddings (users, D) of one batch, from its support events.
+
+    `catalog`: item-tower vectors of every item row, if already computed.
+    """
+    s = ep.support
     with torch.no_grad():
-        v, ctx = event_inputs(model, tables, ep.support)
-        x = model.with_history(user_inputs(model, tables, ep.user_rows), v, ep.support.y, ep.support.mask)
-    return adapt_and_embed(model, x, v, ctx, ep.support.y, ep.support.mask, cfg)
+        if catalog is None:
+            v, ctx = event_inputs(model, tables, s)
+        else:
+            v, ctx = catalog[s.items], model.context_vectors(s.context)
+        x = model.with_history(user_inputs(model, tables, ep.user_rows), v, s.y, s.mask)
+    return adapt_and_embed(model, x, v, ctx, s.y, s.mask, cfg)
 
 
 def embed_users(model: TwoBlockModel, tables: FeatureTables, tasks: TaskSet, cfg: MamlConfig,
@@ -55,10 +63,5 @@ def embed_users(model: TwoBlockModel, tables: FeatureTables, tasks: TaskSet, cfg
     order = np.argsort(tasks.support.lengths, kind="stable")
     for start in range(0, len(order), batch_size):
         users = order[start:start + batch_size]
-        ep = episodes(tasks, users)
-        s = ep.support
-        with torch.no_grad():
-            v, ctx = catalog[s.items], model.context_vectors(s.context)
-            x = model.with_history(user_inputs(model, tables, ep.user_rows), v, s.y, s.mask)
-        out[users] = adapt_and_embed(model, x, v, ctx, s.y, s.mask, cfg).numpy()
+        out[users] = embed_episodes(model, tables, episodes(tasks, users), cfg, catalog).numpy()
     return out

@@ -129,7 +129,7 @@ class ItemSide(NamedTuple):
 
 
 class GlobalBlock(nn.Module):
-    """[meta embedding, item vector, context] -> logit; shared by all users.
+    """[meta embedding, item vector, context] -> MLP -> logit, plus a linear term w . v; shared by all users.
 
     The first layer is applied in parts, so that the terms that depend only on items
     and context (`prepare`) are computed once and reused across inner steps, and the

@@ -38,7 +38,15 @@ from meta_embed.tasks import Episodes, FeatureTables, Padded, TaskSet, build_tas
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
     """The outer loop. `positive_threshold` (default 0.5 for labels, 3.5 for ratings)
-    decides which query events count as positives for the retrieval loss and the AUC."""
+    decides which query events count as positives for the retrieval loss and the AUC.
+
+    `loss_weighting`: `event` averages the query loss over every query event of the
+    batch (heavy users count by their events, as in GAUC); `user` averages per user
+    first. `select_on`: the held-out users' query metric that early stopping and the
+    restored state follow in binary mode: per-user AUC (`user_auc`, within-user ranking)
+    or pooled AUC (`auc`, which also rewards getting each user's level right).
+    Regression always selects on MSE.
+    """
 
     seed: int = 0
     batch_users: int = 64
@@ -73,6 +81,8 @@ class TrainConfig:
             raise ValueError(f"TrainConfig.retrieval_loss must be 'softmax' or 'bce', got {self.retrieval_loss!r}")
         if self.select_on not in ("auc", "user_auc"):
             raise ValueError(f"TrainConfig.select_on must be 'auc' or 'user_auc', got {self.select_on!r}")
+        if self.loss_weighting not in ("user", "event"):
+            raise ValueError(f"TrainConfig.loss_weighting must be 'user' or 'event', got {self.loss_weighting!r}")
         if self.threads is not None and self.threads <= 0:
             raise ValueError(f"TrainConfig.threads must be > 0 or None, got {self.threads}")
 
