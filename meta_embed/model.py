@@ -126,6 +126,11 @@ class ItemSide(NamedTuple):
 
     v: torch.Tensor  # (*, item_dim)
     base: torch.Tensor  # (*, hidden): the first layer's item, context and bias terms
+    bias: torch.Tensor  # (*,): the linear item term w . v added to the logit
+
+    def take(self, index: torch.Tensor) -> "ItemSide":
+        """The prepared terms of the items at `index` (along the first axis)."""
+        return ItemSide(self.v[index], self.base[index], self.bias[index])
 
 
 class GlobalBlock(nn.Module):
@@ -159,13 +164,14 @@ class GlobalBlock(nn.Module):
 
     def prepare(self, v: torch.Tensor, ctx: torch.Tensor | None = None) -> ItemSide:
         """The item/context part of the first layer for v (*, item_dim) and ctx (*, C)."""
-        return self.with_context(ItemSide(v, v @ self._first_layer()["v"].T + self.mlp[0].bias), ctx)
+        side = ItemSide(v, v @ self._first_layer()["v"].T + self.mlp[0].bias, self.item_bias(v).squeeze(-1))
+        return self.with_context(side, ctx)
 
     def with_context(self, side: ItemSide, ctx: torch.Tensor | None) -> ItemSide:
         """`side` (prepared without context) plus the context's first-layer term; ctx broadcasts."""
         if ctx is None or ctx.shape[-1] == 0:
             return side
-        return ItemSide(side.v, side.base + ctx @ self._first_layer()["ctx"].T)
+        return side._replace(base=side.base + ctx @ self._first_layer()["ctx"].T)
 
     def score(self, e: torch.Tensor, side: ItemSide) -> torch.Tensor:
         """Logits of e (*, D) broadcast against prepared items -> (*)."""
@@ -179,7 +185,7 @@ class GlobalBlock(nn.Module):
         h = torch.relu(h)
         for layer in itertools.islice(self.mlp, 2, None):  # (slicing the Sequential would build a module per call)
             h = layer(h)
-        return (h + self.item_bias(v)).squeeze(-1)
+        return h.squeeze(-1) + side.bias
 
     def forward(self, e: torch.Tensor, v: torch.Tensor, ctx: torch.Tensor | None = None) -> torch.Tensor:
         """e (*, D) broadcast against v (*, item_dim) and ctx (*, C) -> logits (*)."""

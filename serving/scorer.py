@@ -135,7 +135,7 @@ class Scorer:
         """Logits (n,) of embedding e (D,) against catalog rows (n,)."""
         with torch.inference_mode():
             index = torch.from_numpy(np.asarray(rows, dtype=np.int64))
-            side = ItemSide(self.catalog.side.v[index], self.catalog.side.base[index])  # (n, item_dim), (n, hidden)
+            side = self.catalog.side.take(index)  # the n items' prepared terms
             side = self.model.global_block.with_context(side, self.context_vector(context))  # ctx (1, C) broadcasts
             e_t = torch.tensor(e, dtype=torch.float32)  # (D,), a copy
             return self.model.global_block.score(e_t, side).numpy()
