@@ -282,7 +282,7 @@ def http_figures(cfg: ServingConfig, state: ServingState, requests: int, rng, wo
     finally:
         gc.enable()
         gc.unfreeze()
-        proc.terminate()  # the server this function started, by its pid (uvicorn stops its workers)
+        proc.terminate()  # the server this function started, by its pid (serve stops its workers)
         proc.wait(timeout=30)
     return out
 

@@ -155,7 +155,7 @@ def create_app(state_or_root: ServingState | StateHolder | str | Path, config: S
 
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI):
-        gc.freeze()  # the loaded model, state and imports never become garbage: keep them out of GC passes
+        gc.freeze()  # the loaded model, state and imports stay: keep them out of GC passes (reload re-freezes)
         watcher = Watcher(holder, interval).start() if watching else None
         try:
             yield

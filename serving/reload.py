@@ -12,6 +12,7 @@ retried with backoff; its error is reported by `/v1/info`.
 from __future__ import annotations
 
 import dataclasses
+import gc
 import logging
 import threading
 import time
@@ -76,6 +77,10 @@ class StateHolder:
                 return False
             self._retry_at.pop(name, None)
             self.swap(new)
+            if gc.get_freeze_count():  # the app froze its heap at start: collect the old state, freeze the new
+                gc.unfreeze()
+                gc.collect()
+                gc.freeze()
             log.info("serving snapshot %s (model_version %s)", new.snapshot, new.model_version)
             return True
 
