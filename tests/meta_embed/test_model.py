@@ -88,3 +88,23 @@ def test_global_block_is_the_mlp_of_the_concatenated_inputs(mode):
     want = block.mlp(torch.cat(parts, dim=-1)).squeeze(-1)
     torch.testing.assert_close(block(e, v, ctx), want, rtol=0, atol=1e-6)
     torch.testing.assert_close(block(e[0, 0], v[0], ctx[0]), want[0], rtol=0, atol=1e-6)  # one user, unbatched
+
+
+def test_history_summary_is_the_mean_the_centered_mean_and_the_log_count(spec, tables):
+    model = tiny_model(spec)
+    d = model.cfg.item_dim
+    with torch.no_grad():
+        x = user_inputs(model, tables, torch.tensor([0, 1]))  # (2, in_dim), zero history part
+        assert model.history_dim == 2 * d + 1 and torch.all(x[:, -model.history_dim:] == 0)
+        v = torch.zeros(2, 3, d)
+        v[0, :, 0] = torch.tensor([1.0, 3.0, 99.0])  # user 0: two events (the third slot is padding)
+        v[0, :, 1] = torch.tensor([2.0, 2.0, 99.0])
+        y = torch.tensor([[1.0, 0.0, 5.0], [0.0, 0.0, 0.0]])
+        mask = torch.tensor([[True, True, False], [False, False, False]])  # user 1: no events
+        h = model.with_history(x, v, y, mask)[:, -model.history_dim:]
+    torch.testing.assert_close(h[0, :d][:2], torch.tensor([2.0, 2.0]))  # mean item vector
+    # centered labels +0.5, -0.5: (0.5 * [1, 2] - 0.5 * [3, 2]) / 2 = [-0.5, 0]
+    torch.testing.assert_close(h[0, d:2 * d][:2], torch.tensor([-0.5, 0.0]))
+    torch.testing.assert_close(h[0, -1], torch.log(torch.tensor(3.0)))
+    assert torch.all(h[0, :d][2:] == 0) and torch.all(h[1] == 0)  # a user without events keeps zeros
+    torch.testing.assert_close(model.with_history(x, v, y, mask)[:, :-model.history_dim], x[:, :-model.history_dim])
