@@ -166,7 +166,7 @@ def fp16_effect(state: ServingState, events: int, rng: np.random.Generator) -> d
     e32 = np.asarray(state.store.embeddings[users], dtype=np.float32)  # (events, D)
     e16 = e32.astype(np.float16).astype(np.float32)
     with torch.inference_mode():
-        v = state.scorer.catalog.vectors[torch.from_numpy(rows)]
+        v = state.scorer.catalog.side.v[torch.from_numpy(rows)]
         gb = state.scorer.model.global_block
         s32, s16 = gb(torch.from_numpy(e32), v).numpy(), gb(torch.from_numpy(e16), v).numpy()
     z = (s32 - s32.mean()) / s32.std()

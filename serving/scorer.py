@@ -53,8 +53,7 @@ class Catalog:
     """
 
     ids: IdIndex
-    vectors: torch.Tensor  # (items, item_dim) item-tower outputs
-    side: ItemSide  # the global block's item terms of every item (no context)
+    side: ItemSide  # item-tower outputs `side.v` (items, item_dim) and the global block's item terms (no context)
     retrieval: np.ndarray  # (items, R) float32: model.retrieval.item(vectors)
     fingerprint: str  # hash of ids and vectors: keys the FAISS item index
     rows_by_id: dict[str, int] | None  # id -> row for catalogs up to DICT_MAX_ITEMS
@@ -86,8 +85,8 @@ def build_catalog(ckpt: Checkpoint, items: pa.Table, batch: int = 65536) -> Cata
     h.update(np.ascontiguousarray(ids.order).tobytes())
     h.update(vectors.numpy().tobytes())
     rows_by_id = {i: r for r, i in enumerate(ids.ids.to_pylist())} if len(ids) <= DICT_MAX_ITEMS else None
-    return Catalog(ids, vectors, side, np.ascontiguousarray(retrieval.numpy(), dtype=np.float32),
-                   h.hexdigest()[:16], rows_by_id)
+    return Catalog(ids, side, np.ascontiguousarray(retrieval.numpy(), dtype=np.float32), h.hexdigest()[:16],
+                   rows_by_id)
 
 
 class Scorer:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pyarrow as pa
 import pytest
@@ -94,3 +96,13 @@ def test_weights_mode_scores_equal_the_full_model_with_adapted_params(tmp_path) 
     for j, u in enumerate(users.tolist()):
         got = state.scorer.scores(state.store.embedding(state.store.row(f"u{u}")), np.array(items), CONTEXT)
         np.testing.assert_allclose(got, full[j].numpy(), rtol=1e-5, atol=1e-6)
+
+
+def test_dict_and_hashed_id_lookups_agree(state) -> None:
+    catalog = state.scorer.catalog
+    ids = catalog.ids.ids.to_pylist()
+    query = [ids[5], "no-such-item", ids[0], ids[-1], ids[5], ""]
+    assert catalog.rows_by_id is not None  # a small catalog keeps the dict
+    hashed = dataclasses.replace(catalog, rows_by_id=None)  # what a catalog over DICT_MAX_ITEMS uses
+    np.testing.assert_array_equal(catalog.rows(query), [5, -1, 0, len(ids) - 1, 5, -1])
+    np.testing.assert_array_equal(hashed.rows(query), catalog.rows(query))
