@@ -12,6 +12,8 @@ import torch.nn.functional as F
 
 from meta_embed import metrics
 from meta_embed.config import MamlConfig
+from meta_embed.embed import event_inputs, user_inputs
+from meta_embed.maml import adapt, pointwise_loss
 from meta_embed.tasks import FeatureTables, Padded, cut, episodes
 from meta_embed.train import (TrainConfig, episode_loss, evaluate, fixed_splits, meta_train, retrieval_loss,
                               sample_splits, timelines)
@@ -123,3 +125,32 @@ def test_auc_helpers_match_a_brute_force_count():
     per = metrics.grouped_auc(scores, labels, groups)
     assert per == pytest.approx([brute(scores[groups == g], labels[groups == g]) for g in range(4)])
     assert np.isnan(metrics.auc(scores, np.zeros(300)))
+
+
+@pytest.mark.parametrize(("field", "value"), [("select_on", "gauc"), ("loss_weighting", "item"), ("lr", 0.0),
+                                              ("cold_fraction", 1.0), ("retrieval_loss", "hinge")])
+def test_train_config_refuses_bad_values_naming_the_field(field, value):
+    with pytest.raises(ValueError, match=f"TrainConfig.{field}"):
+        TrainConfig(**{field: value})
+
+
+def test_event_weighting_counts_every_query_event_and_user_weighting_every_user(spec, tables, history):
+    model = tiny_model(spec)
+    ep = episodes(cut(history, np.arange(8), history.support.lengths[:8] // 2, 10, 10), np.arange(8))
+    maml = MamlConfig(inner_steps=1)
+    no_aux = dataclasses.replace(FAST, retrieval_weight=0.0)
+    with torch.no_grad():
+        _, by_event = episode_loss(model, tables, ep, maml, dataclasses.replace(no_aux, loss_weighting="event"))
+        _, by_user = episode_loss(model, tables, ep, maml, dataclasses.replace(no_aux, loss_weighting="user"))
+        x = user_inputs(model, tables, ep.user_rows)
+        v_s, ctx_s = event_inputs(model, tables, ep.support)
+        x = model.with_history(x, v_s, ep.support.y, ep.support.mask)
+        params = adapt(model, x, v_s, ctx_s, ep.support.y, ep.support.mask, maml)
+        v_q, ctx_q = event_inputs(model, tables, ep.query)
+        losses = pointwise_loss(model.global_block(model.meta.embed(params, x).unsqueeze(1), v_q, ctx_q),
+                                ep.query.y, "binary")
+    m = ep.query.mask
+    torch.testing.assert_close(by_event, losses[m].mean())
+    per_user = torch.stack([losses[u][m[u]].mean() for u in range(len(m)) if m[u].any()])
+    torch.testing.assert_close(by_user, per_user.mean())
+    assert len(set(m.sum(1).tolist())) > 1 and not torch.isclose(by_event, by_user)  # the two differ here
