@@ -84,7 +84,7 @@ def expected_scores(model, items, e: np.ndarray) -> np.ndarray:
 
 def load_loop(base: str, results: list, stop: threading.Event, worker: int) -> None:
     started = time.monotonic()
-    with httpx.Client(base_url=base, timeout=10) as client:
+    with httpx.Client(base_url=base, timeout=30) as client:  # a reload may hold a worker on a busy machine
         while not stop.is_set() and len(results) < MAX_REQUESTS and time.monotonic() - started < MAX_SECONDS:
             try:
                 r = client.post("/v1/score", json={"user_id": "u1", "item_ids": ITEMS})
