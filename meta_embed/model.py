@@ -129,8 +129,9 @@ class ItemSide(NamedTuple):
     bias: torch.Tensor  # (*,): the linear item term w . v added to the logit
 
     def take(self, index: torch.Tensor) -> "ItemSide":
-        """The prepared terms of the items at `index` (along the first axis)."""
-        return ItemSide(self.v[index], self.base[index], self.bias[index])
+        """The prepared terms of the items at `index` (1-D, along the first axis)."""
+        return ItemSide(self.v.index_select(0, index), self.base.index_select(0, index),
+                        self.bias.index_select(0, index))  # (index_select: half the cost of v[index])
 
 
 class GlobalBlock(nn.Module):
@@ -185,6 +186,26 @@ class GlobalBlock(nn.Module):
         h = torch.relu(h)
         for layer in itertools.islice(self.mlp, 2, None):  # (slicing the Sequential would build a module per call)
             h = layer(h)
+        return h.squeeze(-1) + side.bias
+
+    def score_one(self, e: torch.Tensor, side: ItemSide) -> torch.Tensor:
+        """Logits (n,) of one user's e (D,) against n prepared items: `score`'s logits (to float
+        rounding) in half its time, the online scorer's hot path. The user's terms fold into the
+        first layer's weights once, so each layer is a single fused matmul-add over the items:
+
+            activation: h1 = base + W_e e + v (W_pv diag(P e))^T
+            weights:    h1 = base + relu(v Wv^T + c) W_personal^T
+        """
+        w = self._first_layer()
+        if self.mode == "activation":
+            h = torch.addmm(side.base + w["e"] @ e, side.v, (w["pv"] * (self.project.weight @ e)).T)
+        else:
+            split = self.rank * self.item_dim
+            personal = torch.addmm(e[split:], side.v, e[:split].view(self.rank, self.item_dim).T).relu_()
+            h = torch.addmm(side.base, personal, w["personal"].T)
+        h = h.relu_()
+        for layer in itertools.islice(self.mlp, 2, None):
+            h = torch.addmm(layer.bias, h, layer.weight.T) if isinstance(layer, nn.Linear) else h.relu_()
         return h.squeeze(-1) + side.bias
 
     def forward(self, e: torch.Tensor, v: torch.Tensor, ctx: torch.Tensor | None = None) -> torch.Tensor:

@@ -137,7 +137,7 @@ class Scorer:
             side = self.catalog.side.take(index)  # the n items' prepared terms
             side = self.model.global_block.with_context(side, self.context_vector(context))  # ctx (1, C) broadcasts
             e_t = torch.tensor(e, dtype=torch.float32)  # (D,), a copy
-            return self.model.global_block.score(e_t, side).numpy()
+            return self.model.global_block.score_one(e_t, side).numpy()
 
     def query(self, e: np.ndarray) -> np.ndarray:
         """The retrieval head's query vector (R,) for embedding e (D,)."""

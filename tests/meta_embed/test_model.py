@@ -88,6 +88,10 @@ def test_global_block_is_the_mlp_of_the_concatenated_inputs(mode):
     want = block.mlp(torch.cat(parts, dim=-1)).squeeze(-1)
     torch.testing.assert_close(block(e, v, ctx), want, rtol=0, atol=1e-6)
     torch.testing.assert_close(block(e[0, 0], v[0], ctx[0]), want[0], rtol=0, atol=1e-6)  # one user, unbatched
+    side = block.prepare(v[1], ctx[1])
+    torch.testing.assert_close(block.score_one(e[1, 0], side), want[1], rtol=0, atol=1e-6)  # the serving path
+    torch.testing.assert_close(block.score_one(e[1, 0], side.take(torch.tensor([8, 0, 8]))), want[1][[8, 0, 8]],
+                               rtol=0, atol=1e-6)
 
 
 def test_history_summary_is_the_mean_the_centered_mean_and_the_log_count(spec, tables):
