@@ -133,3 +133,42 @@ def test_similar_users_exclude_the_user_and_are_sorted(client) -> None:
     assert sims == sorted(sims, reverse=True) and all(-1.0001 <= s <= 1.0001 for s in sims)
     cold = client.get("/v1/users/u36/similar", params={"k": 3}).json()
     assert cold["status"] == "cold" and len(cold["users"]) == 3
+
+
+def test_hot_routes_answer_as_fastapi_does_and_errors_go_through_fastapi(holder) -> None:
+    """`Front` answers POST /v1/score and /v1/recommend by calling their handlers directly;
+    the routes as FastAPI serves them (its router, no `Front`) give byte-equal answers, and
+    a failing body is re-dispatched to FastAPI for its error response."""
+    from fastapi.responses import Response
+    from fastapi.testclient import TestClient
+
+    from serving.app import Front, create_app
+    from serving.service import UnknownItems
+
+    plain = create_app(holder)  # the same app without `Front` (its middleware stack is built on first use)
+    plain.user_middleware = [m for m in plain.user_middleware if m.cls is not Front]
+    requests = [("/v1/score", {"user_id": "u4", "item_ids": ["i1", "i7"], "context": CONTEXT}),
+                ("/v1/recommend", {"user_id": "u4", "k": 3}),
+                ("/v1/score", {"user_id": "u4", "item_ids": ["i1", "nope"]}),  # 404
+                ("/v1/score", {"user_id": "u4", "item_ids": []})]  # 422
+    with TestClient(create_app(holder)) as through_front, TestClient(plain) as fastapi_only:
+        for path, body in requests:
+            a, b = through_front.post(path, json=body), fastapi_only.post(path, json=body)
+            assert (a.status_code, a.content) == (b.status_code, b.content), path
+    calls = []
+
+    async def inner(scope, receive, send) -> None:  # stands in for FastAPI
+        calls.append((await receive())["body"])
+        await send({"type": "http.response.start", "status": 299, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+
+    def handler(body: bytes) -> Response:
+        if body == b"bad":
+            raise UnknownItems(["x"])
+        return Response(b"hot", 200)
+
+    c = TestClient(Front(inner, max_bytes=100, hot={"/v1/score": handler}))  # (no lifespan: not a context)
+    assert c.post("/v1/score", content=b"ok").content == b"hot" and calls == []
+    assert c.post("/v1/score", content=b"bad").status_code == 299 and calls == [b"bad"]
+    assert c.post("/v1/recommend", content=b"ok").status_code == 299 and calls[-1] == b"ok"
+    assert c.post("/v1/score", content=b"x" * 101).status_code == 413 and len(calls) == 2
