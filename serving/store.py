@@ -22,7 +22,7 @@ import numpy as np
 import pyarrow as pa
 
 from meta_embed.snapshot import SnapshotError, SnapshotMeta, embeddings_of, read_dir
-from serving.ids import IdIndex
+from serving.ids import IdIndex, mapped
 
 NO_TS = np.iinfo(np.int64).min
 STORE_JSON = "store.json"
@@ -88,10 +88,9 @@ class EmbeddingStore:
         info = json.loads((directory / STORE_JSON).read_text())
         meta = SnapshotMeta.from_dict(info)
         check_version(meta, model_version, str(directory))
-        emb = np.load(directory / "embeddings.npy", mmap_mode="r")
-        store = cls(meta, info["name"], IdIndex.open(directory, "users"), emb,
-                    np.load(directory / "n_support.npy", mmap_mode="r"),
-                    np.load(directory / "last_event_us.npy", mmap_mode="r"))
+        emb = mapped(directory / "embeddings.npy")
+        store = cls(meta, info["name"], IdIndex.open(directory, "users"), emb, mapped(directory / "n_support.npy"),
+                    mapped(directory / "last_event_us.npy"))
         if not (len(store.ids) == emb.shape[0] == len(store.n_support) == info["users"]) or emb.shape[1] != meta.dim:
             raise SnapshotError(f"{directory}: store files disagree with {STORE_JSON}; rebuild the indexes")
         return store
