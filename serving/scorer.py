@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import itertools
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -62,8 +63,7 @@ class Catalog:
         """Row of each id (int64), -1 where unknown."""
         if self.rows_by_id is None:
             return self.ids.find_many(item_ids)
-        get = self.rows_by_id.get
-        return np.fromiter((get(i, -1) for i in item_ids), np.int64, len(item_ids))
+        return np.fromiter(map(self.rows_by_id.get, item_ids, itertools.repeat(-1)), np.int64, len(item_ids))
 
 
 def build_catalog(ckpt: Checkpoint, items: pa.Table, batch: int = 65536) -> Catalog:
