@@ -217,18 +217,27 @@ async def raw_load(port: int, concurrency: int, bodies: list[bytes]) -> Load:
         await reader.readexactly(length)
         return head.startswith(b"HTTP/1.1 200 ")
 
+    failures = (OSError, asyncio.IncompleteReadError, asyncio.TimeoutError, IndexError, ValueError)
+
     async def connection() -> None:
-        t = time.perf_counter()
-        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        t, writer = time.perf_counter(), None
         try:
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
             load.errors += not await exchange(reader, writer, bodies[0])
             load.first.append((time.perf_counter() - t) * 1e3)
-            await opened.wait()
+        except failures:
+            load.errors += 1
+            if writer is not None:
+                writer.close()
+            return
+        finally:
+            await opened.wait()  # every connection arrives, opened or not, so the timed run starts
+        try:
             for body in it:
                 t = time.perf_counter()
                 try:
                     load.errors += not await exchange(reader, writer, body)
-                except (OSError, asyncio.IncompleteReadError, asyncio.TimeoutError, IndexError, ValueError):
+                except failures:
                     load.errors += 1
                     return
                 finally:
