@@ -107,6 +107,7 @@ class Scorer:
         with torch.inference_mode():
             x = self.model.user_inputs(default_row(self.spec.user))
             self.default_embedding = self.model.meta(x)[0].numpy().astype(np.float32)  # (D,)
+            self.no_context = self._encode_context({})  # what a request without context scores with
 
     @property
     def user_count(self) -> int:
@@ -146,8 +147,10 @@ class Scorer:
 
     def context_vector(self, context: Mapping[str, ContextValue] | None) -> torch.Tensor | None:
         """Encode one request's context (column -> value) into (1, C); missing columns are missing values."""
+        return self._encode_context(context) if context else self.no_context
+
+    def _encode_context(self, context: Mapping[str, ContextValue]) -> torch.Tensor | None:
         columns = self.spec.context
-        context = context or {}
         unknown = sorted(set(context) - {c.name for c in columns})
         if unknown:
             known = [c.name for c in columns]

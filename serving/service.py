@@ -75,7 +75,6 @@ def recommend(state: ServingState, user_id: str, k: int, exclude_item_ids: Seque
 
     Unknown ids in `exclude_item_ids` are ignored (there is nothing to exclude).
     """
-    state.scorer.context_vector(context)  # refuse a bad context even when nothing is left to score
     user = user_embedding(state, user_id)
     excluded = state.scorer.item_rows(list(exclude_item_ids)) if exclude_item_ids else np.zeros(0, np.int64)
     excluded = excluded[excluded >= 0]
@@ -85,6 +84,7 @@ def recommend(state: ServingState, user_id: str, k: int, exclude_item_ids: Seque
     keep = (rows >= 0) & ~np.isin(rows, excluded)
     retrieval, rows = retrieval[keep], rows[keep]
     if len(rows) == 0:
+        state.scorer.context_vector(context)  # refuse a bad context even when nothing is left to score
         return user, Recommendation([], np.zeros(0, np.float32), np.zeros(0, np.float32))
     logits = state.scorer.scores(user.embedding, rows, context)
     top = np.argsort(-logits, kind="stable")[:k]
