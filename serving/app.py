@@ -20,6 +20,7 @@ from typing import Annotated, Any, TypeVar
 
 import faiss
 import orjson
+import threadpoolctl
 import torch
 from fastapi import FastAPI, Query, Request
 from fastapi import Path as PathParam
@@ -41,9 +42,10 @@ ERRORS = {413: {"model": schemas.ErrorResponse, "description": "request body ove
 
 
 def apply_threads(threads: int) -> None:
-    """Threads PyTorch and FAISS may use for one request's work."""
+    """Threads PyTorch, FAISS and NumPy's BLAS (the scorer's products) may use for one request's work."""
     torch.set_num_threads(threads)
     faiss.omp_set_num_threads(threads)
+    threadpoolctl.threadpool_limits(threads, user_api="blas")
 
 
 def _json(payload: dict[str, Any], status_code: int = 200) -> Response:

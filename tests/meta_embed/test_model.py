@@ -89,9 +89,13 @@ def test_global_block_is_the_mlp_of_the_concatenated_inputs(mode):
     torch.testing.assert_close(block(e, v, ctx), want, rtol=0, atol=1e-6)
     torch.testing.assert_close(block(e[0, 0], v[0], ctx[0]), want[0], rtol=0, atol=1e-6)  # one user, unbatched
     side = block.prepare(v[1], ctx[1])
-    torch.testing.assert_close(block.score_one(e[1, 0], side), want[1], rtol=0, atol=1e-6)  # the serving path
-    torch.testing.assert_close(block.score_one(e[1, 0], side.take(torch.tensor([8, 0, 8]))), want[1][[8, 0, 8]],
-                               rtol=0, atol=1e-6)
+    # the serving path: NumPy, items prepared without context and the context's term added
+    single, one = block.single_user(block.prepare(v[1])), e[1, 0].numpy()
+    extra = block.context_term(ctx[1, 0]).detach().numpy()
+    ctx[1] = ctx[1, 0]  # one request's context for every item
+    want = block.mlp(torch.cat([p[1] for p in parts[:-1]] + [ctx[1]], dim=-1)).squeeze(-1).detach().numpy()
+    np.testing.assert_allclose(single(one, np.arange(9), extra), want, rtol=0, atol=1e-6)
+    np.testing.assert_allclose(single(one, np.array([8, 0, 8]), extra), want[[8, 0, 8]], rtol=0, atol=1e-6)
 
 
 def test_history_summary_is_the_mean_the_centered_mean_and_the_log_count(spec, tables):
