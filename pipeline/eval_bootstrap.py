@@ -69,6 +69,11 @@ def _stats(user: np.ndarray, day: np.ndarray, y: np.ndarray, score: np.ndarray, 
         auc_u[: user.max() + 1] = grouped_auc(score, y, user)
     n_u = np.bincount(user, minlength=n_users).astype(np.float64)
     both = ~np.isnan(auc_u)
+    days_of, event_day = np.unique(np.stack([user, day], 1), axis=0, return_inverse=True)  # user-days
+    event_day = event_day.reshape(-1)
+    auc_d = grouped_auc(score, y, event_day) if len(user) else np.zeros(0)
+    n_d = np.where(np.isnan(auc_d), 0.0, np.bincount(event_day, minlength=len(days_of)))
+    by_user = lambda v: np.bincount(days_of[:, 0], weights=v, minlength=n_users)  # noqa: E731
     loss = np.maximum(score, 0) + np.log1p(np.exp(-np.abs(score))) - y * score
     pos = y > 0.5
     ud_key, ud = np.unique(np.stack([user[pos], day[pos]], 1), axis=0, return_inverse=True) if pos.any() \
@@ -85,6 +90,7 @@ def _stats(user: np.ndarray, day: np.ndarray, y: np.ndarray, score: np.ndarray, 
     return {
         "auc": _weighted_auc(user, score, y),
         "gauc": _ratio(np.where(both, n_u * np.nan_to_num(auc_u), 0.0), np.where(both, n_u, 0.0)),
+        "gauc_day": _ratio(by_user(n_d * np.nan_to_num(auc_d)), by_user(n_d)),
         "logloss": _ratio(np.bincount(user, weights=loss, minlength=n_users), np.bincount(user, minlength=n_users)),
         "ndcg_at_10": _ratio(per_user(dcg / ideal), days),
         "recall_at_10": _ratio(per_user(hits / np.maximum(npos, 1.0)), days),

@@ -69,7 +69,7 @@ def sliced_view_sql(source: str = "predictions") -> str:
 
 _AUC_PARTS = """
 ranked AS (
-    SELECT arm, slice, user_id, label,
+    SELECT arm, slice, user_id, day, label,
            rank() OVER (PARTITION BY {by} ORDER BY score)
              + (count(*) OVER (PARTITION BY {by}, score) - 1) / 2.0 AS r
     FROM sliced),
@@ -91,6 +91,12 @@ FROM aucs a JOIN (SELECT arm, slice, count(DISTINCT user_id) AS n_users FROM sli
     "gauc": "WITH" + _AUC_PARTS.format(by="arm, slice, user_id", key="user_id,") + """
 SELECT arm, slice, sum(n * auc) FILTER (WHERE auc IS NOT NULL) / sum(n) FILTER (WHERE auc IS NOT NULL) AS value,
        sum(n) FILTER (WHERE auc IS NOT NULL) AS n_events, count(*) FILTER (WHERE auc IS NOT NULL) AS n_users
+FROM aucs GROUP BY ALL""",
+    # The same per user-day (user x refresh point), weighted by the user-day's events: only
+    # items scored by one snapshot are compared, as in one served ranking.
+    "gauc_day": "WITH" + _AUC_PARTS.format(by="arm, slice, user_id, day", key="user_id, day,") + """
+SELECT arm, slice, sum(n * auc) FILTER (WHERE auc IS NOT NULL) / sum(n) FILTER (WHERE auc IS NOT NULL) AS value,
+       sum(n) FILTER (WHERE auc IS NOT NULL) AS n_events, count(DISTINCT user_id) FILTER (WHERE auc IS NOT NULL) AS n_users
 FROM aucs GROUP BY ALL""",
     # Mean binary cross-entropy of sigmoid(score), in the stable form softplus(s) - y s.
     "logloss": """

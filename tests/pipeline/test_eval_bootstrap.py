@@ -24,7 +24,7 @@ def test_identical_arm_has_a_zero_interval():
     preds = random_predictions(0, arms=("ref",))
     twin = preds.set_column(preds.schema.get_field_index("arm"), preds.schema.field("arm"), pa.array(["twin"] * preds.num_rows))
     _, diffs = eval_bootstrap.bootstrap(pa.concat_tables([preds, twin]), ("ref",), resamples=200, seed=3)
-    for metric in ("auc", "gauc", "logloss", "ndcg_at_10", "recall_at_10"):
+    for metric in ("auc", "gauc", "gauc_day", "logloss", "ndcg_at_10", "recall_at_10"):
         row = diff_row(diffs, "twin", "ref", metric)
         assert [row[k] for k in ("diff", "lo", "hi", "p_le_0")] == [0.0, 0.0, 0.0, 1.0]
 
@@ -32,7 +32,7 @@ def test_identical_arm_has_a_zero_interval():
 def test_clearly_better_arm_is_above_zero_and_worse_below():
     preds = random_predictions(1, arms=("a", "b", "c"), users=40, events=1500)  # score = label * k + noise
     _, diffs = eval_bootstrap.bootstrap(preds, ("a",), resamples=300, seed=0)
-    for metric in ("auc", "gauc"):
+    for metric in ("auc", "gauc", "gauc_day"):
         row = diff_row(diffs, "c", "a", metric)
         assert row["lo"] > 0 and row["diff"] > 0.2
     row = diff_row(diffs, "c", "a", "logloss")

@@ -53,6 +53,8 @@ def test_hand_computed_overall(fixture_path):
     assert got["auc"] == pytest.approx(5 / 12)
     # GAUC: u1 0.5 over 3 events, u2 1.5/4 over 4 events.
     assert got["gauc"] == pytest.approx((3 * 0.5 + 4 * 0.375) / 7)
+    # Per user-day: u1 d0 0.5 (3 events), u2 d0 0 (2), u2 d1 a tie, 0.5 (2); u2's cross-day pairs drop out.
+    assert got["gauc_day"] == pytest.approx((3 * 0.5 + 2 * 0.0 + 2 * 0.5) / 7)
     losses = [math.log1p(math.exp(-s)) if y else math.log1p(math.exp(s)) for _, _, _, y, s, _ in EVENTS]
     assert got["logloss"] == pytest.approx(sum(losses) / len(losses))
     # NDCG@10 per user-day with positives: u1 d0 ranks {0, 12}; u2 d0 rank 3; u2 d1 rank 9.

@@ -31,7 +31,8 @@ def test_synthetic_end_to_end(tmp_path):
     assert result.costs["meta_refresh"]["nightly_refreshes"] == 3  # after the full refresh at T0
     assert result.costs["wd_retrained"]["retrains"] == 1  # day 2 of days 0..3
     report = (out / "report.md").read_text()
-    for needle in ("## Targets", "GAUC by slice", "## Cost", "gauc_by_slice.png", "calibration.png"):
+    for needle in ("## Targets", "GAUC by slice", "per user-day", "## gauc_day by slice", "## Cost", "gauc_by_slice.png",
+                   "calibration.png"):
         assert needle in report
     for png in ("gauc_by_slice.png", "gauc_by_day.png", "calibration.png"):
         size = (out / png).stat().st_size
