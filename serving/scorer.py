@@ -5,12 +5,12 @@ for the whole catalog.
 
 with e_u the stored meta embedding: the exactness contract of the core model, so the
 served score equals the full model's logit with u's adapted meta block. A request's
-scores are computed by `meta_embed.model.SingleUser`, the global block's weights exported once to NumPy
-(PyTorch's per-operation overhead was half the cost of scoring one user against 100
-items); the catalog, zero-step embeddings and context terms stay in PyTorch, under
-`torch.inference_mode`. The scorer also
-owns the zero-step embeddings (cold users with a features row, and the all-missing
-default) and the retrieval head's item vectors for FAISS. Nothing here runs MAML.
+scores come from `meta_embed.model.SingleUser`, the global block's weights exported once
+to NumPy (PyTorch's fixed cost per operation was half the time of scoring one user
+against 100 items); the catalog, zero-step embeddings and context terms are computed in
+PyTorch under `torch.inference_mode`. The scorer also owns the zero-step embeddings (cold
+users with a features row, and the all-missing default) and the retrieval head's item
+vectors for FAISS. Nothing here runs MAML.
 """
 
 from __future__ import annotations
