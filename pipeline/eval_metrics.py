@@ -82,22 +82,23 @@ aucs AS (
     SELECT *, CASE WHEN pos > 0 AND neg > 0 THEN (rpos - pos * (pos + 1) / 2.0) / (pos * neg) END AS auc
     FROM groups)"""
 
+_WEIGHTED_MEAN = """
+SELECT arm, slice, sum(n * auc) FILTER (WHERE auc IS NOT NULL) / sum(n) FILTER (WHERE auc IS NOT NULL) AS value,
+       sum(n) FILTER (WHERE auc IS NOT NULL) AS n_events,
+       count(DISTINCT user_id) FILTER (WHERE auc IS NOT NULL) AS n_users
+FROM aucs GROUP BY ALL"""
+"""The groups' AUCs averaged with weights = their events, over groups with both classes."""
+
 QUERIES: dict[str, str] = {
     # Mann-Whitney AUC over all events of the slice; tied scores share their average rank.
     "auc": "WITH" + _AUC_PARTS.format(by="arm, slice", key="") + """
 SELECT a.arm, a.slice, a.auc AS value, a.n AS n_events, u.n_users
 FROM aucs a JOIN (SELECT arm, slice, count(DISTINCT user_id) AS n_users FROM sliced GROUP BY ALL) u USING (arm, slice)""",
     # Per-user AUC averaged with weights = the user's events, over users with both classes.
-    "gauc": "WITH" + _AUC_PARTS.format(by="arm, slice, user_id", key="user_id,") + """
-SELECT arm, slice, sum(n * auc) FILTER (WHERE auc IS NOT NULL) / sum(n) FILTER (WHERE auc IS NOT NULL) AS value,
-       sum(n) FILTER (WHERE auc IS NOT NULL) AS n_events, count(*) FILTER (WHERE auc IS NOT NULL) AS n_users
-FROM aucs GROUP BY ALL""",
+    "gauc": "WITH" + _AUC_PARTS.format(by="arm, slice, user_id", key="user_id,") + _WEIGHTED_MEAN,
     # The same per user-day (user x refresh point), weighted by the user-day's events: only
     # items scored by one snapshot are compared, as in one served ranking.
-    "gauc_day": "WITH" + _AUC_PARTS.format(by="arm, slice, user_id, day", key="user_id, day,") + """
-SELECT arm, slice, sum(n * auc) FILTER (WHERE auc IS NOT NULL) / sum(n) FILTER (WHERE auc IS NOT NULL) AS value,
-       sum(n) FILTER (WHERE auc IS NOT NULL) AS n_events, count(DISTINCT user_id) FILTER (WHERE auc IS NOT NULL) AS n_users
-FROM aucs GROUP BY ALL""",
+    "gauc_day": "WITH" + _AUC_PARTS.format(by="arm, slice, user_id, day", key="user_id, day,") + _WEIGHTED_MEAN,
     # Mean binary cross-entropy of sigmoid(score), in the stable form softplus(s) - y s.
     "logloss": """
 SELECT arm, slice, avg(greatest(score, 0) + ln(1 + exp(-abs(score))) - label * score) AS value,
