@@ -61,19 +61,20 @@ def _ratio(num: np.ndarray, den: np.ndarray) -> Stat:
     return stat
 
 
+def _group_auc(key: np.ndarray, score: np.ndarray, y: np.ndarray, n_users: int) -> Stat:
+    """AUC per group of events, averaged with weights = the group's events over groups with
+    both classes. `key` (events, k): the group of each event, its first column the user."""
+    groups, event_group = np.unique(key, axis=0, return_inverse=True)
+    event_group = event_group.reshape(-1)
+    auc = grouped_auc(score, y, event_group)
+    n = np.where(np.isnan(auc), 0.0, np.bincount(event_group, minlength=len(groups)))
+    by_user = lambda v: np.bincount(groups[:, 0], weights=v, minlength=n_users)  # noqa: E731
+    return _ratio(by_user(n * np.nan_to_num(auc)), by_user(n))
+
+
 def _stats(user: np.ndarray, day: np.ndarray, y: np.ndarray, score: np.ndarray, rank: np.ndarray,
            n_users: int) -> dict[str, Stat]:
     """The metric functions of one (arm, slice): events of users `user` (global indices)."""
-    auc_u = np.full(n_users, np.nan)
-    if len(user):
-        auc_u[: user.max() + 1] = grouped_auc(score, y, user)
-    n_u = np.bincount(user, minlength=n_users).astype(np.float64)
-    both = ~np.isnan(auc_u)
-    days_of, event_day = np.unique(np.stack([user, day], 1), axis=0, return_inverse=True)  # user-days
-    event_day = event_day.reshape(-1)
-    auc_d = grouped_auc(score, y, event_day) if len(user) else np.zeros(0)
-    n_d = np.where(np.isnan(auc_d), 0.0, np.bincount(event_day, minlength=len(days_of)))
-    by_user = lambda v: np.bincount(days_of[:, 0], weights=v, minlength=n_users)  # noqa: E731
     loss = np.maximum(score, 0) + np.log1p(np.exp(-np.abs(score))) - y * score
     pos = y > 0.5
     ud_key, ud = np.unique(np.stack([user[pos], day[pos]], 1), axis=0, return_inverse=True) if pos.any() \
@@ -89,8 +90,8 @@ def _stats(user: np.ndarray, day: np.ndarray, y: np.ndarray, score: np.ndarray, 
     days = per_user(np.ones(len(ud_key)))
     return {
         "auc": _weighted_auc(user, score, y),
-        "gauc": _ratio(np.where(both, n_u * np.nan_to_num(auc_u), 0.0), np.where(both, n_u, 0.0)),
-        "gauc_day": _ratio(by_user(n_d * np.nan_to_num(auc_d)), by_user(n_d)),
+        "gauc": _group_auc(user[:, None], score, y, n_users),
+        "gauc_day": _group_auc(np.stack([user, day], 1), score, y, n_users),
         "logloss": _ratio(np.bincount(user, weights=loss, minlength=n_users), np.bincount(user, minlength=n_users)),
         "ndcg_at_10": _ratio(per_user(dcg / ideal), days),
         "recall_at_10": _ratio(per_user(hits / np.maximum(npos, 1.0)), days),
