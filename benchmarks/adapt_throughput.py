@@ -1,4 +1,4 @@
-"""Users adapted per second: the batched inner loop (`meta_embed.embed.embed_users`,
+"""Users adapted per second: the batched inner loop (`meta_embed.inference.embed_users`,
 i.e. `maml.adapt_and_embed`) against a per-user loop of the same math written the
 MeLU way (one user at a time: fast weights loaded into an nn.Module, plain autograd on
 that user's support events, the full model forward per user). Same process, same
@@ -26,11 +26,11 @@ import torch
 from torch import nn
 
 from meta_embed.config import MamlConfig, ModelConfig
-from meta_embed.embed import embed_users
+from meta_embed.inference import embed_users
 from meta_embed.features import fit_spec, movielens_template, take
 from meta_embed.maml import pointwise_loss
 from meta_embed.model import TwoBlockModel
-from meta_embed.schemas import INTERACTIONS, ITEMS, USERS
+from meta_embed.tables import INTERACTIONS, ITEMS, USERS
 from meta_embed.tasks import FeatureTables, TaskSet, build_tasks, cut
 
 CAP = 100
@@ -63,7 +63,7 @@ def synthetic_data(n_users: int, seed: int) -> tuple[pa.Table, pa.Table, pa.Tabl
 
 def load(data: str | None, n_users: int, seed: int) -> tuple[str, pa.Table, pa.Table, pa.Table]:
     if data and Path(data, "interactions.parquet").exists():
-        from pipeline.train import load_data
+        from pipeline.training.train_job import load_data
 
         d = load_data(data)
         return f"ML-1M counts from {data}", d.users, d.items, d.interactions

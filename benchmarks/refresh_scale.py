@@ -29,8 +29,8 @@ from meta_embed import checkpoint
 from meta_embed.config import MamlConfig, ModelConfig, to_dict
 from meta_embed.features import fit_spec, movielens_template
 from meta_embed.model import TwoBlockModel
-from pipeline.refresh import RefreshConfig, refresh
-from pipeline.synth import SynthConfig, synth
+from pipeline.refresh.refresh_job import RefreshConfig, refresh
+from pipeline.data.synth import SynthConfig, synth
 
 
 class PeakRss:

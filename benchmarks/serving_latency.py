@@ -57,10 +57,10 @@ from meta_embed import checkpoint, snapshot  # noqa: E402
 from meta_embed.config import MamlConfig, ModelConfig  # noqa: E402
 from meta_embed.features import encode, fit_spec, movielens_template  # noqa: E402
 from meta_embed.model import TwoBlockModel  # noqa: E402
-from meta_embed.schemas import ITEMS, USERS  # noqa: E402
+from meta_embed.tables import ITEMS, USERS  # noqa: E402
 from serving import service  # noqa: E402
 from serving.app import apply_threads  # noqa: E402
-from serving.config import IndexConfig, ServingConfig  # noqa: E402
+from serving.settings import IndexConfig, ServingConfig  # noqa: E402
 from serving.index import build_index, exact_search, recall_at_k  # noqa: E402
 from serving.state import ServingState, Sources, load_state  # noqa: E402
 
@@ -282,7 +282,7 @@ async def httpx_load(base: str, concurrency: int, bodies: list[bytes]) -> Load:
 
 def start_server(cfg: ServingConfig, workers: int = 1) -> tuple[subprocess.Popen, int]:
     port = free_port()
-    cmd = [sys.executable, "-m", "serving.cli", "serve", "--root", str(cfg.root), "--items", str(cfg.items),
+    cmd = [sys.executable, "-m", "meta_embed_cli.serve_commands", "serve", "--root", str(cfg.root), "--items", str(cfg.items),
            "--users", str(cfg.users), "--checkpoint", str(cfg.checkpoint), "--host", "127.0.0.1", "--port", str(port),
            "--reload-interval", "0", "--log-level", "warning", "--workers", str(workers)]
     proc = subprocess.Popen(cmd, cwd=REPO, env=os.environ | {"PYTHONPATH": str(REPO)}, stdout=subprocess.DEVNULL)

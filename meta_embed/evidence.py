@@ -23,7 +23,7 @@ import torch
 from torch.func import jacrev, vmap
 
 from meta_embed.config import MamlConfig
-from meta_embed.embed import event_inputs, user_inputs
+from meta_embed.inference import event_inputs, user_inputs
 from meta_embed.maml import pointwise_loss, step_sizes
 from meta_embed.model import Params, TwoBlockModel, batched
 from meta_embed.tasks import EventBlock, FeatureTables, TaskSet, episodes, gather, range_index, ranges

@@ -211,6 +211,12 @@ def default_row(columns: tuple[Column, ...]) -> Encoded:
     return {c.name: torch.zeros((1, 1) if c.kind == "bag" else (1,), dtype=torch.long) for c in columns}
 
 
+def encode_with_default(table: pa.Table, columns: tuple[Column, ...], source: str = "table") -> Encoded:
+    """`encode` of every row of `table`, then one all-missing row: the row that ids
+    without a features row are given (its index is `table.num_rows`)."""
+    return concat([encode(table, columns, source), default_row(columns)])
+
+
 def take(encoded: Encoded, rows: torch.Tensor) -> Encoded:
     """Gather rows (any index shape) of every encoded column."""
     return {name: t[rows] for name, t in encoded.items()}

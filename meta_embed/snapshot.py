@@ -30,7 +30,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from meta_embed.schemas import TS_TYPE
+from meta_embed.tables import TS_TYPE
 
 FORMAT = 1
 CURRENT = "CURRENT"

@@ -16,7 +16,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import torch
 
-from meta_embed.features import Encoded, FeatureSpec, concat, default_row, encode, take
+from meta_embed.features import Encoded, FeatureSpec, encode, encode_with_default, take
+from meta_embed.tables import unique_ids
 
 
 @dataclasses.dataclass(frozen=True)
@@ -30,9 +31,10 @@ class FeatureTables:
 
     @classmethod
     def build(cls, spec: FeatureSpec, users: pa.Table, items: pa.Table) -> "FeatureTables":
-        u = concat([encode(users, spec.user, "users"), default_row(spec.user)])
-        i = concat([encode(items, spec.item, "items"), default_row(spec.item)])
-        return cls(_ids(users, spec.user_key), u, _ids(items, spec.item_key), i)
+        return cls(unique_ids(users.column(spec.user_key), f"users table '{spec.user_key}'"),
+                   encode_with_default(users, spec.user, "users table"),
+                   unique_ids(items.column(spec.item_key), f"items table '{spec.item_key}'"),
+                   encode_with_default(items, spec.item, "items table"))
 
     def user_rows(self, ids: pa.Array | pa.ChunkedArray) -> np.ndarray:
         """Row of each user id; unknown ids get the default row (len(user_ids))."""
@@ -40,13 +42,6 @@ class FeatureTables:
 
     def item_rows(self, ids: pa.Array | pa.ChunkedArray) -> np.ndarray:
         return _rows(ids, self.item_ids)
-
-
-def _ids(table: pa.Table, key: str) -> pa.Array:
-    col = table.column(key).combine_chunks().cast(pa.string())
-    if pc.count_distinct(col).as_py() != len(col):
-        raise ValueError(f"'{key}' values must be unique in the features table; deduplicate the input")
-    return col
 
 
 def _rows(ids: pa.Array | pa.ChunkedArray, known: pa.Array) -> np.ndarray:

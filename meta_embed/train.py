@@ -28,7 +28,7 @@ from tqdm import tqdm
 
 from meta_embed import metrics
 from meta_embed.config import MamlConfig
-from meta_embed.embed import embed_episodes, event_inputs, item_vectors, user_inputs
+from meta_embed.inference import embed_episodes, event_inputs, item_vectors, user_inputs
 from meta_embed.features import FeatureSpec
 from meta_embed.maml import adapt, masked_user_mean, pointwise_loss
 from meta_embed.model import TwoBlockModel

@@ -28,8 +28,9 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ValidationError
 
-from serving import schemas, service
-from serving.config import MAX_ID_LENGTH, MAX_K, ServingConfig
+from serving import schemas
+from serving import service
+from serving.settings import MAX_ID_LENGTH, MAX_K, ServingConfig
 from serving.reload import StateHolder, Watcher
 from serving.scorer import ContextError
 from serving.state import ServingState

@@ -15,6 +15,8 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+
+from meta_embed.tables import unique_ids
 import pyarrow.compute as pc
 
 _SEED = 0xCBF29CE484222325
@@ -103,18 +105,10 @@ class IdIndex:
     @classmethod
     def build(cls, ids: pa.Array | pa.ChunkedArray, what: str = "ids") -> "IdIndex":
         """Index `ids`; fails on nulls or on an id listed twice (naming it)."""
-        arr = ids.combine_chunks() if isinstance(ids, pa.ChunkedArray) else ids
-        arr = arr.cast(pa.string())
+        arr = unique_ids(ids, what)
         hashes = hash_ids(arr)
         order = np.argsort(hashes, kind="stable").astype(np.int32 if len(arr) < 2**31 else np.int64)
-        sorted_hashes = hashes[order]
-        index = cls(arr, sorted_hashes, order)
-        same = np.flatnonzero(sorted_hashes[1:] == sorted_hashes[:-1])
-        for k in same:  # hash collisions: verify the ids themselves differ
-            a, b = arr[int(order[k])].as_py(), arr[int(order[k + 1])].as_py()
-            if a == b:
-                raise ValueError(f"{what}: id {a!r} appears more than once; ids must be unique")
-        return index
+        return cls(arr, hashes[order], order)
 
     def __len__(self) -> int:
         return len(self.ids)

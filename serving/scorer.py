@@ -30,7 +30,7 @@ import torch
 from meta_embed.checkpoint import Checkpoint
 from meta_embed.features import Column, default_row, encode, take
 from meta_embed.model import ItemSide
-from meta_embed.schemas import ITEMS, USERS, check_schema
+from meta_embed.tables import ITEMS, USERS, check_schema
 from serving.ids import IdIndex
 
 ContextValue = str | int | float | list[str] | None

@@ -11,19 +11,20 @@ import pyarrow as pa
 import torch
 from fastapi.testclient import TestClient
 
-from meta_embed import checkpoint, snapshot
+from meta_embed import checkpoint
+from meta_embed import snapshot
 from meta_embed.config import MamlConfig, ModelConfig
-from meta_embed.embed import item_vectors
-from meta_embed.schemas import ITEMS, USERS
+from meta_embed.inference import item_vectors
+from meta_embed.tables import ITEMS, USERS
 from meta_embed.tasks import FeatureTables
 from meta_embed.train import TrainConfig
-from pipeline.evaluate import EvalConfig, evaluate
-from pipeline.io import interactions_path, read_table
-from pipeline.refresh import RefreshConfig, refresh
-from pipeline.synth import SynthConfig, synth
-from pipeline.train import TrainJobConfig, train
+from pipeline.evaluation.evaluation_job import EvalConfig, evaluate
+from meta_embed.tables import data_table, read_table
+from pipeline.refresh.refresh_job import RefreshConfig, refresh
+from pipeline.data.synth import SynthConfig, synth
+from pipeline.training.train_job import TrainJobConfig, train
 from serving.app import create_app
-from serving.config import ServingConfig
+from serving.settings import ServingConfig
 
 LOCAL = ["--direct_running_mode=in_memory", "--direct_num_workers=1"]
 
@@ -36,7 +37,7 @@ def test_train_refresh_serve_evaluate(tmp_path):
                                    maml=MamlConfig(inner_steps=2, max_support=10),
                                    train=TrainConfig(max_epochs=2, batch_users=32, threads=1, progress=False)))
     as_of = dt.datetime(2021, 1, 2, tzinfo=dt.timezone.utc)
-    snap = refresh(RefreshConfig(interactions=str(interactions_path(data)), users=str(data / "users.parquet"),
+    snap = refresh(RefreshConfig(interactions=str(data_table(data, "interactions")), users=str(data / "users.parquet"),
                                  items=str(data / "items.parquet"), checkpoint=str(trained.checkpoint), as_of=as_of,
                                  out=str(tmp_path / "snapshots")), LOCAL)
     assert snap.model_version == trained.model_version and snap.counts["users_adapted"] > 0

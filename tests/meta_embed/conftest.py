@@ -14,7 +14,7 @@ import torch
 from meta_embed.config import ModelConfig
 from meta_embed.features import FeatureSpec, fit_spec, movielens_template
 from meta_embed.model import TwoBlockModel
-from meta_embed.schemas import INTERACTIONS, ITEMS, USERS
+from meta_embed.tables import INTERACTIONS, ITEMS, USERS
 from meta_embed.tasks import FeatureTables
 
 GENRES = ("Action", "Comedy", "Drama", "Horror", "Romance", "Sci-Fi")

@@ -14,7 +14,7 @@ from meta_embed import baseline
 from meta_embed.baseline import IdVocab, WideDeepConfig, fit, index_events, predict
 from meta_embed.metrics import auc
 from meta_embed.features import fit_spec, movielens_template
-from meta_embed.schemas import TS_TYPE
+from meta_embed.tables import TS_TYPE
 
 T = dt.datetime(2020, 1, 1, tzinfo=dt.timezone.utc)
 

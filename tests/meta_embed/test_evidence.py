@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from meta_embed.config import MamlConfig
-from meta_embed.embed import item_vectors, user_inputs
+from meta_embed.inference import item_vectors, user_inputs
 from meta_embed.evidence import compare_selection, event_grad_norms, evidence_candidates, item_scores
 from meta_embed.maml import pointwise_loss
 from meta_embed.tasks import cut

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from meta_embed.config import MamlConfig
-from meta_embed.embed import event_inputs, user_inputs
+from meta_embed.inference import event_inputs, user_inputs
 from meta_embed.maml import adapt, adapt_and_embed, masked_user_mean, pointwise_loss, support_losses
 from meta_embed.model import batched
 from meta_embed.tasks import cut, episodes

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from meta_embed.config import MamlConfig
-from meta_embed.embed import embed_users, event_inputs, item_vectors, user_inputs
+from meta_embed.inference import embed_users, event_inputs, item_vectors, user_inputs
 from meta_embed.features import take
 from meta_embed.maml import adapt
 from meta_embed.tasks import cut, episodes

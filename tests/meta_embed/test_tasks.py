@@ -8,7 +8,7 @@ import pyarrow as pa
 import pytest
 
 from meta_embed.features import FeatureSpec, fit_spec, movielens_template
-from meta_embed.schemas import INTERACTIONS, ITEMS, USERS
+from meta_embed.tables import INTERACTIONS, ITEMS, USERS
 from meta_embed.tasks import FeatureTables, build_tasks, cut, episodes, group_events, pad
 
 

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 
 from meta_embed import metrics
 from meta_embed.config import MamlConfig
-from meta_embed.embed import event_inputs, user_inputs
+from meta_embed.inference import event_inputs, user_inputs
 from meta_embed.maml import adapt, pointwise_loss
 from meta_embed.tasks import FeatureTables, Padded, cut, episodes
 from meta_embed.train import (TrainConfig, episode_loss, evaluate, fixed_splits, meta_train, retrieval_loss,

@@ -41,7 +41,7 @@ def free_port() -> int:
 def server(tmp_path, request):
     w = build_world(tmp_path / "w", as_of=AS_OF)
     port = free_port()
-    cmd = [sys.executable, "-m", "serving.cli", "serve", "--root", str(w.root),
+    cmd = [sys.executable, "-m", "meta_embed_cli.serve_commands", "serve", "--root", str(w.root),
            "--items", str(w.base / "items.parquet"), "--users", str(w.base / "users.parquet"),
            "--checkpoint", str(w.ckpt_path), "--host", "127.0.0.1", "--port", str(port),
            "--reload-interval", "0.2", "--log-level", "warning", "--workers", str(request.param)]
@@ -143,7 +143,7 @@ def test_serve_with_workers_exits_with_an_error_when_a_worker_cannot_start(tmp_p
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        cmd = [sys.executable, "-m", "serving.cli", "serve", "--root", str(w.root),
+        cmd = [sys.executable, "-m", "meta_embed_cli.serve_commands", "serve", "--root", str(w.root),
                "--items", str(w.base / "items.parquet"), "--checkpoint", str(w.ckpt_path),
                "--host", "127.0.0.1", "--port", str(port), "--reload-interval", "0", "--workers", "2"]
         done = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=120,

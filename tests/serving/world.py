@@ -13,13 +13,14 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-from meta_embed import checkpoint, snapshot
+from meta_embed import checkpoint
+from meta_embed import snapshot
 from meta_embed.config import MamlConfig, ModelConfig
 from meta_embed.features import Column, FeatureSpec, encode, take
 from meta_embed.maml import adapt
 from meta_embed.model import Params, TwoBlockModel
-from meta_embed.schemas import ITEMS, USERS
-from serving.config import IndexConfig, ServingConfig
+from meta_embed.tables import ITEMS, USERS
+from serving.settings import IndexConfig, ServingConfig
 
 GENRES = ("action", "comedy", "drama", "horror", "romance")
 SPEC = FeatureSpec(

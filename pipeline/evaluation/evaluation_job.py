@@ -1,0 +1,227 @@
+"""`evaluate(cfg)`: the offline A/B evaluation of nightly-refreshed meta embeddings
+against a wide-and-deep ID baseline, end to end.
+
+1. data: prepare MovieLens (or generate a synthetic world, or read a prepared folder);
+2. period: T0 = the `t0_quantile` of event times, validation [valid_quantile, T0),
+   test [T0, T0 + days);
+3. models at T0: meta-training (activation and weights modes) on events before T0;
+   wide-and-deep tuned on the validation period, refitted on events before T0;
+4. replay (`pipeline.evaluation.replay`): nightly Beam refreshes, weekly W&D retrains, every
+   test event scored by every arm into one Parquet table;
+5. metrics (named DuckDB SQL) and the paired, user-clustered bootstrap;
+6. MeLU's protocol (regression, four scenarios) when enabled;
+7. report.md and PNG plots (`pipeline.evaluation.report`), with the config beside them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import sys
+import time
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+import torch
+from tqdm import tqdm
+
+from meta_embed.baseline import WideDeepConfig
+from meta_embed.config import ModelConfig, write_config
+from meta_embed.features import fit_spec, movielens_template
+from meta_embed.tables import TS_TYPE
+from meta_embed.train import TrainConfig
+from pipeline.evaluation import arms as eval_baseline
+from pipeline.evaluation import bootstrap as eval_bootstrap
+from pipeline.evaluation import melu as eval_melu
+from pipeline.evaluation import report as eval_report
+from pipeline.evaluation.plots import ARMS
+from pipeline.evaluation.report import SLICE_NAMES
+from pipeline.evaluation.queries import compute_metrics
+from pipeline.evaluation.replay import ReplaySetup, before, make_period, replay, replay_events
+from pipeline.training.train_job import TrainJobConfig, load_data, train
+
+DATASETS = ("movielens-1m", "movielens-100k", "synthetic")
+REFERENCES = ("wd_static", "wd_retrained")
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalConfig:
+    """The evaluation. `dataset` is one of DATASETS or a prepared data folder."""
+
+    dataset: str = "movielens-1m"
+    out: str = "reports/ml-1m"
+    days: int = 56
+    t0_quantile: float = 0.8
+    valid_quantile: float = 0.7
+    retrain_every: int = 7
+    weights_arm: bool = True
+    meta_epochs: int = 30
+    wd_lrs: tuple[float, ...] = (1e-3, 3e-3)
+    wd_dims: tuple[int, ...] = (16, 32)
+    wd_max_epochs: int = 8
+    resamples: int = 1000
+    seed: int = 0
+    melu: bool = True
+    melu_steps: tuple[int, ...] = (1, 5)
+    beam_args: tuple[str, ...] = ("--direct_running_mode=in_memory", "--direct_num_workers=1")
+    synth_users: int = 400
+    torch_threads: int = 1  # torch threads of training and scoring: 1 avoids spinning on a shared machine
+    cache_dir: str | None = None
+    note: str = ""  # printed in the report (e.g. why fewer days)
+
+    def __post_init__(self) -> None:
+        for name in ("wd_lrs", "wd_dims", "melu_steps", "beam_args"):
+            object.__setattr__(self, name, tuple(getattr(self, name)))
+        if self.dataset not in DATASETS and not Path(self.dataset).is_dir():
+            raise ValueError(f"EvalConfig.dataset must be one of {DATASETS} or a prepared data folder, got {self.dataset!r}")
+        if not 0 < self.valid_quantile < self.t0_quantile < 1:
+            raise ValueError(f"EvalConfig: need 0 < valid_quantile < t0_quantile < 1, got "
+                             f"{self.valid_quantile}, {self.t0_quantile}")
+        for name in ("days", "retrain_every", "meta_epochs", "wd_max_epochs", "resamples", "synth_users", "torch_threads"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"EvalConfig.{name} must be > 0, got {getattr(self, name)}")
+        if not self.wd_lrs or not self.wd_dims or any(v <= 0 for v in self.wd_lrs + self.wd_dims):
+            raise ValueError(f"EvalConfig.wd_lrs and wd_dims must be non-empty positive grids, got {self.wd_lrs}, {self.wd_dims}")
+        if self.melu and (not self.melu_steps or min(self.melu_steps) < 1):
+            raise ValueError(f"EvalConfig.melu_steps must be inner-step counts >= 1, got {self.melu_steps}")
+
+
+def quick_config(out: str = "reports/ml-100k-quick") -> EvalConfig:
+    """The demo: MovieLens-100K, two weeks of nightly refreshes, a small grid, no MeLU table."""
+    return EvalConfig(dataset="movielens-100k", out=out, days=14, meta_epochs=10, wd_lrs=(3e-3,), wd_dims=(16, 32),
+                      wd_max_epochs=6, melu=False,
+                      note="Quick demo: MovieLens-100K with a 14-day test period (not 8 weeks) and a reduced W&D grid.")
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalResult:
+    out: Path
+    report: Path
+    metrics: pa.Table  # metric, arm, slice, value, n_events, n_users (SQL)
+    intervals: pa.Table  # metric, arm, slice, value, lo, hi
+    differences: pa.Table  # metric, slice, arm, reference, diff, lo, hi, p_le_0
+    costs: dict
+    melu: tuple[dict, ...]
+    targets: tuple[dict, ...]
+    seconds: float
+
+    @property
+    def headline(self) -> str:
+        """Printable: GAUC of every arm (columns) by slice (rows) with 95% intervals, then the targets."""
+        iv = {(r["arm"], r["slice"]): r for r in self.intervals.to_pylist() if r["metric"] == "gauc"}
+        arms = [a for a in ARMS if any(k[0] == a for k in iv)]
+        slices = [sl for sl in SLICE_NAMES if any(k[1] == sl for k in iv)]
+        cell = lambda r: f"{r['value']:.3f} [{r['lo']:.3f},{r['hi']:.3f}]" if r else "n/a"  # noqa: E731
+        width = max(len(a) for a in arms + ["0.000 [0.000,0.000]"])
+        lines = ["GAUC by slice, 95% intervals", f"{'slice':<18}" + "".join(f" {a:>{width}}" for a in arms)]
+        for sl in slices:
+            lines.append(f"{sl:<18}" + "".join(f" {cell(iv.get((a, sl))):>{width}}" for a in arms))
+        for t in self.targets:
+            lines.append(f"[{ {True: 'met', False: 'MISSED', None: 'n/a'}[t['met']] }] {t['target']}: {t['measured']}")
+        return "\n".join(lines)
+
+
+def _say(text: str) -> None:
+    tqdm.write(f"[evaluate] {text}", file=sys.stderr)
+
+
+def prepare_data(cfg: EvalConfig, work: Path) -> Path:
+    """The prepared data folder of cfg.dataset (prepared or generated under `work` if needed)."""
+    if cfg.dataset not in DATASETS:
+        return Path(cfg.dataset)
+    target = work / "data"
+    if (target / "users.parquet").is_file():
+        return target
+    if cfg.dataset == "synthetic":
+        from pipeline.data.synth import SynthConfig, synth
+        synth(SynthConfig(n_users=cfg.synth_users, n_items=150, events_per_user=40, seed=cfg.seed, n_shards=1,
+                          start="2020-01-01T00:00:00+00:00", end="2020-07-01T00:00:00+00:00"), target)
+    else:
+        from pipeline.data.prepare import prepare
+        prepare(cfg.dataset, target, cfg.cache_dir)
+    return target
+
+
+def train_meta(cfg: EvalConfig, data: Path, work: Path, t0_iso: str) -> dict[str, dict]:
+    """Meta-train one checkpoint per embedding mode on events before T0."""
+    out = {}
+    for mode in ("activation", "weights") if cfg.weights_arm else ("activation",):
+        _say(f"meta-training ({mode} mode) on events before T0")
+        job = TrainJobConfig(str(data), str(work / f"ckpt-{mode}"), until=t0_iso, model=ModelConfig(embedding_mode=mode),
+                             train=TrainConfig(seed=cfg.seed, max_epochs=cfg.meta_epochs, threads=cfg.torch_threads))
+        result = train(job)
+        out[mode] = {"checkpoint": str(result.checkpoint), "seconds": result.seconds, "val_auc": result.best_metric,
+                     "best_epoch": result.best_epoch, "embedding_dim": job.model.embedding_dim}
+    return out
+
+
+def _write_json(path: Path, payload: dict) -> None:
+    path.write_text(json.dumps(payload, indent=2, sort_keys=True, default=str) + "\n")
+
+
+def _models_at_t0(cfg: EvalConfig, data: Path, work: Path, tables, period) -> tuple[dict, object, object, object]:
+    """Meta checkpoints, the tuned W&D configuration, the W&D fitted at T0 and the spec."""
+    inter, users, items = tables.interactions, tables.users, tables.items
+    meta = train_meta(cfg, data, work, period.t0.isoformat())
+    spec = fit_spec(movielens_template(), users, items)
+    base = WideDeepConfig(max_epochs=cfg.wd_max_epochs, seed=cfg.seed)
+    train_wd = before(inter, period.valid_start)
+    valid_wd = before(inter, period.t0).filter(pc.greater_equal(pc.field("ts"), pa.scalar(period.valid_start, TS_TYPE)))
+    tuned = eval_baseline.tune(base, spec, users, items, train_wd, valid_wd, cfg.wd_lrs, cfg.wd_dims, _say)
+    wd_static = eval_baseline.refit(tuned, spec, users, items, before(inter, period.t0))
+    _say(f"W&D: chose lr={tuned.cfg.lr:g} dim={tuned.cfg.embedding_dim} (validation AUC {tuned.val_score:.4f}); "
+         f"refit on events before T0 in {wd_static.seconds:.0f}s")
+    return meta, tuned, wd_static, spec
+
+
+def evaluate(cfg: EvalConfig) -> EvalResult:
+    """Run the whole evaluation (see the module docstring) and write the report under cfg.out.
+
+    Artifacts are written as soon as they exist (predictions.parquet and summary.json after
+    the replay, the metric tables, then the MeLU rows), and the report is rendered from
+    them (`pipeline.evaluation.report.render`), so a report can be re-rendered without re-running.
+    """
+    start = time.perf_counter()
+    out, work = Path(cfg.out), Path(cfg.out) / "work"
+    write_config(cfg, out)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(cfg.torch_threads)
+    try:
+        data = prepare_data(cfg, work)
+        tables = load_data(data)
+        inter, users, items = tables.interactions, tables.users, tables.items
+        period = make_period(inter, cfg.days, cfg.t0_quantile, cfg.valid_quantile)
+        _say(f"T0 {period.t0.isoformat()}, validation from {period.valid_start.isoformat()}, "
+             f"{len(period.points)} refresh points until {period.end.isoformat()}")
+        meta, tuned, wd_static, spec = _models_at_t0(cfg, data, work, tables, period)
+        setup = ReplaySetup(data, inter, users, items, period, {m: v["checkpoint"] for m, v in meta.items()},
+                            wd_static.model, lambda events: eval_baseline.refit(tuned, spec, users, items, events),
+                            work, cfg.beam_args, cfg.retrain_every)
+        test = replay_events(inter, period)
+        bar = tqdm(total=len(period.points), desc="replay", unit="day", file=sys.stderr)
+        preds, log = replay(setup, test, lambda d, info: (bar.update(1), bar.set_postfix(info, refresh=False)))
+        bar.close()
+        pq.write_table(preds, out / "predictions.parquet")
+        summary = {"period": dataclasses.asdict(period), "costs": eval_report.costs(meta, tuned, wd_static, log, period, test),
+                   "tuned": dataclasses.asdict(tuned), "meta": meta, "replay_log": dataclasses.asdict(log)}
+        _write_json(out / "summary.json", summary)
+        _say(f"{preds.num_rows} predictions written; computing metrics and {cfg.resamples} bootstrap resamples")
+        metrics = compute_metrics(out / "predictions.parquet")
+        intervals, diffs = eval_bootstrap.bootstrap(preds, REFERENCES, cfg.resamples, cfg.seed)
+        for name, table in (("metrics", metrics), ("intervals", intervals), ("differences", diffs)):
+            pq.write_table(table, out / f"{name}.parquet")
+        if cfg.melu:
+            _say("MeLU protocol: regression on the four-scenario split")
+            res = eval_melu.run_melu(inter, users, items, work / "melu", spec, tuned.cfg, cfg.melu_steps,
+                                     TrainConfig(seed=cfg.seed, max_epochs=cfg.meta_epochs, progress=False,
+                                                 threads=cfg.torch_threads), cfg.seed, _say)
+            summary |= {"melu": list(res.rows), "melu_info": {"train_seconds": res.train_seconds, "counts": res.counts}}
+            _write_json(out / "summary.json", summary)
+    finally:
+        torch.set_num_threads(threads)
+    report, rendered = eval_report.render(out)
+    _say(f"report written to {report}")
+    return EvalResult(out, report, metrics, intervals, diffs, summary["costs"], tuple(summary.get("melu", ())),
+                      rendered.targets(), time.perf_counter() - start)

@@ -1,0 +1,177 @@
+"""Adaptation of one bucket of users: the pure core of the refresh job's adapt DoFn.
+
+`load_state` loads the checkpoint once (refusing one from another feature spec or
+another model version) and runs the item tower over every item once, so an item's
+vector never depends on which users share a batch. `adapt_bucket` takes a bucket's
+most recent events (at most N per user), its users' feature rows and, in incremental
+mode, the previous snapshot's rows, and returns the bucket's snapshot rows:
+
+- users with events are adapted with the batched MAML inner loop (`adapt_and_embed`);
+- users with a features row but no events get the zero-step (cold) embedding;
+- users whose support set is unchanged since the previous snapshot are carried forward.
+
+Batches are formed deterministically (users sorted by support length, then user id).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import torch
+
+from meta_embed import snapshot
+from meta_embed.checkpoint import Checkpoint, CheckpointError, load
+from meta_embed.features import Encoded, concat, default_row, encode, take
+from meta_embed.maml import adapt_and_embed
+from meta_embed.tables import TS_TYPE, unique_ids
+from meta_embed.tasks import EventBlock, pad
+from pipeline.refresh.arrow import oldest_first, user_runs
+from pipeline.refresh.inputs import read_all
+
+
+@dataclasses.dataclass(frozen=True)
+class AdaptSettings:
+    """What the adapt step needs to know, fixed by the launcher (picklable, small)."""
+
+    checkpoint: str
+    spec_hash: str
+    model_version: str
+    item_files: tuple[str, ...]
+    meta: snapshot.SnapshotMeta
+    max_support: int
+    batch_size: int = 64
+    cold_users: bool = True
+    torch_threads: int = 1
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelState:
+    """A loaded checkpoint plus the item vectors of every item (last row = unknown item)."""
+
+    ckpt: Checkpoint
+    item_vectors: torch.Tensor  # (items + 1, item_dim)
+
+
+@dataclasses.dataclass
+class BucketCounts:
+    """rows = adapted + zero_step + carried_forward; cold = rows without events (either path)."""
+
+    with_events: int = 0
+    adapted: int = 0  # users with events, run through the inner loop
+    carried_forward: int = 0  # rows copied from the previous snapshot
+    cold: int = 0  # users with a features row and no events
+    without_features: int = 0  # users with events but no features row (default features)
+    zero_step: int = 0  # cold users whose zero-step embedding was computed in this run
+
+
+def load_state(settings: AdaptSettings) -> ModelState:
+    """Load the checkpoint and precompute item vectors; refuses a checkpoint that does not match."""
+    ckpt = load(Path(settings.checkpoint), expect_spec_hash=settings.spec_hash)
+    if ckpt.model_version != settings.model_version:
+        raise CheckpointError(f"{settings.checkpoint}: model_version is now {ckpt.model_version}, but the job "
+                              f"started with {settings.model_version}; the checkpoint changed during the run. Re-run.")
+    spec = ckpt.spec
+    items = read_all(settings.item_files, [spec.item_key] + [c.name for c in spec.item])
+    enc = concat([encode(items, spec.item, "items"), default_row(spec.item)])
+    rows = next(iter(enc.values())).shape[0]
+    with torch.no_grad():
+        vecs = [ckpt.model.item_tower(take(enc, torch.arange(s, min(s + 65536, rows)))) for s in range(0, rows, 65536)]
+    return ModelState(ckpt, torch.cat(vecs))
+
+
+def _index(values: pa.Array, known: pa.Array) -> np.ndarray:
+    """Position of each value in `known`, -1 where absent."""
+    return pc.index_in(values, value_set=known).fill_null(-1).to_numpy(zero_copy_only=False).astype(np.int64)
+
+
+def _embed_with_events(state: ModelState, settings: AdaptSettings, x: torch.Tensor, block: EventBlock,
+                       users: np.ndarray) -> np.ndarray:
+    """Adapted embeddings (len(users), D) of `users` (indices into block), in deterministic batches."""
+    model, cfg = state.ckpt.model, state.ckpt.maml_cfg
+    out = np.zeros((len(users), model.cfg.embedding_dim), dtype=np.float32)
+    order = np.lexsort((users, block.lengths[users]))  # by support length, then position (= user id order)
+    for s in range(0, len(order), settings.batch_size):
+        pick = order[s:s + settings.batch_size]
+        padded = pad(block, users[pick])
+        with torch.no_grad():
+            v = state.item_vectors[padded.items]  # (users, slots, item_dim)
+            ctx = model.context_vectors(padded.context)
+            xs = model.with_history(x[pick], v, padded.y, padded.mask)
+        out[pick] = adapt_and_embed(model, xs, v, ctx, padded.y, padded.mask, cfg).numpy()
+    return out
+
+
+def _embed_cold(state: ModelState, settings: AdaptSettings, x: torch.Tensor) -> np.ndarray:
+    out = []
+    with torch.no_grad():
+        for s in range(0, x.shape[0], settings.batch_size):
+            out.append(state.ckpt.model.meta(x[s:s + settings.batch_size]).numpy())
+    return np.concatenate(out) if out else np.zeros((0, state.ckpt.model.cfg.embedding_dim), np.float32)
+
+
+def _event_block(state: ModelState, events: pa.Table) -> EventBlock:
+    spec = state.ckpt.spec
+    ctx = encode(events, spec.context, "interactions") if spec.context else None
+    _, offsets = user_runs(events)
+    return EventBlock(offsets, events.column("item_row").to_numpy().astype(np.int64),
+                      events.column("y").to_numpy().astype(np.float32), events.column("ts").to_numpy(), ctx)
+
+
+def _carried(previous: pa.Table | None, users: pa.Array, n_support: np.ndarray, last_ts: pa.Array) -> np.ndarray:
+    """Row of `previous` to carry forward for each user, or -1: same support size and newest event."""
+    if previous is None or previous.num_rows == 0:
+        return np.full(len(users), -1, dtype=np.int64)
+    prev = _index(users, previous.column("user_id").combine_chunks())
+    found = prev >= 0
+    p = np.where(found, prev, 0)
+    same_n = previous.column("n_support").to_numpy()[p] == n_support
+    prev_ts = previous.column("last_event_ts").combine_chunks().take(pa.array(p))
+    same_ts = pc.fill_null(pc.equal(prev_ts, last_ts), False).to_numpy(zero_copy_only=False)
+    same_ts |= np.asarray(prev_ts.is_null()) & np.asarray(last_ts.is_null())
+    return np.where(found & same_n & same_ts, prev, -1)
+
+
+def _user_inputs(state: ModelState, users: pa.Table, rows: np.ndarray) -> torch.Tensor:
+    spec = state.ckpt.spec
+    enc: Encoded = concat([encode(users, spec.user, "users"), default_row(spec.user)]) if users.num_rows \
+        else default_row(spec.user)
+    with torch.no_grad():
+        return state.ckpt.model.user_inputs(take(enc, torch.from_numpy(rows)))  # (users, in_dim)
+
+
+def adapt_bucket(state: ModelState, settings: AdaptSettings, events: pa.Table, users: pa.Table,
+                 previous: pa.Table | None = None) -> tuple[pa.Table, BucketCounts]:
+    """Snapshot rows (sorted by user_id) of one bucket and what happened to its users."""
+    key = state.ckpt.spec.user_key
+    events = oldest_first(events)
+    ev_users, offsets = user_runs(events)
+    feature_ids = unique_ids(users.column(key), f"users table '{key}'") if users.num_rows else pa.array([], pa.string())
+    everyone = pa.concat_arrays([ev_users, feature_ids]) if settings.cold_users else ev_users
+    ids = pc.unique(everyone)
+    ids = ids.take(pc.sort_indices(ids))
+    ev = _index(ids, ev_users)  # (users,) row in the event block or -1
+    feat = _index(ids, feature_ids)
+    rows = np.where(feat >= 0, feat, len(feature_ids))  # missing features -> default row
+    n_support = np.where(ev >= 0, np.diff(offsets)[np.maximum(ev, 0)] if len(ev_users) else 0, 0).astype(np.int32)
+    ts = events.column("ts").to_numpy()
+    last = ts[offsets[1:][np.maximum(ev, 0)] - 1] if len(ev_users) else np.zeros(len(ids), np.int64)
+    last_ts = pa.array(last, pa.int64(), mask=ev < 0).cast(TS_TYPE)
+    carry = _carried(previous, ids, n_support, last_ts)
+    todo = carry < 0
+    x = _user_inputs(state, users, rows)
+    emb = np.zeros((len(ids), state.ckpt.model.cfg.embedding_dim), dtype=np.float32)
+    hot = np.flatnonzero(todo & (ev >= 0))
+    if len(hot):
+        emb[hot] = _embed_with_events(state, settings, x[hot], _event_block(state, events), ev[hot])
+    cold = np.flatnonzero(todo & (ev < 0))
+    emb[cold] = _embed_cold(state, settings, x[cold])
+    kept = np.flatnonzero(~todo)
+    if len(kept):
+        emb[kept] = snapshot.embeddings_of(previous)[carry[kept]]
+    counts = BucketCounts(int((ev >= 0).sum()), len(hot), len(kept), int((ev < 0).sum()),
+                          int(((ev >= 0) & (feat < 0)).sum()), len(cold))
+    return snapshot.to_table(settings.meta, ids, emb, n_support, last_ts), counts

@@ -1,0 +1,267 @@
+"""The Beam transforms of the refresh job. Elements are Arrow tables keyed by user
+bucket, never single events: a row group is read, validated, filtered to ts < as_of
+and cut to each user's newest N events with vectorized code, then merged per bucket by
+a top-N CombineFn whose accumulator holds at most N events per user.
+
+Counters (namespace "refresh"): events_read, events_used, dead_lettered,
+users_with_events, users_adapted, users_zero_step, users_carried_forward (these three
+add up to the snapshot's rows), cold_users, users_without_features, rows_written, and
+*_ms timers per stage.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+import typing
+import uuid
+from typing import Iterable, Iterator, Mapping
+
+import apache_beam as beam
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+from apache_beam.io.filesystems import FileSystems
+from apache_beam.metrics import Metrics
+from apache_beam.transforms.window import GlobalWindows
+from apache_beam.utils.windowed_value import WindowedValue
+
+from meta_embed.tables import TS_TYPE
+from meta_embed.tables import decode_error
+from pipeline.data.validate import validate_interactions
+from pipeline.refresh.adapt import AdaptSettings, adapt_bucket, load_state
+from pipeline.refresh.arrow import event_schema, pack, split_by_bucket, top_n, unpack, user_runs
+from pipeline.refresh.inputs import Chunk, open_parquet, read_all
+from pipeline.refresh.shuffle import Spill, tables_of
+from pipeline.refresh.runners import release_memory
+
+NS = "refresh"
+DEAD = "dead_letter"
+
+
+class ArrowTableCoder(beam.coders.Coder):
+    """Arrow tables as Arrow IPC with zstd (instead of pickle) wherever a PCollection holds tables."""
+
+    def encode(self, table: pa.Table) -> bytes:
+        return pack(table)
+
+    def decode(self, encoded: bytes) -> pa.Table:
+        return unpack(encoded)
+
+    def is_deterministic(self) -> bool:
+        return False
+
+    def to_type_hint(self):
+        return pa.Table
+
+
+beam.coders.registry.register_coder(pa.Table, ArrowTableCoder)  # used where a PCollection is hinted with pa.Table
+Keyed = typing.Tuple[int, pa.Table]
+Packed = typing.Tuple[int, typing.Union[bytes, str]]  # a bucket's events: `pack`ed bytes or a spill file
+
+
+def _counter(name: str):
+    return Metrics.counter(NS, name)
+
+
+def _ms(since: float) -> int:
+    return int((time.perf_counter() - since) * 1000)
+
+
+def _batches(chunk: Chunk, columns: list[str], rows: int) -> Iterator[pa.Table]:
+    """The record batches of one row group; decoding errors name the file and row group."""
+    pf = open_parquet(chunk.path)
+    it = pf.iter_batches(batch_size=rows, row_groups=[chunk.row_group], columns=columns)
+    while True:
+        try:
+            batch = next(it)
+        except StopIteration:
+            return
+        except (pa.ArrowInvalid, pa.ArrowIOError, OSError) as err:
+            raise decode_error(chunk.path, err, f" of row group {chunk.row_group}") from err
+        yield pa.Table.from_batches([batch])
+
+
+class ReadEvents(beam.DoFn):
+    """Chunk -> (bucket, packed event table): valid events before as_of, each user's newest N per batch.
+
+    Invalid rows go to the `dead_letter` output as (name, DEAD_LETTER table).
+    """
+
+    def __init__(self, item_files: tuple[str, ...], item_key: str, as_of_us: int, target: str,
+                 context: tuple[str, ...], max_support: int, buckets: int, batch_rows: int = 1 << 18,
+                 spill_dir: str | None = None):
+        self.item_files, self.item_key, self.as_of_us, self.target = item_files, item_key, as_of_us, target
+        self.context, self.max_support, self.buckets, self.batch_rows = context, max_support, buckets, batch_rows
+        self.spill_dir = spill_dir  # set: emit (bucket, spill file path) instead of (bucket, packed bytes)
+
+    def setup(self) -> None:
+        items = read_all(self.item_files, [self.item_key])
+        self._items = items.column(self.item_key).combine_chunks().cast(pa.string())
+        self._spill: Spill | None = None
+
+    def start_bundle(self) -> None:
+        self._spill = Spill(FileSystems.join(self.spill_dir, uuid.uuid4().hex)) if self.spill_dir else None
+
+    def finish_bundle(self) -> Iterable[WindowedValue]:
+        for bucket_path in self._spill.flush() if self._spill else []:
+            yield GlobalWindows.windowed_value(bucket_path)
+
+    def events(self, good: pa.Table) -> pa.Table:
+        """Valid interaction rows -> the compact event table, keeping ts < as_of."""
+        good = good.filter(pc.less(good.column("ts"), pa.scalar(self.as_of_us, TS_TYPE)))
+        item = pc.index_in(good.column("item_id"), value_set=self._items).fill_null(len(self._items))
+        y = good.column(self.target).fill_null(0.0).cast(pa.float32())
+        cols = [good.column("user_id"), item.cast(pa.int32()), good.column("ts").cast(pa.int64()), y]
+        schema = event_schema(pa.schema([good.schema.field(c) for c in self.context]))
+        return pa.Table.from_arrays(cols + [good.column(c) for c in self.context], schema=schema)
+
+    def process(self, chunk: Chunk) -> Iterable:
+        start, seen = time.perf_counter(), 0
+        columns = ["user_id", "item_id", "ts", "label", "rating", *self.context]
+        tag = hashlib.sha1(chunk.path.encode()).hexdigest()[:12]
+        for k, table in enumerate(_batches(chunk, columns, self.batch_rows)):
+            good, dead, _ = validate_interactions(table, chunk.path, chunk.row_offset + seen)
+            seen += table.num_rows
+            _counter("events_read").inc(table.num_rows)
+            if dead.num_rows:
+                _counter("dead_lettered").inc(dead.num_rows)
+                yield beam.pvalue.TaggedOutput(DEAD, (f"{tag}-{chunk.row_group:05d}-{k:05d}", dead))
+            events = self.events(good)
+            _counter("events_used").inc(events.num_rows)
+            for bucket, part in split_by_bucket(top_n(events, self.max_support), self.buckets):
+                yield from self._spill.add(bucket, pack(part)) if self._spill else [(bucket, pack(part))]
+        release_memory()  # return freed batch memory to the OS between chunks
+        _counter("read_ms").inc(_ms(start))
+
+
+class TopNCombineFn(beam.CombineFn):
+    """Per-bucket merge of packed event tables to each user's newest N; memory stays O(N x users).
+
+    The job applies it after a GroupByKey (CombineValues) rather than as a lifted
+    CombinePerKey: ReadEvents already cuts every batch to each user's newest N, and a
+    lifted pre-combine on a local runner keeps one bundle's (a worker's whole share of)
+    accumulators in memory until the bundle ends.
+    """
+
+    def __init__(self, n: int, compact_rows: int = 1 << 17):
+        self.n, self.compact_rows = n, compact_rows
+
+    def create_accumulator(self) -> list[pa.Table]:
+        return []
+
+    def _compact(self, tables: list[pa.Table], force: bool = False) -> list[pa.Table]:
+        if len(tables) < 2 or (not force and sum(t.num_rows for t in tables) < self.compact_rows):
+            return tables
+        start = time.perf_counter()
+        out = [top_n(pa.concat_tables(tables), self.n)]
+        _counter("combine_ms").inc(_ms(start))
+        return out
+
+    def add_input(self, acc: list[pa.Table], ref: bytes | str) -> list[pa.Table]:
+        acc.extend(tables_of(ref))
+        return self._compact(acc)
+
+    def merge_accumulators(self, accs: Iterable[list[pa.Table]]) -> list[pa.Table]:
+        return self._compact([t for acc in accs for t in acc])
+
+    def extract_output(self, acc: list[pa.Table]) -> pa.Table:
+        return self._compact(acc, force=True)[0]
+
+
+class ReadKeyed(beam.DoFn):
+    """Chunk -> (bucket, rows) of `columns`, for tables joined to the events by user bucket."""
+
+    def __init__(self, columns: tuple[str, ...], key: str, buckets: int):
+        self.columns, self.key, self.buckets = columns, key, buckets
+
+    def process(self, chunk: Chunk) -> Iterable[tuple[int, pa.Table]]:
+        for table in _batches(chunk, list(self.columns), 1 << 18):
+            yield from split_by_bucket(table, self.buckets, self.key)
+
+
+class CountUsers(beam.DoFn):
+    """Counts users with events as they leave the combine (a check independent of adapt)."""
+
+    def process(self, element: tuple[int, pa.Table]) -> Iterable[tuple[int, pa.Table]]:
+        _counter("users_with_events").inc(len(user_runs(element[1])[0]))
+        yield element
+
+
+class AdaptUsers(beam.DoFn):
+    """(bucket, events) + users and previous rows of the bucket -> (bucket, snapshot rows).
+
+    Loads the checkpoint once per worker in setup() (checking the feature-spec hash).
+    `fail_after_users` is a fault hook for tests: raise once this many users were done.
+    """
+
+    def __init__(self, settings: AdaptSettings, fail_after_users: int | None = None):
+        self.settings, self.fail_after_users = settings, fail_after_users
+
+    def setup(self) -> None:
+        import torch
+
+        torch.set_num_threads(self.settings.torch_threads)
+        self._state = load_state(self.settings)
+        self._done = 0
+
+    def process(self, element: tuple[int, pa.Table], users: Mapping[int, Iterable[pa.Table]],
+                previous: Mapping[int, Iterable[pa.Table]]) -> Iterable[tuple[int, pa.Table]]:
+        start = time.perf_counter()
+        bucket, events = element
+        users, previous = list(users[bucket]), list(previous[bucket])  # multimap side inputs: this bucket's rows
+        user_table = pa.concat_tables(users) if users else _empty_users(self._state)
+        prev = pa.concat_tables(previous) if previous else None
+        rows, counts = adapt_bucket(self._state, self.settings, events, user_table, prev)
+        release_memory()
+        for name in ("adapted", "carried_forward", "without_features", "zero_step"):
+            _counter(f"users_{name}").inc(getattr(counts, name))
+        _counter("cold_users").inc(counts.cold)
+        _counter("adapt_ms").inc(_ms(start))
+        self._done += rows.num_rows
+        if self.fail_after_users is not None and self._done >= self.fail_after_users:
+            raise RuntimeError(f"injected fault after {self._done} users (fail_after_users={self.fail_after_users})")
+        yield bucket, rows
+
+
+def _empty_users(state) -> pa.Table:
+    spec = state.ckpt.spec
+    return pa.table({spec.user_key: pa.array([], pa.string()),
+                     **{c.name: pa.array([], pa.list_(pa.string()) if c.kind == "bag" else
+                                         (pa.float64() if c.kind == "bucket" else pa.string())) for c in spec.user}})
+
+
+def write_parquet(table: pa.Table, path: str) -> str:
+    """Write a file through Beam's FileSystems (local or remote): a temp name, then a rename."""
+    tmp = f"{path}.tmp-{np.random.default_rng().integers(1 << 62):x}"
+    with FileSystems.create(tmp) as out:
+        pq.write_table(table, out)
+    if FileSystems.exists(path):
+        FileSystems.delete([path])
+    FileSystems.rename([tmp], [path])
+    return path
+
+
+class WriteParts(beam.DoFn):
+    """(bucket, rows) -> DIR/part-BUCKET.parquet; a retried bucket overwrites its own file."""
+
+    def __init__(self, directory: str):
+        self.directory = directory
+
+    def process(self, element: tuple[int, pa.Table]) -> Iterable[str]:
+        bucket, rows = element
+        if rows.num_rows:
+            start = time.perf_counter()
+            yield write_parquet(rows, FileSystems.join(self.directory, f"part-{bucket:05d}.parquet"))
+            _counter("rows_written").inc(rows.num_rows)
+            _counter("write_ms").inc(_ms(start))
+
+
+class WriteDeadLetters(beam.DoFn):
+    def __init__(self, directory: str):
+        self.directory = directory
+
+    def process(self, element: tuple[str, pa.Table]) -> Iterable[str]:
+        name, rows = element
+        yield write_parquet(rows, FileSystems.join(self.directory, f"dl-{name}.parquet"))

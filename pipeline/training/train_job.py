@@ -1,0 +1,123 @@
+"""The `train` stage: read prepared Parquet tables, fit the feature spec, meta-train the
+two-block model and save a checkpoint with the config and a training summary.
+
+Output directory (the checkpoint, see `meta_embed.checkpoint`): weights.pt, model.json,
+feature_spec.json, VERSION, plus config.json (this job's config), train_summary.json
+(metrics, history, counts) and validation_users.parquet (the held-out users).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import time
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+import torch
+
+from meta_embed import checkpoint
+from meta_embed.config import MamlConfig, ModelConfig, to_dict, write_config
+from meta_embed.features import fit_spec, movielens_template
+from meta_embed.tables import INTERACTIONS, ITEMS, USERS, data_table, read_table
+from meta_embed.tasks import FeatureTables
+from meta_embed.train import TrainConfig, meta_train, timelines
+from pipeline.evaluation.splits import to_ts
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainJobConfig:
+    """`data` holds interactions, users and items (`NAME.parquet` or a folder `NAME/` of
+    shards); only events with ts < `until` (ISO-8601, optional) are used; `out` is the
+    checkpoint directory."""
+
+    data: str
+    out: str
+    until: str | None = None
+    model: ModelConfig = ModelConfig()
+    maml: MamlConfig = MamlConfig()
+    train: TrainConfig = TrainConfig()
+
+    def __post_init__(self) -> None:
+        if not self.data or not self.out:
+            raise ValueError("TrainJobConfig: data and out must name a folder (prepared data, checkpoint)")
+        if self.until is not None:
+            try:
+                to_ts(self.until)
+            except (TypeError, ValueError) as err:
+                raise ValueError(f"TrainJobConfig.until: {self.until!r} is not an ISO-8601 time ({err})") from err
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainJobResult:
+    checkpoint: Path
+    model_version: str
+    metric: str  # "auc" or "neg_mse"
+    best_metric: float
+    best_epoch: int
+    seconds: float
+    summary: dict
+
+
+@dataclasses.dataclass(frozen=True)
+class Data:
+    users: pa.Table
+    items: pa.Table
+    interactions: pa.Table
+
+
+def load_data(data: str | Path, until: str | None = None) -> Data:
+    """The users, items and interactions of a prepared data folder, events before `until`."""
+    data = Path(data)
+    events = read_table(data_table(data, "interactions"), INTERACTIONS)
+    if until is not None:
+        events = events.filter(pc.less(events["ts"], to_ts(until)))
+    return Data(read_table(data_table(data, "users"), USERS), read_table(data_table(data, "items"), ITEMS), events)
+
+
+def _unknown(ids: pa.ChunkedArray, known: pa.ChunkedArray) -> int:
+    return int(len(ids) - pc.sum(pc.is_in(ids, value_set=known.combine_chunks())).as_py()) if len(ids) else 0
+
+
+def _json_safe(value):
+    """NaN and infinities become null (strict JSON)."""
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def train(cfg: TrainJobConfig) -> TrainJobResult:
+    """Run the train stage (see the module docstring); returns where it saved what."""
+    start = time.perf_counter()
+    data = load_data(cfg.data, cfg.until)
+    if data.interactions.num_rows == 0:
+        raise ValueError(f"{cfg.data}: no interactions" + (f" before {cfg.until}" if cfg.until else ""))
+    spec = fit_spec(movielens_template(), data.users, data.items)
+    tables = FeatureTables.build(spec, data.users, data.items)
+    history = timelines(data.interactions, tables, spec, cfg.model.objective)
+    torch.manual_seed(cfg.train.seed)
+    model = checkpoint.build_model(spec, cfg.model, cfg.maml)
+    result = meta_train(model, tables, history, cfg.train, cfg.maml)
+    out = Path(cfg.out)
+    version = checkpoint.save(result.model, cfg.maml, out)
+    write_config(cfg, out)
+    pq.write_table(pa.table({"user_id": result.val_user_ids}), out / "validation_users.parquet")
+    summary = {
+        "model_version": version, "feature_spec_hash": spec.hash, "metric": result.metric,
+        "best_metric": result.best_metric, "best_epoch": result.best_epoch, "train_seconds": result.seconds,
+        "seconds": time.perf_counter() - start, "n_users": len(history), "n_events": int(len(history.support.target)),
+        "n_validation_users": len(result.val_user_ids),
+        "events_with_unknown_user": _unknown(data.interactions["user_id"], data.users["user_id"]),
+        "events_with_unknown_item": _unknown(data.interactions["item_id"], data.items["item_id"]),
+        "history": result.history, "config": to_dict(cfg),
+    }
+    (out / "train_summary.json").write_text(json.dumps(_json_safe(summary), indent=2, sort_keys=True) + "\n")
+    return TrainJobResult(out, version, result.metric, result.best_metric, result.best_epoch,
+                          summary["seconds"], summary)

@@ -1,0 +1,109 @@
+"""Bad inputs fail before any work, naming the file and the column; a corrupt file fails
+with its path; a checkpoint from another feature spec is refused; nothing is published."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from meta_embed import snapshot
+from meta_embed.checkpoint import CheckpointError
+from meta_embed.tables import SchemaError
+from meta_embed.tables import CorruptInputError
+from pipeline.refresh.refresh_job import RefreshConfig, refresh
+from tests.pipeline.refresh.refresh_fixtures import AS_OF, make_dataset
+
+FAST = ["--direct_running_mode=in_memory", "--direct_num_workers=1"]
+
+
+@pytest.fixture()
+def ds(tmp_path):
+    return make_dataset(tmp_path / "data")
+
+
+def config(ds, **kw) -> RefreshConfig:
+    return RefreshConfig(ds.interactions, ds.users, ds.items, ds.checkpoint, AS_OF, str(ds.root / "out"), **kw)
+
+
+def nothing_written(ds) -> bool:
+    out = ds.root / "out"
+    return snapshot.current_name(out) is None and not any((out / "staging").glob("*")) if out.exists() else True
+
+
+def test_schema_mismatch_fails_before_any_work_naming_file_and_column(ds):
+    bad = Path(ds.root / "interactions" / "part-1.parquet")
+    t = pq.read_table(bad)
+    pq.write_table(t.set_column(2, "ts", t["ts"].cast(pa.int64())), bad)
+    with pytest.raises(SchemaError, match=r"part-1\.parquet: column 'ts' has type int64"):
+        refresh(config(ds), FAST)
+    assert not (ds.root / "out").exists()
+
+
+def test_missing_user_feature_column_is_named(ds):
+    pq.write_table(pq.read_table(ds.users).drop(["occupation"]), ds.users)
+    with pytest.raises(SchemaError, match=r"users\.parquet: missing column 'occupation'"):
+        refresh(config(ds), FAST)
+
+
+def test_truncated_file_fails_with_its_path(ds):
+    bad = ds.root / "interactions" / "part-0.parquet"
+    bad.write_bytes(bad.read_bytes()[:200])
+    with pytest.raises(CorruptInputError, match=r"part-0\.parquet: not a readable Parquet file"):
+        refresh(config(ds), FAST)
+    assert nothing_written(ds)
+
+
+def test_corrupt_data_page_fails_inside_the_pipeline_with_its_path(ds):
+    bad = ds.root / "interactions" / "part-1.parquet"
+    data = bytearray(bad.read_bytes())
+    data[8:400] = b"\xff" * 392  # the first column chunks; the footer stays readable
+    bad.write_bytes(bytes(data))
+    with pytest.raises(Exception, match=r"part-1\.parquet: Parquet data of row group 0 could not be decoded"):
+        refresh(config(ds), FAST)
+    assert nothing_written(ds)
+
+
+def test_checkpoint_from_another_feature_spec_is_refused(ds):
+    with pytest.raises(CheckpointError, match="feature spec .* but the data uses 0123456789abcdef"):
+        refresh(config(ds, expect_spec_hash="0123456789abcdef"), FAST)
+    assert not (ds.root / "out").exists()
+
+
+def test_config_is_validated():
+    base = dict(interactions="i", users="u", items="t", checkpoint="c", as_of=AS_OF, out="o")
+    with pytest.raises(ValueError, match="timezone-aware"):
+        RefreshConfig(**(base | {"as_of": AS_OF.replace(tzinfo=None)}))
+    with pytest.raises(ValueError, match="keep must be >= 1"):
+        RefreshConfig(**base, keep=0)
+    with pytest.raises(ValueError, match="max_support must be >= 1"):
+        RefreshConfig(**base, max_support=0)
+    assert dataclasses.replace(RefreshConfig(**base), keep=5).keep == 5
+
+
+def test_finalize_refuses_rows_that_disagree_with_the_counters(tmp_path):
+    import numpy as np
+
+    from meta_embed.tables import TS_TYPE
+    from pipeline.refresh.finalize import check_rows
+
+    meta = snapshot.SnapshotMeta("v1", "h", "activation", 2, AS_OF)
+    ts = pa.array([1_000_000, None], pa.int64()).cast(TS_TYPE)
+    table = snapshot.to_table(meta, ["a", "b"], np.zeros((2, 2), np.float32), np.array([3, 0]), ts)
+    ok = {"users_with_events": 1, "users_adapted": 1, "users_zero_step": 1, "users_carried_forward": 0}
+    check_rows(table, ok, 10, meta, cold_users=True)
+    with pytest.raises(snapshot.SnapshotError, match="counted 2"):
+        check_rows(table, ok | {"users_with_events": 2}, 10, meta, cold_users=True)
+    with pytest.raises(snapshot.SnapshotError, match="adapt emitted 3"):
+        check_rows(table, ok | {"users_carried_forward": 1}, 10, meta, cold_users=True)
+    with pytest.raises(snapshot.SnapshotError, match="n_support outside"):
+        check_rows(table, ok, 2, meta, cold_users=True)
+    with pytest.raises(snapshot.SnapshotError, match="without events"):
+        check_rows(table, ok, 10, meta, cold_users=False)
+    late = snapshot.to_table(meta, ["a", "b"], np.zeros((2, 2), np.float32), np.array([3, 0]),
+                             pa.array([int(AS_OF.timestamp() * 1e6), None], pa.int64()).cast(TS_TYPE))
+    with pytest.raises(snapshot.SnapshotError, match="last_event_ts >= as_of"):
+        check_rows(late, ok, 10, meta, cold_users=True)
