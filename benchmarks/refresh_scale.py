@@ -29,8 +29,10 @@ from meta_embed import checkpoint
 from meta_embed.config import MamlConfig, ModelConfig, to_dict
 from meta_embed.features import fit_spec, movielens_template
 from meta_embed.model import TwoBlockModel
-from pipeline.refresh.refresh_job import RefreshConfig, refresh
-from pipeline.data.synth import SynthConfig, synth
+from pipeline.refresh.refresh_config import RefreshConfig
+from pipeline.refresh.refresh_job import refresh
+from pipeline.data.data_config import SynthConfig
+from pipeline.data.synth import synth
 
 
 class PeakRss:

@@ -60,7 +60,7 @@ from meta_embed.model import TwoBlockModel  # noqa: E402
 from meta_embed.tables import ITEMS, USERS  # noqa: E402
 from serving import service  # noqa: E402
 from serving.app import apply_threads  # noqa: E402
-from serving.settings import IndexConfig, ServingConfig  # noqa: E402
+from serving.serving_config import IndexConfig, ServingConfig  # noqa: E402
 from serving.index import build_index, exact_search, recall_at_k  # noqa: E402
 from serving.state import ServingState, Sources, load_state  # noqa: E402
 

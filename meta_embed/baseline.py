@@ -20,7 +20,6 @@ from __future__ import annotations
 import copy
 import dataclasses
 import time
-from typing import Literal
 
 import numpy as np
 import pyarrow as pa
@@ -28,46 +27,12 @@ import pyarrow.compute as pc
 import torch
 from torch import nn
 
+from meta_embed.config import WideDeepConfig
 from meta_embed.features import Column, FeatureSpec, take
 from meta_embed.metrics import auc
 from meta_embed.tasks import FeatureTables
 
 ID_COLUMNS = ("user_id", "item_id")
-
-
-@dataclasses.dataclass(frozen=True)
-class WideDeepConfig:
-    """Hyper-parameters of the wide-and-deep baseline and its training loop."""
-
-    objective: Literal["binary", "regression"] = "binary"
-    embedding_dim: int = 16
-    hidden: tuple[int, ...] = (128, 64)
-    crosses: tuple[tuple[str, str], ...] = (("user_id", "genres"), ("age", "genres"), ("item_id", "age"))
-    max_cross_rows: int = 1 << 22
-    init_std: float = 0.01
-    oov_rate: float = 0.05
-    lr: float = 1e-3
-    weight_decay: float = 0.0
-    batch_size: int = 2048
-    max_epochs: int = 10
-    patience: int = 2
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        if self.objective not in ("binary", "regression"):
-            raise ValueError(f"WideDeepConfig.objective must be 'binary' or 'regression', got {self.objective!r}")
-        for name in ("embedding_dim", "batch_size", "max_epochs", "patience", "max_cross_rows"):
-            if getattr(self, name) <= 0:
-                raise ValueError(f"WideDeepConfig.{name} must be > 0, got {getattr(self, name)}")
-        if self.lr <= 0 or self.init_std <= 0 or self.weight_decay < 0:
-            raise ValueError(f"WideDeepConfig: need lr > 0, init_std > 0, weight_decay >= 0; got "
-                             f"{self.lr}, {self.init_std}, {self.weight_decay}")
-        if not 0 <= self.oov_rate < 1:
-            raise ValueError(f"WideDeepConfig.oov_rate must be in [0, 1), got {self.oov_rate}")
-        object.__setattr__(self, "hidden", tuple(self.hidden))
-        object.__setattr__(self, "crosses", tuple(tuple(c) for c in self.crosses))
-        if any(len(c) != 2 for c in self.crosses):
-            raise ValueError(f"WideDeepConfig.crosses must be pairs of column names, got {self.crosses}")
 
 
 @dataclasses.dataclass(frozen=True)

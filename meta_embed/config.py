@@ -4,7 +4,10 @@ helpers that serialize a config next to the artifact it produced."""
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
 import json
+import typing
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
@@ -12,6 +15,11 @@ EmbeddingMode = Literal["activation", "weights"]
 Objective = Literal["binary", "regression"]
 
 T = TypeVar("T")
+
+
+def default_threshold(objective: Objective) -> float:
+    """The target above which an event is a positive: label 0.5 (binary), rating 3.5 (regression)."""
+    return 0.5 if objective == "binary" else 3.5
 
 
 def _positive(owner: str, **values: float) -> None:
@@ -82,6 +90,96 @@ class MamlConfig:
         _positive("MamlConfig", inner_lr=self.inner_lr, max_support=self.max_support)
 
 
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """The outer loop. `positive_threshold` (default 0.5 for labels, 3.5 for ratings)
+    decides which query events count as positives for the retrieval loss and the AUC.
+
+    `loss_weighting`: `event` averages the query loss over every query event of the
+    batch (heavy users count by their events, as in GAUC); `user` averages per user
+    first. `select_on`: the held-out users' query metric that early stopping and the
+    restored state follow in binary mode: per-user AUC (`user_auc`, within-user ranking)
+    or pooled AUC (`auc`, which also rewards getting each user's level right).
+    Regression always selects on MSE.
+    """
+
+    seed: int = 0
+    batch_users: int = 64
+    lr: float = 3e-3
+    weight_decay: float = 0.0
+    max_epochs: int = 30
+    patience: int = 4
+    retrieval_weight: float = 0.1
+    retrieval_loss: Literal["softmax", "bce"] = "softmax"
+    max_query: int = 50
+    val_fraction: float = 0.1
+    cold_fraction: float = 0.1
+    grad_clip: float = 5.0
+    positive_threshold: float | None = None
+    eval_batch_users: int = 512
+    select_on: Literal["auc", "user_auc"] = "user_auc"
+    loss_weighting: Literal["user", "event"] = "event"
+    threads: int | None = None
+    deterministic: bool = True
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        for name in ("batch_users", "lr", "max_epochs", "patience", "max_query", "grad_clip", "eval_batch_users"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"TrainConfig.{name} must be > 0, got {getattr(self, name)}")
+        for name in ("val_fraction", "cold_fraction"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise ValueError(f"TrainConfig.{name} must be in [0, 1), got {getattr(self, name)}")
+        if self.retrieval_weight < 0 or self.weight_decay < 0:
+            raise ValueError("TrainConfig.retrieval_weight and weight_decay must be >= 0")
+        if self.retrieval_loss not in ("softmax", "bce"):
+            raise ValueError(f"TrainConfig.retrieval_loss must be 'softmax' or 'bce', got {self.retrieval_loss!r}")
+        if self.select_on not in ("auc", "user_auc"):
+            raise ValueError(f"TrainConfig.select_on must be 'auc' or 'user_auc', got {self.select_on!r}")
+        if self.loss_weighting not in ("user", "event"):
+            raise ValueError(f"TrainConfig.loss_weighting must be 'user' or 'event', got {self.loss_weighting!r}")
+        if self.threads is not None and self.threads <= 0:
+            raise ValueError(f"TrainConfig.threads must be > 0 or None, got {self.threads}")
+
+    def threshold(self, objective: Objective) -> float:
+        return default_threshold(objective) if self.positive_threshold is None else self.positive_threshold
+
+
+@dataclasses.dataclass(frozen=True)
+class WideDeepConfig:
+    """Hyper-parameters of the wide-and-deep baseline and its training loop."""
+
+    objective: Literal["binary", "regression"] = "binary"
+    embedding_dim: int = 16
+    hidden: tuple[int, ...] = (128, 64)
+    crosses: tuple[tuple[str, str], ...] = (("user_id", "genres"), ("age", "genres"), ("item_id", "age"))
+    max_cross_rows: int = 1 << 22
+    init_std: float = 0.01
+    oov_rate: float = 0.05
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    batch_size: int = 2048
+    max_epochs: int = 10
+    patience: int = 2
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.objective not in ("binary", "regression"):
+            raise ValueError(f"WideDeepConfig.objective must be 'binary' or 'regression', got {self.objective!r}")
+        for name in ("embedding_dim", "batch_size", "max_epochs", "patience", "max_cross_rows"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"WideDeepConfig.{name} must be > 0, got {getattr(self, name)}")
+        if self.lr <= 0 or self.init_std <= 0 or self.weight_decay < 0:
+            raise ValueError(f"WideDeepConfig: need lr > 0, init_std > 0, weight_decay >= 0; got "
+                             f"{self.lr}, {self.init_std}, {self.weight_decay}")
+        if not 0 <= self.oov_rate < 1:
+            raise ValueError(f"WideDeepConfig.oov_rate must be in [0, 1), got {self.oov_rate}")
+        object.__setattr__(self, "hidden", tuple(self.hidden))
+        object.__setattr__(self, "crosses", tuple(tuple(c) for c in self.crosses))
+        if any(len(c) != 2 for c in self.crosses):
+            raise ValueError(f"WideDeepConfig.crosses must be pairs of column names, got {self.crosses}")
+
+
 def to_dict(cfg: Any) -> dict[str, Any]:
     """A JSON-ready dict of a (possibly nested) config dataclass."""
     return json.loads(json.dumps(dataclasses.asdict(cfg), default=str))
@@ -108,3 +206,51 @@ def write_config(cfg: Any, directory: str | Path, name: str = "config.json") -> 
     payload = {"type": type(cfg).__name__, "config": to_dict(cfg)}
     path.write_text(json.dumps(payload, indent=2, sort_keys=True) + "\n")
     return path
+
+
+def flag(help: str, **extra: Any) -> dict[str, Any]:
+    """Field metadata that makes a config field a command-line flag (see `flag_specs`)."""
+    return {"help": help, **extra}
+
+
+def parse_time(text: str) -> dt.datetime:
+    """ISO-8601 time (`2024-06-01T00:00:00Z`); without a zone it is taken as UTC."""
+    try:
+        t = dt.datetime.fromisoformat(text)
+    except ValueError as err:
+        raise ValueError(f"{text!r} is not an ISO-8601 time like 2024-06-01T00:00:00Z") from err
+    return t if t.tzinfo else t.replace(tzinfo=dt.timezone.utc)
+
+
+@dataclasses.dataclass(frozen=True)
+class FlagSpec:
+    """One command-line flag of a config field: `--name` for a value, `--name` / `--no-name`
+    for a bool (whichever turns the default around)."""
+
+    field: str
+    flag: str
+    parse: Callable[[str], Any] | None  # None: a bool switch
+    default: Any
+    required: bool
+    help: str
+    choices: tuple[str, ...] | None = None
+
+
+def flag_specs(cls: type) -> Iterator[FlagSpec]:
+    """The flags of every field of a config dataclass whose metadata has a `help`."""
+    hints = typing.get_type_hints(cls)
+    parsers: dict[Any, Callable[[str], Any]] = {str: str, int: int, float: float, dt.datetime: parse_time}
+    for f in dataclasses.fields(cls):
+        if "help" not in f.metadata:
+            continue
+        kind = hints[f.name]
+        args = [a for a in typing.get_args(kind) if a is not type(None)]
+        kind = args[0] if args else kind
+        required = f.default is dataclasses.MISSING
+        default = None if required else f.default
+        name = f.name.replace("_", "-")
+        if kind is bool:
+            yield FlagSpec(f.name, f"--no-{name}" if default else f"--{name}", None, default, False, f.metadata["help"])
+        else:
+            yield FlagSpec(f.name, f"--{name}", parsers[kind], default, required, f.metadata["help"],
+                           f.metadata.get("choices"))

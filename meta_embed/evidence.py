@@ -27,7 +27,7 @@ from meta_embed.inference import event_inputs, user_inputs
 from meta_embed.maml import pointwise_loss, step_sizes
 from meta_embed.model import Params, TwoBlockModel, batched
 from meta_embed.tasks import EventBlock, FeatureTables, TaskSet, episodes, gather, range_index, ranges
-from meta_embed.train import evaluate
+from meta_embed.train import query_metrics
 
 
 def _step_gram(model: TwoBlockModel, theta: Params, step: Params | float, x: torch.Tensor) -> torch.Tensor:
@@ -61,7 +61,7 @@ def event_grad_norms(model: TwoBlockModel, tables: FeatureTables, tasks: TaskSet
         users = order[start:start + batch_users]
         ep = episodes(tasks, users)
         with torch.no_grad():
-            x = user_inputs(model, tables, ep.user_rows)  # (users, in_dim)
+            x = user_inputs(model, tables.users, ep.user_rows)  # (users, in_dim)
             v, ctx = event_inputs(model, tables, ep.support)  # (users, slots, item_dim)
             gram = _step_gram(model, theta, step, x)  # (users, D, D)
             e = model.meta.embed(batched(theta, len(users)), x)  # (users, D)
@@ -155,5 +155,5 @@ def compare_selection(model: TwoBlockModel, tables: FeatureTables, history: Task
         support = _choose(block, users, pool if name != "none" else np.zeros_like(pool), priority, k)
         tasks = TaskSet(history.user_ids.take(pa.array(users)), history.user_rows[users], support, query)
         rows.append({"strategy": name, "k": float(0 if name == "none" else k), "users": float(len(users)),
-                     **evaluate(model, tables, tasks, maml_cfg)})
+                     **query_metrics(model, tables, tasks, maml_cfg)})
     return rows

@@ -41,7 +41,7 @@ def support_losses(model: TwoBlockModel, params: Params, x: torch.Tensor, v: tor
     x (users, in_dim); v (users, slots, item_dim); ctx (users, slots, C) or None;
     y, mask (users, slots).
     """
-    return _losses(model, params, x, model.global_block.prepare(v, ctx), y, mask)
+    return _losses(model, params, x, model.global_block.item_side(v, ctx), y, mask)
 
 
 def _losses(model: TwoBlockModel, params: Params, x: torch.Tensor, side: ItemSide, y: torch.Tensor,
@@ -78,7 +78,7 @@ def adapt(model: TwoBlockModel, x: torch.Tensor, v: torch.Tensor, ctx: torch.Ten
         theta = {k: p.detach() for k, p in theta.items()}
         step = {k: s.detach() for k, s in step.items()} if isinstance(step, dict) else step
     params = batched(theta, x.shape[0])
-    side = model.global_block.prepare(v, ctx) if cfg.inner_steps else None  # shared by all steps
+    side = model.global_block.item_side(v, ctx) if cfg.inner_steps else None  # shared by all steps
     for _ in range(cfg.inner_steps):
         with torch.enable_grad():
             leaves = params if track else {k: p.detach().requires_grad_(True) for k, p in params.items()}
@@ -96,57 +96,20 @@ def adapt_and_embed(model: TwoBlockModel, x: torch.Tensor, v: torch.Tensor, ctx:
                     lr: Params | float | None = None) -> torch.Tensor:
     """Inference: adapt a batch of users and return their meta embeddings (users, D), detached.
 
-    Users whose mask is all zero keep the initialization: their embedding is the
-    zero-step (cold) embedding. In `activation` mode the adapted weights are never
-    materialized (`_activation_embeddings`); `weights` mode runs `adapt`.
+    The algorithm supplies the support loss's gradient at the embeddings; the meta block
+    takes the first-order steps itself (`MetaBlock.adapted`: in `activation` mode without
+    materializing per-user weights). Users whose mask is all zero keep the initialization:
+    their embedding is the zero-step (cold) embedding.
     """
     with torch.no_grad():  # the inner gradients are taken inside, without a graph to the model
         x, v, ctx = x.detach(), v.detach(), None if ctx is None else ctx.detach()
         step = step_sizes(model, cfg) if lr is None else lr
-        if model.meta.mode == "activation":
-            return _activation_embeddings(model, x, v, ctx, y, mask, cfg.inner_steps, step)
-        params = adapt(model, x, v, ctx, y, mask, cfg, lr=step, second_order=False)
-        return model.meta.embed(params, x)
+        side = model.global_block.item_side(v, ctx) if cfg.inner_steps else None  # shared by all steps
 
+        def loss_grad(e: torch.Tensor) -> torch.Tensor:  # dL/de of the summed per-user support losses
+            with torch.enable_grad():
+                e = e.detach().requires_grad_(True)
+                (grad,) = torch.autograd.grad(_losses_of(model, e, side, y, mask).sum(), [e])
+            return grad
 
-def _activation_embeddings(model: TwoBlockModel, x: torch.Tensor, v: torch.Tensor, ctx: torch.Tensor | None,
-                           y: torch.Tensor, mask: torch.Tensor, steps: int, step: Params | float) -> torch.Tensor:
-    """First-order inner loop of the activation-mode meta block e = W2 relu(W1 x + b1) + b2,
-    without a per-user copy of its weights: the same math as `adapt` then `embed`.
-
-    A step moves a user's W1 by -L1 * outer(d1, x) and W2 by -L2 * outer(d2, h) (L the
-    step sizes, scalar or one per weight; d1, d2 the gradients at the layers' outputs),
-    so what the adapted layers compute follows from vectors alone:
-
-        W1' x = W1 x - d1 * (L1 (x * x))
-        W2' h = W2 h - sum_k d2_k * (L2 (h_k * h)),    W2'^T g = W2^T g - sum_k h_k * (L2^T (d2_k * g))
-
-    That is O(users x hidden) per step instead of O(users x weights) of copies, updates
-    and batched matrix-vector products. Only dL/de runs through autograd (the global block).
-    """
-    theta = {k: p.detach() for k, p in model.meta.init_params().items()}
-    lam = {k: step[k].detach() if isinstance(step, dict) else torch.full_like(p, step) for k, p in theta.items()}
-    a1 = x @ theta["w1"].T + theta["b1"]  # (users, hidden): W1' x + b1', kept current instead of W1', b1'
-    reach = (x * x) @ lam["w1"].T + lam["b1"]  # (users, hidden): how far a unit of d1 moves a1
-    b2 = theta["b2"].expand(len(x), -1)  # (users, D): b2'
-    taken: list[tuple[torch.Tensor, torch.Tensor]] = []  # (d2_k, h_k) of the steps so far
-
-    def layer2(h: torch.Tensor) -> torch.Tensor:  # W2' h + b2'
-        out = h @ theta["w2"].T + b2
-        for d2_k, h_k in taken:
-            out = out - d2_k * ((h_k * h) @ lam["w2"].T)
-        return out
-
-    side = model.global_block.prepare(v, ctx) if steps else None  # shared by all steps
-    for _ in range(steps):
-        h = torch.relu(a1)
-        with torch.enable_grad():
-            e = layer2(h).requires_grad_(True)
-            (d2,) = torch.autograd.grad(_losses_of(model, e, side, y, mask).sum(), [e])
-        g = d2 @ theta["w2"]  # W2'^T d2 with W2' before this step
-        for d2_k, h_k in taken:
-            g = g - h_k * ((d2_k * d2) @ lam["w2"])
-        a1 = a1 - (g * (a1 > 0)) * reach
-        b2 = b2 - lam["b2"] * d2
-        taken.append((d2, h))
-    return layer2(torch.relu(a1))
+        return model.meta.adapted(x, loss_grad, cfg.inner_steps, step)

@@ -14,9 +14,9 @@ what makes the offline/online exactness contract hold by construction:
 from __future__ import annotations
 
 import itertools
+from collections.abc import Callable
 from typing import NamedTuple
 
-import numpy as np
 import torch
 from torch import nn
 
@@ -101,6 +101,66 @@ class MetaBlock(nn.Module):
             return torch.relu(x @ w["w1"].T + w["b1"]) @ w["w2"].T + w["b2"]
         return self.embed(batched(self.init_params(), x.shape[0]), x)
 
+    def adapted(self, x: torch.Tensor, loss_grad: Callable[[torch.Tensor], torch.Tensor], steps: int,
+                lr: Params | float) -> torch.Tensor:
+        """Embeddings (users, D) after `steps` first-order inner steps from the initialization,
+        no graph kept: inference. `loss_grad(e)` is dL/de at embeddings e (users, D), the only
+        thing the block needs from the algorithm; `lr` the step sizes, scalar or one per weight.
+
+        activation: the closed form below, no per-user copy of the weights.
+        weights:    per-user copies, each step a vector-Jacobian product of loss_grad through `embed`.
+        """
+        theta = {k: p.detach() for k, p in self.init_params().items()}
+        lam = {k: lr[k].detach() if isinstance(lr, dict) else torch.full_like(p, lr) for k, p in theta.items()}
+        if self.mode == "activation":
+            return _activation_steps(theta, lam, x, loss_grad, steps)
+        params = batched(theta, x.shape[0])
+        for _ in range(steps):
+            with torch.enable_grad():
+                leaves = {k: p.detach().requires_grad_(True) for k, p in params.items()}
+                e = self.embed(leaves, x)
+                grads = torch.autograd.grad(e, list(leaves.values()), grad_outputs=loss_grad(e.detach()))
+            params = {k: p - lam[k] * g for (k, p), g in zip(params.items(), grads)}
+        return self.embed(params, x)
+
+
+def _activation_steps(theta: Params, lam: Params, x: torch.Tensor, loss_grad: Callable[[torch.Tensor], torch.Tensor],
+                      steps: int) -> torch.Tensor:
+    """First-order inner steps of e = W2 relu(W1 x + b1) + b2 without a per-user copy of its
+    weights: the same math as stepping per-user copies, then `embed`.
+
+    A step moves a user's W1 by -L1 * outer(d1, x) and W2 by -L2 * outer(d2, h) (L the
+    step sizes, one per weight; d1, d2 the gradients at the layers' outputs), so what the
+    adapted layers compute follows from vectors alone:
+
+        W1' x = W1 x - d1 * (L1 (x * x))
+        W2' h = W2 h - sum_k d2_k * (L2 (h_k * h)),    W2'^T g = W2^T g - sum_k h_k * (L2^T (d2_k * g))
+
+    That is O(users x hidden) per step instead of O(users x weights) of copies, updates
+    and batched matrix-vector products.
+    """
+    a1 = x @ theta["w1"].T + theta["b1"]  # (users, hidden): W1' x + b1', kept current instead of W1', b1'
+    reach = (x * x) @ lam["w1"].T + lam["b1"]  # (users, hidden): how far a unit of d1 moves a1
+    b2 = theta["b2"].expand(len(x), -1)  # (users, D): b2'
+    taken: list[tuple[torch.Tensor, torch.Tensor]] = []  # (d2_k, h_k) of the steps so far
+
+    def layer2(h: torch.Tensor) -> torch.Tensor:  # W2' h + b2'
+        out = h @ theta["w2"].T + b2
+        for d2_k, h_k in taken:
+            out = out - d2_k * ((h_k * h) @ lam["w2"].T)
+        return out
+
+    for _ in range(steps):
+        h = torch.relu(a1)
+        d2 = loss_grad(layer2(h))  # (users, D): dL/de
+        g = d2 @ theta["w2"]  # W2'^T d2 with W2' before this step
+        for d2_k, h_k in taken:
+            g = g - h_k * ((d2_k * d2) @ lam["w2"])
+        a1 = a1 - (g * (a1 > 0)) * reach
+        b2 = b2 - lam["b2"] * d2
+        taken.append((d2, h))
+    return layer2(torch.relu(a1))
+
 
 def batched(params: Params, users: int) -> Params:
     """Give every parameter a leading user axis (a view; gradients flow back to the source)."""
@@ -154,14 +214,14 @@ class GlobalBlock(nn.Module):
         self.item_bias = nn.Linear(cfg.item_dim, 1, bias=False)  # a linear path from v to the logit
         nn.init.zeros_(self.item_bias.weight)
 
-    def _first_layer(self) -> dict[str, torch.Tensor]:
+    def first_layer(self) -> dict[str, torch.Tensor]:
         """The first layer's weight split into the column blocks of its input parts."""
         blocks = torch.split(self.mlp[0].weight, list(self.parts.values()), dim=1)  # each (hidden, part)
         return dict(zip(self.parts, blocks))
 
-    def prepare(self, v: torch.Tensor, ctx: torch.Tensor | None = None) -> ItemSide:
+    def item_side(self, v: torch.Tensor, ctx: torch.Tensor | None = None) -> ItemSide:
         """The item/context part of the first layer for v (*, item_dim) and ctx (*, C)."""
-        side = ItemSide(v, v @ self._first_layer()["v"].T + self.mlp[0].bias, self.item_bias(v).squeeze(-1))
+        side = ItemSide(v, v @ self.first_layer()["v"].T + self.mlp[0].bias, self.item_bias(v).squeeze(-1))
         return self.with_context(side, ctx)
 
     def with_context(self, side: ItemSide, ctx: torch.Tensor | None) -> ItemSide:
@@ -172,11 +232,11 @@ class GlobalBlock(nn.Module):
 
     def context_term(self, ctx: torch.Tensor) -> torch.Tensor:
         """The first layer's term of contexts ctx (*, C) -> (*, hidden)."""
-        return ctx @ self._first_layer()["ctx"].T
+        return ctx @ self.first_layer()["ctx"].T
 
     def score(self, e: torch.Tensor, side: ItemSide) -> torch.Tensor:
         """Logits of e (*, D) broadcast against prepared items -> (*)."""
-        w, v = self._first_layer(), side.v
+        w, v = self.first_layer(), side.v
         if self.mode == "activation":
             h = side.base + e @ w["e"].T + (self.project(e) * v) @ w["pv"].T  # (*, hidden)
         else:
@@ -188,70 +248,9 @@ class GlobalBlock(nn.Module):
             h = layer(h)
         return h.squeeze(-1) + side.bias
 
-    def single_user(self, side: ItemSide) -> "SingleUser":
-        """This block, fixed as it is now, scoring one user at a time against the items of `side`
-        (prepared without context), in NumPy; see `SingleUser`."""
-
-        def array(t: torch.Tensor) -> np.ndarray:  # a contiguous float32 copy, detached from training
-            return np.array(t.detach().numpy(), dtype=np.float32, order="C")
-
-        w = self._first_layer()
-        if self.mode == "activation":
-            first, pv_t = torch.cat([w["e"], self.project.weight]), w["pv"].T
-        else:
-            first, pv_t = w["personal"].T, torch.zeros(0, 0)
-        layers = tuple((array(m.weight.T), array(m.bias)) for m in itertools.islice(self.mlp, 2, None)
-                       if isinstance(m, nn.Linear))
-        return SingleUser(self.mode, side.v.detach().numpy(), side.base.detach().numpy(), side.bias.detach().numpy(),
-                          array(first), array(pv_t), layers, self.rank, self.item_dim)
-
     def forward(self, e: torch.Tensor, v: torch.Tensor, ctx: torch.Tensor | None = None) -> torch.Tensor:
         """e (*, D) broadcast against v (*, item_dim) and ctx (*, C) -> logits (*)."""
-        return self.score(e, self.prepare(v, ctx))
-
-
-class SingleUser(NamedTuple):
-    """One user's logits against some of a fixed set of prepared items, in NumPy: the online
-    scorer's hot path. It gives `GlobalBlock.score`'s logits (to float rounding) at about half
-    the cost of the same products in PyTorch, whose per-operation overhead is most of the time
-    for one user and a few hundred items. Built once per model and catalog by
-    `GlobalBlock.single_user`: the weights are split, transposed and stacked once, and the
-    user's terms fold into the first layer, so each layer is one matrix product over the items:
-
-        activation: h1 = base + v (W_pv diag(P e))^T + W_e e      ([W_e; P] e is one product)
-        weights:    h1 = base + relu(v Wv^T + c) W_personal^T
-    """
-
-    mode: str
-    v: np.ndarray  # (items, item_dim): the prepared items (views of the catalog's tensors)
-    base: np.ndarray  # (items, hidden)
-    bias: np.ndarray  # (items,)
-    first: np.ndarray  # activation: [W_e; P] (hidden + item_dim, D); weights: W_personal^T (rank, hidden)
-    pv_t: np.ndarray  # activation: W_pv^T (item_dim, hidden); weights: empty
-    layers: tuple[tuple[np.ndarray, np.ndarray], ...]  # (W^T, b) of each later linear layer
-    rank: int
-    item_dim: int
-
-    def __call__(self, e: np.ndarray, rows: np.ndarray, extra: np.ndarray | None = None) -> np.ndarray:
-        """Logits (n,) of e (D,) float32 against the items at `rows` (n,); `extra` (hidden,), a
-        context's first-layer term, is added to every item's."""
-        v, h = self.v.take(rows, 0), self.base.take(rows, 0)  # (take copies: h is ours to update)
-        if extra is not None:
-            h += extra
-        if self.mode == "activation":
-            hidden = self.pv_t.shape[1]
-            u = self.first @ e  # [W_e e, P e]
-            h += v @ (self.pv_t * u[hidden:, None])
-            h += u[:hidden]
-        else:
-            split = self.rank * self.item_dim
-            personal = v @ e[:split].reshape(self.rank, self.item_dim).T
-            personal += e[split:]
-            h += np.maximum(personal, 0, out=personal) @ self.first
-        for w_t, b in self.layers:
-            h = np.maximum(h, 0, out=h) @ w_t
-            h += b
-        return h[:, 0] + self.bias.take(rows)
+        return self.score(e, self.item_side(v, ctx))
 
 
 class RetrievalHead(nn.Module):

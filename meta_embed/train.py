@@ -18,78 +18,22 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import time
-from typing import Any, Iterator, Literal
+from typing import Any, Iterator
 
 import numpy as np
 import pyarrow as pa
 import torch
 import torch.nn.functional as F
+from torch import nn
 from tqdm import tqdm
 
 from meta_embed import metrics
-from meta_embed.config import MamlConfig
+from meta_embed.config import MamlConfig, TrainConfig, default_threshold
 from meta_embed.inference import embed_episodes, event_inputs, item_vectors, user_inputs
 from meta_embed.features import FeatureSpec
 from meta_embed.maml import adapt, masked_user_mean, pointwise_loss
 from meta_embed.model import TwoBlockModel
 from meta_embed.tasks import Episodes, FeatureTables, Padded, TaskSet, build_tasks, cut, episodes
-
-
-@dataclasses.dataclass(frozen=True)
-class TrainConfig:
-    """The outer loop. `positive_threshold` (default 0.5 for labels, 3.5 for ratings)
-    decides which query events count as positives for the retrieval loss and the AUC.
-
-    `loss_weighting`: `event` averages the query loss over every query event of the
-    batch (heavy users count by their events, as in GAUC); `user` averages per user
-    first. `select_on`: the held-out users' query metric that early stopping and the
-    restored state follow in binary mode: per-user AUC (`user_auc`, within-user ranking)
-    or pooled AUC (`auc`, which also rewards getting each user's level right).
-    Regression always selects on MSE.
-    """
-
-    seed: int = 0
-    batch_users: int = 64
-    lr: float = 3e-3
-    weight_decay: float = 0.0
-    max_epochs: int = 30
-    patience: int = 4
-    retrieval_weight: float = 0.1
-    retrieval_loss: Literal["softmax", "bce"] = "softmax"
-    max_query: int = 50
-    val_fraction: float = 0.1
-    cold_fraction: float = 0.1
-    grad_clip: float = 5.0
-    positive_threshold: float | None = None
-    eval_batch_users: int = 512
-    select_on: Literal["auc", "user_auc"] = "user_auc"
-    loss_weighting: Literal["user", "event"] = "event"
-    threads: int | None = None
-    deterministic: bool = True
-    progress: bool = True
-
-    def __post_init__(self) -> None:
-        for name in ("batch_users", "lr", "max_epochs", "patience", "max_query", "grad_clip", "eval_batch_users"):
-            if getattr(self, name) <= 0:
-                raise ValueError(f"TrainConfig.{name} must be > 0, got {getattr(self, name)}")
-        for name in ("val_fraction", "cold_fraction"):
-            if not 0.0 <= getattr(self, name) < 1.0:
-                raise ValueError(f"TrainConfig.{name} must be in [0, 1), got {getattr(self, name)}")
-        if self.retrieval_weight < 0 or self.weight_decay < 0:
-            raise ValueError("TrainConfig.retrieval_weight and weight_decay must be >= 0")
-        if self.retrieval_loss not in ("softmax", "bce"):
-            raise ValueError(f"TrainConfig.retrieval_loss must be 'softmax' or 'bce', got {self.retrieval_loss!r}")
-        if self.select_on not in ("auc", "user_auc"):
-            raise ValueError(f"TrainConfig.select_on must be 'auc' or 'user_auc', got {self.select_on!r}")
-        if self.loss_weighting not in ("user", "event"):
-            raise ValueError(f"TrainConfig.loss_weighting must be 'user' or 'event', got {self.loss_weighting!r}")
-        if self.threads is not None and self.threads <= 0:
-            raise ValueError(f"TrainConfig.threads must be > 0 or None, got {self.threads}")
-
-    def threshold(self, objective: str) -> float:
-        if self.positive_threshold is not None:
-            return self.positive_threshold
-        return 0.5 if objective == "binary" else 3.5
 
 
 @dataclasses.dataclass
@@ -157,28 +101,37 @@ def retrieval_loss(model: TwoBlockModel, e: torch.Tensor, v: torch.Tensor, query
     return F.cross_entropy(logits.masked_fill(other, float("-inf")), which)
 
 
-def episode_loss(model: TwoBlockModel, tables: FeatureTables, ep: Episodes, maml: MamlConfig,
-                 cfg: TrainConfig) -> tuple[torch.Tensor, torch.Tensor]:
-    """(total loss, query task loss) of one batch: adapt on support, score the query."""
-    x = user_inputs(model, tables, ep.user_rows)  # (users, in_dim)
-    s_shape, q_shape = ep.support.items.shape, ep.query.items.shape
-    vecs = item_vectors(model, tables, torch.cat([ep.support.items.flatten(), ep.query.items.flatten()]))
-    v_s = vecs[: s_shape.numel()].view(*s_shape, -1)  # (users, support slots, item_dim)
-    v_q = vecs[s_shape.numel():].view(*q_shape, -1)  # (users, query slots, item_dim)
-    ctx_s, ctx_q = model.context_vectors(ep.support.context), model.context_vectors(ep.query.context)
-    x = model.with_history(x, v_s, ep.support.y, ep.support.mask)
-    params = adapt(model, x, v_s, ctx_s, ep.support.y, ep.support.mask, maml, second_order=not maml.first_order)
-    e = model.meta.embed(params, x)  # (users, D)
-    pred = model.global_block(e.unsqueeze(1), v_q, ctx_q)  # (users, query slots)
-    losses = pointwise_loss(pred, ep.query.y, model.cfg.objective)
-    if cfg.loss_weighting == "event":
-        task = (losses * ep.query.mask).sum() / ep.query.mask.sum().clamp(min=1)
-    else:
-        task = masked_user_mean(losses, ep.query.mask)[ep.query.mask.any(1)].mean()
-    if cfg.retrieval_weight == 0:
-        return task, task
-    aux = retrieval_loss(model, e, v_q, ep.query, cfg.threshold(model.cfg.objective), cfg.retrieval_loss)
-    return task + cfg.retrieval_weight * aux, task
+class TwoBlockTrainTask(nn.Module):
+    """The training task of a `TwoBlockModel` (which returns logits): one batch of episodes
+    -> (loss to minimize, query task loss). The inner loop adapts the meta block on each
+    user's support events; the query loss (BCE or MSE, weighted per `cfg.loss_weighting`)
+    scores the adapted users' query events, plus the retrieval head's auxiliary loss."""
+
+    def __init__(self, model: TwoBlockModel, tables: FeatureTables, maml: MamlConfig, cfg: TrainConfig):
+        super().__init__()
+        self.model, self.tables, self.maml, self.cfg = model, tables, maml, cfg
+
+    def forward(self, ep: Episodes) -> tuple[torch.Tensor, torch.Tensor]:
+        model, maml, cfg = self.model, self.maml, self.cfg
+        x = user_inputs(model, self.tables.users, ep.user_rows)  # (users, in_dim)
+        s_shape, q_shape = ep.support.items.shape, ep.query.items.shape
+        vecs = item_vectors(model, self.tables, torch.cat([ep.support.items.flatten(), ep.query.items.flatten()]))
+        v_s = vecs[: s_shape.numel()].view(*s_shape, -1)  # (users, support slots, item_dim)
+        v_q = vecs[s_shape.numel():].view(*q_shape, -1)  # (users, query slots, item_dim)
+        ctx_s, ctx_q = model.context_vectors(ep.support.context), model.context_vectors(ep.query.context)
+        x = model.with_history(x, v_s, ep.support.y, ep.support.mask)
+        params = adapt(model, x, v_s, ctx_s, ep.support.y, ep.support.mask, maml, second_order=not maml.first_order)
+        e = model.meta.embed(params, x)  # (users, D)
+        pred = model.global_block(e.unsqueeze(1), v_q, ctx_q)  # (users, query slots)
+        losses = pointwise_loss(pred, ep.query.y, model.cfg.objective)
+        if cfg.loss_weighting == "event":
+            task = (losses * ep.query.mask).sum() / ep.query.mask.sum().clamp(min=1)
+        else:
+            task = masked_user_mean(losses, ep.query.mask)[ep.query.mask.any(1)].mean()
+        if cfg.retrieval_weight == 0:
+            return task, task
+        aux = retrieval_loss(model, e, v_q, ep.query, cfg.threshold(model.cfg.objective), cfg.retrieval_loss)
+        return task + cfg.retrieval_weight * aux, task
 
 
 def predict_query(model: TwoBlockModel, tables: FeatureTables, tasks: TaskSet, maml: MamlConfig,
@@ -200,11 +153,11 @@ def predict_query(model: TwoBlockModel, tables: FeatureTables, tasks: TaskSet, m
     return out
 
 
-def evaluate(model: TwoBlockModel, tables: FeatureTables, tasks: TaskSet, maml: MamlConfig,
+def query_metrics(model: TwoBlockModel, tables: FeatureTables, tasks: TaskSet, maml: MamlConfig,
              threshold: float | None = None, batch_users: int = 512) -> dict[str, float]:
     """Query metrics of `tasks`: pooled AUC, mean per-user AUC, and logloss or MSE."""
     objective = model.cfg.objective
-    threshold = (0.5 if objective == "binary" else 3.5) if threshold is None else threshold
+    threshold = default_threshold(objective) if threshold is None else threshold
     pred = predict_query(model, tables, tasks, maml, batch_users)
     target = tasks.query.target
     groups = np.repeat(np.arange(len(tasks)), tasks.query.lengths)
@@ -242,18 +195,18 @@ def determinism(seed: int, deterministic: bool = True, threads: int | None = Non
         torch.set_num_threads(prev[2])
 
 
-def _epoch(model: TwoBlockModel, tables: FeatureTables, tasks: TaskSet, maml: MamlConfig, cfg: TrainConfig,
-           opt: torch.optim.Optimizer, rng: np.random.Generator, bar: Any) -> float:
+def _epoch(task: TwoBlockTrainTask, tasks: TaskSet, opt: torch.optim.Optimizer, rng: np.random.Generator,
+           bar: Any) -> float:
     """One pass over the training tasks in random batches; returns the mean query loss."""
-    order, losses = rng.permutation(len(tasks)), []
+    cfg, order, losses = task.cfg, rng.permutation(len(tasks)), []
     for start in range(0, len(order), cfg.batch_users):
         ep = episodes(tasks, order[start:start + cfg.batch_users])
         opt.zero_grad(set_to_none=True)
-        loss, task = episode_loss(model, tables, ep, maml, cfg)
+        loss, query_loss = task(ep)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        torch.nn.utils.clip_grad_norm_(task.model.parameters(), cfg.grad_clip)
         opt.step()
-        losses.append(float(task.detach()))
+        losses.append(float(query_loss.detach()))
         bar.update(1)
         bar.set_postfix(loss=f"{np.mean(losses[-50:]):.4f}", refresh=False)
     return float(np.mean(losses))
@@ -275,13 +228,14 @@ def meta_train(model: TwoBlockModel, tables: FeatureTables, history: TaskSet, cf
         if model.cfg.objective == "regression":
             in_train = np.repeat(np.isin(np.arange(len(history)), train_users), lengths)
             init_output_bias(model, float(np.mean(history.support.target[in_train])))
+        task = TwoBlockTrainTask(model, tables, maml, cfg)
         opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
         n_batches = -(-len(train_users) // cfg.batch_users)
         rows: list[dict[str, float]] = []
 
         def validate(epoch: int, loss: float) -> float:
             if len(val):
-                scores = evaluate(model, tables, val, maml, cfg.threshold(model.cfg.objective), cfg.eval_batch_users)
+                scores = query_metrics(model, tables, val, maml, cfg.threshold(model.cfg.objective), cfg.eval_batch_users)
             else:  # no validation users: the training loss decides
                 scores = {metric: -loss if np.isfinite(loss) else -np.inf}
             rows.append({"epoch": epoch, "train_loss": loss, **{f"val_{k}": v for k, v in scores.items()},
@@ -294,7 +248,7 @@ def meta_train(model: TwoBlockModel, tables: FeatureTables, history: TaskSet, cf
             for epoch in range(1, cfg.max_epochs + 1):
                 tasks = cut(history, train_users, sample_splits(lengths[train_users], rng, cfg.cold_fraction),
                             maml.max_support, cfg.max_query)
-                value = validate(epoch, _epoch(model, tables, tasks, maml, cfg, opt, rng, bar))
+                value = validate(epoch, _epoch(task, tasks, opt, rng, bar))
                 if best_epoch == 0 or value > best:
                     best, best_epoch = value, epoch
                     best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}

@@ -11,7 +11,8 @@ from pathlib import Path
 from meta_embed.config import write_config
 from pipeline.data.fetch import SOURCES, default_cache_dir, fetch, read_members
 from pipeline.data.prepare import prepare
-from pipeline.data.synth import SynthConfig, synth
+from pipeline.data.data_config import SynthConfig
+from pipeline.data.synth import synth
 
 _RAW = argparse.RawDescriptionHelpFormatter
 

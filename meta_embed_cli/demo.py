@@ -27,11 +27,13 @@ import duckdb
 import httpx
 
 from meta_embed.config import MamlConfig, write_config
-from meta_embed.train import TrainConfig
+from meta_embed.config import TrainConfig
 from pipeline.refresh import refresh_job
-from pipeline.evaluation.evaluation_job import evaluate, quick_config
+from pipeline.evaluation.evaluation_job import evaluate
+from pipeline.evaluation.evaluation_config import quick_config
 from pipeline.data.prepare import prepare
-from pipeline.training.train_job import TrainJobConfig, train
+from pipeline.training.training_config import TrainJobConfig
+from pipeline.training.train_job import train
 
 EPILOG = """example:
   meta-embed demo --workdir runs/demo        # what `make demo` runs (about 5 minutes on 2 cores)

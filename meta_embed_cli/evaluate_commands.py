@@ -7,7 +7,8 @@ import argparse
 import dataclasses
 
 from pipeline.evaluation.report import render
-from pipeline.evaluation.evaluation_job import DATASETS, EvalConfig, evaluate, quick_config
+from pipeline.evaluation.evaluation_config import DATASETS, EvalConfig, quick_config
+from pipeline.evaluation.evaluation_job import evaluate
 
 EPILOG = """examples:
   meta-embed evaluate --dataset movielens-1m --out reports/ml-1m        # the full replay (~20 min on 2 cores)

@@ -67,7 +67,7 @@ def _refresh_and_index(args: argparse.Namespace, incremental: bool) -> int:
     if not args.no_indexes:
         # The serving artifacts are built before any server reloads: a server that
         # polls CURRENT would otherwise build them itself on reload.
-        from serving.settings import ServingConfig
+        from serving.serving_config import ServingConfig
         from serving.state import Sources, load_state
 
         serving_cfg = ServingConfig(root=args.out, items=Path(cfg.items), checkpoint=args.checkpoint,

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Sequence
 
 from meta_embed.config import to_dict, write_config
-from serving.settings import IndexConfig, ServingConfig
+from serving.serving_config import IndexConfig, ServingConfig
 
 INDEX_EPILOG = """example:
   meta-embed index build --root runs/snapshots --checkpoint runs/ckpt --items data/ml-1m/items.parquet

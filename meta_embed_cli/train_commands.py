@@ -6,9 +6,10 @@ from __future__ import annotations
 import argparse
 
 from meta_embed.config import MamlConfig, ModelConfig
-from meta_embed.train import TrainConfig
+from meta_embed.config import TrainConfig
 from pipeline.training import evidence_job as evidence_cli
-from pipeline.training.train_job import TrainJobConfig, train
+from pipeline.training.training_config import TrainJobConfig
+from pipeline.training.train_job import train
 
 EPILOG = """example:
   meta-embed data prepare --source movielens-100k --out data/ml-100k

@@ -30,7 +30,7 @@ from pydantic import BaseModel, ValidationError
 
 from serving import schemas
 from serving import service
-from serving.settings import MAX_ID_LENGTH, MAX_K, ServingConfig
+from serving.serving_config import MAX_ID_LENGTH, MAX_K, ServingConfig
 from serving.reload import StateHolder, Watcher
 from serving.scorer import ContextError
 from serving.state import ServingState

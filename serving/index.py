@@ -23,7 +23,7 @@ from typing import Any
 import faiss
 import numpy as np
 
-from serving.settings import ApproxKind, IndexConfig
+from serving.serving_config import ApproxKind, IndexConfig
 
 META_JSON = "meta.json"
 

@@ -18,7 +18,7 @@ import threading
 import time
 
 from meta_embed.snapshot import current_name
-from serving.settings import ServingConfig
+from serving.serving_config import ServingConfig
 from serving.state import ServingState, Sources, load_state
 
 log = logging.getLogger("serving.reload")

@@ -11,7 +11,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
-from serving.settings import MAX_ID_LENGTH, MAX_ITEMS_PER_REQUEST, MAX_K
+from serving.serving_config import MAX_ID_LENGTH, MAX_ITEMS_PER_REQUEST, MAX_K
 
 
 Id = Annotated[str, StringConstraints(min_length=1, max_length=MAX_ID_LENGTH)]  # pydantic refuses lone surrogates

@@ -5,7 +5,7 @@ for the whole catalog.
 
 with e_u the stored meta embedding: the exactness contract of the core model, so the
 served score equals the full model's logit with u's adapted meta block. A request's
-scores come from `meta_embed.model.SingleUser`, the global block's weights exported once
+scores come from `serving.served_model.ServedModel`, the global block's weights exported once
 to NumPy (PyTorch's fixed cost per operation was half the time of scoring one user
 against 100 items); the catalog, zero-step embeddings and context terms are computed in
 PyTorch under `torch.inference_mode`. The scorer also owns the zero-step embeddings (cold
@@ -28,10 +28,12 @@ import pyarrow.parquet as pq
 import torch
 
 from meta_embed.checkpoint import Checkpoint
-from meta_embed.features import Column, default_row, encode, take
+from meta_embed.features import Column, default_row, encode, encode_with_default
+from meta_embed.inference import catalog_vectors, user_inputs, zero_step
 from meta_embed.model import ItemSide
 from meta_embed.tables import ITEMS, USERS, check_schema
 from serving.ids import IdIndex
+from serving.served_model import convert
 
 ContextValue = str | int | float | list[str] | None
 DICT_MAX_ITEMS = 1 << 21  # catalogs up to this size also keep a dict id -> row (about 100 bytes per item)
@@ -70,20 +72,13 @@ class Catalog:
         return np.fromiter(map(self.rows_by_id.get, item_ids, itertools.repeat(-1)), np.int64, len(item_ids))
 
 
-def build_catalog(ckpt: Checkpoint, items: pa.Table, batch: int = 65536) -> Catalog:
+def build_catalog(ckpt: Checkpoint, items: pa.Table) -> Catalog:
     model, spec = ckpt.model, ckpt.spec
     ids = IdIndex.build(items.column(spec.item_key), what="items table item_id")
-    enc = encode(items, spec.item, "items table")
-    parts, heads = [], []
+    vectors = catalog_vectors(model, encode(items, spec.item, "items table"))  # (items, item_dim)
     with torch.inference_mode():
-        for start in range(0, items.num_rows, batch):
-            rows = torch.arange(start, min(start + batch, items.num_rows))
-            v = model.item_tower(take(enc, rows))  # (batch, item_dim)
-            parts.append(v)
-            heads.append(model.retrieval.item(v))  # (batch, R)
-        vectors = torch.cat(parts) if parts else torch.zeros(0, model.cfg.item_dim)
-        retrieval = torch.cat(heads) if heads else torch.zeros(0, model.cfg.retrieval_dim)
-        side = model.global_block.prepare(vectors)
+        retrieval = model.retrieval.item(vectors)  # (items, R)
+        side = model.global_block.item_side(vectors)
     h = hashlib.sha256(ckpt.model_version.encode())
     h.update(np.ascontiguousarray(ids.hashes).tobytes())
     h.update(np.ascontiguousarray(ids.order).tobytes())
@@ -104,16 +99,15 @@ class Scorer:
         self.dim = ckpt.model_cfg.embedding_dim
         self.catalog = build_catalog(ckpt, items)
         self.item_count = items.num_rows
-        self.users, self.user_features = None, None
-        if users is not None:
-            self.users = IdIndex.build(users.column(self.spec.user_key), "users table user_id")
-            self.user_features = encode(users, self.spec.user, "users table")
+        self.users = None if users is None else IdIndex.build(users.column(self.spec.user_key), "users table user_id")
+        # every user's features, then the all-missing row (row len(users)): users without a features row
+        self.user_features = encode_with_default(users, self.spec.user, "users table") if users is not None \
+            else default_row(self.spec.user)
+        self.default_embedding = self._zero_step(self.user_count)  # (D,)
         with torch.inference_mode():
-            x = self.model.user_inputs(default_row(self.spec.user))
-            self.default_embedding = self.model.meta(x)[0].numpy().astype(np.float32)  # (D,)
             self.no_context = self._encode_context({})  # what a request without context scores with
             self.no_context_term = self._context_term({})
-            self.single_user = self.model.global_block.single_user(self.catalog.side)  # the hot path, in NumPy
+            self.served = convert(self.model.global_block, self.catalog.side)  # the hot path, in NumPy
 
     @property
     def user_count(self) -> int:
@@ -128,19 +122,17 @@ class Scorer:
 
     def cold_embedding(self, user_id: str) -> np.ndarray | None:
         """Zero-step embedding from the users table (the meta block's initialization), or None."""
-        if self.users is None:
-            return None
-        row = self.users.find(user_id)
-        if row < 0:
-            return None
+        row = -1 if self.users is None else self.users.find(user_id)
+        return None if row < 0 else self._zero_step(row)
+
+    def _zero_step(self, row: int) -> np.ndarray:
         with torch.inference_mode():
-            x = self.model.user_inputs(take(self.user_features, torch.tensor([row])))  # (1, in_dim)
-            return self.model.meta(x)[0].numpy().astype(np.float32)
+            return zero_step(self.model, user_inputs(self.model, self.user_features, torch.tensor([row])))[0]
 
     def scores(self, e: np.ndarray, rows: np.ndarray, context: Mapping[str, ContextValue] | None = None) -> np.ndarray:
         """Logits (n,) of embedding e (D,) against catalog rows (n,)."""
         extra = self._context_term(context) if context else self.no_context_term
-        return self.single_user(np.asarray(e, dtype=np.float32), np.asarray(rows, dtype=np.int64), extra)
+        return self.served(np.asarray(e, dtype=np.float32), np.asarray(rows, dtype=np.int64), extra)
 
     def query(self, e: np.ndarray) -> np.ndarray:
         """The retrieval head's query vector (R,) for embedding e (D,)."""

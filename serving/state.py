@@ -34,7 +34,7 @@ import pyarrow as pa
 from meta_embed.checkpoint import Checkpoint, CheckpointError, load
 from meta_embed.config import to_dict, write_config
 from meta_embed.snapshot import MANIFEST, SnapshotError, current_dir
-from serving.settings import ServingConfig
+from serving.serving_config import ServingConfig
 from serving.index import META_JSON, VectorIndex, build_index, load_index, read_meta, save_index, write_meta
 from serving.scorer import Scorer, read_features
 from serving.store import EmbeddingStore

@@ -18,7 +18,7 @@ from multiprocessing.connection import wait
 from typing import Any
 
 from meta_embed.config import from_dict, to_dict
-from serving.settings import ServingConfig
+from serving.serving_config import ServingConfig
 
 STOP_TIMEOUT_S = 30.0
 

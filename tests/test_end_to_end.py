@@ -17,14 +17,18 @@ from meta_embed.config import MamlConfig, ModelConfig
 from meta_embed.inference import item_vectors
 from meta_embed.tables import ITEMS, USERS
 from meta_embed.tasks import FeatureTables
-from meta_embed.train import TrainConfig
-from pipeline.evaluation.evaluation_job import EvalConfig, evaluate
+from meta_embed.config import TrainConfig
+from pipeline.evaluation.evaluation_config import EvalConfig
+from pipeline.evaluation.evaluation_job import evaluate
 from meta_embed.tables import data_table, read_table
-from pipeline.refresh.refresh_job import RefreshConfig, refresh
-from pipeline.data.synth import SynthConfig, synth
-from pipeline.training.train_job import TrainJobConfig, train
+from pipeline.refresh.refresh_config import RefreshConfig
+from pipeline.refresh.refresh_job import refresh
+from pipeline.data.data_config import SynthConfig
+from pipeline.data.synth import synth
+from pipeline.training.training_config import TrainJobConfig
+from pipeline.training.train_job import train
 from serving.app import create_app
-from serving.settings import ServingConfig
+from serving.serving_config import ServingConfig
 
 LOCAL = ["--direct_running_mode=in_memory", "--direct_num_workers=1"]
 

@@ -13,27 +13,10 @@ import pyarrow.compute as pc
 
 from meta_embed.config import to_dict, write_config
 from meta_embed.tables import INTERACTIONS, ITEMS, USERS
+from pipeline.data.data_config import PrepareConfig
 from pipeline.data.fetch import SOURCES, fetch, read_members
 from meta_embed.tables import write_dead_letter, write_table
 from pipeline.data.movielens import MovieLens, load_grouplens, load_recbole
-
-
-@dataclasses.dataclass(frozen=True)
-class PrepareConfig:
-    """`source` is a dataset name of `pipeline.data.fetch.SOURCES` or a GroupLens folder."""
-
-    source: str
-    out: str
-    cache_dir: str | None = None
-
-    def __post_init__(self) -> None:
-        if not self.source:
-            raise ValueError("PrepareConfig.source must be a dataset name or a folder, got ''")
-        if self.source not in SOURCES and not Path(self.source).is_dir():
-            raise ValueError(f"PrepareConfig.source {self.source!r} is neither a known dataset {sorted(SOURCES)} "
-                             f"nor an existing folder (the unpacked GroupLens ml-100k or ml-1m archive)")
-        if not self.out:
-            raise ValueError("PrepareConfig.out must name an output folder")
 
 
 @dataclasses.dataclass(frozen=True)

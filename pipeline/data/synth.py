@@ -28,6 +28,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from meta_embed.config import to_dict, write_config
+from pipeline.data.data_config import SynthConfig
 from meta_embed.tables import INTERACTIONS, ITEMS, TS_TYPE, USERS
 from meta_embed.tables import conform, write_dead_letter, write_table
 from pipeline.data.movielens import ML100K_GENRES, ML1M_OCCUPATIONS
@@ -39,46 +40,6 @@ LOGIT_BIAS = -0.3
 TRUTH_USERS = pa.schema([("user_id", pa.string()), ("taste", pa.list_(pa.float32())),
                          ("drift", pa.list_(pa.float32()))])
 TRUTH_ITEMS = pa.schema([("item_id", pa.string()), ("latent", pa.list_(pa.float32())), ("bias", pa.float32())])
-
-
-@dataclasses.dataclass(frozen=True)
-class SynthConfig:
-    """Size, seed and planted-signal knobs of the synthetic world."""
-
-    n_users: int = 1000
-    n_items: int = 500
-    events_per_user: float = 50.0  # mean; per-user counts are Pareto(activity_alpha)
-    seed: int = 0
-    latent_dim: int = 16
-    signal: float = 2.0  # logit scale of taste . item
-    drift: float = 0.5  # norm of a user's taste change over the whole period (taste norm ~ 1)
-    activity_alpha: float = 1.5
-    popularity_exponent: float = 0.8  # Zipf exponent of item popularity
-    start: str = "2020-01-01T00:00:00+00:00"
-    end: str = "2021-01-01T00:00:00+00:00"
-    n_shards: int = 4
-    write_truth: bool = False
-
-    def __post_init__(self) -> None:
-        for name in ("n_users", "n_items", "events_per_user", "latent_dim", "activity_alpha", "n_shards"):
-            if getattr(self, name) <= 0:
-                raise ValueError(f"SynthConfig.{name} must be > 0, got {getattr(self, name)}")
-        for name in ("signal", "drift", "popularity_exponent"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"SynthConfig.{name} must be >= 0, got {getattr(self, name)}")
-        if self.activity_alpha <= 1:
-            raise ValueError(f"SynthConfig.activity_alpha must be > 1 (finite mean), got {self.activity_alpha}")
-        if self.period_us[1] <= self.period_us[0]:
-            raise ValueError(f"SynthConfig.end {self.end} must be after start {self.start}")
-
-    @property
-    def period_us(self) -> tuple[int, int]:
-        def us(text: str) -> int:
-            t = dt.datetime.fromisoformat(text)
-            t = t if t.tzinfo else t.replace(tzinfo=dt.timezone.utc)
-            return int(round(t.timestamp() * 1e6))
-
-        return us(self.start), us(self.end)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -106,7 +106,7 @@ class Prepared:
     stats: dict[tuple[str, str], dict[str, Stat]]
 
 
-def prepare(table: pa.Table) -> Prepared:
+def stat_functions(table: pa.Table) -> Prepared:
     """Arrays of a PREDICTIONS table grouped into per-(arm, slice) metric functions."""
     user, users = _codes(table, "user_id")
     arm, arms = _codes(table, "arm")
@@ -169,7 +169,7 @@ def bootstrap(table: pa.Table, references: tuple[str, ...], resamples: int = 100
     differences: metric, slice, arm, reference, diff, lo, hi, p_le_0 (share of resamples
     where arm - reference <= 0), for every arm against every reference arm present.
     """
-    prep = prepare(table)
+    prep = stat_functions(table)
     point = {(r["arm"], r["slice"], r["metric"]): r["value"] for r in point_estimates(prep).to_pylist()}
     draws = resample(prep, resamples, seed)
     intervals = [{"metric": m, "arm": a, "slice": s, "value": point[(a, s, m)],

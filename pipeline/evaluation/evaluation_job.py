@@ -27,73 +27,19 @@ import pyarrow.parquet as pq
 import torch
 from tqdm import tqdm
 
-from meta_embed.baseline import WideDeepConfig
+from meta_embed.config import WideDeepConfig
 from meta_embed.config import ModelConfig, write_config
 from meta_embed.features import fit_spec, movielens_template
 from meta_embed.tables import TS_TYPE
-from meta_embed.train import TrainConfig
-from pipeline.evaluation import arms as eval_baseline
-from pipeline.evaluation import bootstrap as eval_bootstrap
-from pipeline.evaluation import melu as eval_melu
-from pipeline.evaluation import report as eval_report
-from pipeline.evaluation.plots import ARMS
+from meta_embed.config import TrainConfig
+from pipeline.evaluation import bootstrap, melu, report, wd_tuning
+from pipeline.evaluation.evaluation_config import DATASETS, REFERENCES, EvalConfig
+from pipeline.evaluation.replay import ARMS
 from pipeline.evaluation.report import SLICE_NAMES
 from pipeline.evaluation.queries import compute_metrics
 from pipeline.evaluation.replay import ReplaySetup, before, make_period, replay, replay_events
-from pipeline.training.train_job import TrainJobConfig, load_data, train
-
-DATASETS = ("movielens-1m", "movielens-100k", "synthetic")
-REFERENCES = ("wd_static", "wd_retrained")
-
-
-@dataclasses.dataclass(frozen=True)
-class EvalConfig:
-    """The evaluation. `dataset` is one of DATASETS or a prepared data folder."""
-
-    dataset: str = "movielens-1m"
-    out: str = "reports/ml-1m"
-    days: int = 56
-    t0_quantile: float = 0.8
-    valid_quantile: float = 0.7
-    retrain_every: int = 7
-    weights_arm: bool = True
-    meta_epochs: int = 30
-    wd_lrs: tuple[float, ...] = (1e-3, 3e-3)
-    wd_dims: tuple[int, ...] = (16, 32)
-    wd_max_epochs: int = 8
-    resamples: int = 1000
-    seed: int = 0
-    melu: bool = True
-    melu_steps: tuple[int, ...] = (1, 5)
-    beam_args: tuple[str, ...] = ("--direct_running_mode=in_memory", "--direct_num_workers=1")
-    synth_users: int = 400
-    torch_threads: int = 1  # torch threads of training and scoring: 1 avoids spinning on a shared machine
-    cache_dir: str | None = None
-    note: str = ""  # printed in the report (e.g. why fewer days)
-
-    def __post_init__(self) -> None:
-        for name in ("wd_lrs", "wd_dims", "melu_steps", "beam_args"):
-            object.__setattr__(self, name, tuple(getattr(self, name)))
-        if self.dataset not in DATASETS and not Path(self.dataset).is_dir():
-            raise ValueError(f"EvalConfig.dataset must be one of {DATASETS} or a prepared data folder, got {self.dataset!r}")
-        if not 0 < self.valid_quantile < self.t0_quantile < 1:
-            raise ValueError(f"EvalConfig: need 0 < valid_quantile < t0_quantile < 1, got "
-                             f"{self.valid_quantile}, {self.t0_quantile}")
-        for name in ("days", "retrain_every", "meta_epochs", "wd_max_epochs", "resamples", "synth_users", "torch_threads"):
-            if getattr(self, name) <= 0:
-                raise ValueError(f"EvalConfig.{name} must be > 0, got {getattr(self, name)}")
-        if not self.wd_lrs or not self.wd_dims or any(v <= 0 for v in self.wd_lrs + self.wd_dims):
-            raise ValueError(f"EvalConfig.wd_lrs and wd_dims must be non-empty positive grids, got {self.wd_lrs}, {self.wd_dims}")
-        if self.melu and (not self.melu_steps or min(self.melu_steps) < 1):
-            raise ValueError(f"EvalConfig.melu_steps must be inner-step counts >= 1, got {self.melu_steps}")
-
-
-def quick_config(out: str = "reports/ml-100k-quick") -> EvalConfig:
-    """The demo: MovieLens-100K, two weeks of nightly refreshes, a small grid, no MeLU table."""
-    return EvalConfig(dataset="movielens-100k", out=out, days=14, meta_epochs=10, wd_lrs=(3e-3,), wd_dims=(16, 32),
-                      wd_max_epochs=6, melu=False,
-                      note="Quick demo: MovieLens-100K with a 14-day test period (not 8 weeks) and a reduced W&D grid.")
-
+from pipeline.training.train_job import load_data, train
+from pipeline.training.training_config import TrainJobConfig
 
 @dataclasses.dataclass(frozen=True)
 class EvalResult:
@@ -127,7 +73,7 @@ def _say(text: str) -> None:
     tqdm.write(f"[evaluate] {text}", file=sys.stderr)
 
 
-def prepare_data(cfg: EvalConfig, work: Path) -> Path:
+def dataset_folder(cfg: EvalConfig, work: Path) -> Path:
     """The prepared data folder of cfg.dataset (prepared or generated under `work` if needed)."""
     if cfg.dataset not in DATASETS:
         return Path(cfg.dataset)
@@ -135,7 +81,8 @@ def prepare_data(cfg: EvalConfig, work: Path) -> Path:
     if (target / "users.parquet").is_file():
         return target
     if cfg.dataset == "synthetic":
-        from pipeline.data.synth import SynthConfig, synth
+        from pipeline.data.data_config import SynthConfig
+        from pipeline.data.synth import synth
         synth(SynthConfig(n_users=cfg.synth_users, n_items=150, events_per_user=40, seed=cfg.seed, n_shards=1,
                           start="2020-01-01T00:00:00+00:00", end="2020-07-01T00:00:00+00:00"), target)
     else:
@@ -169,8 +116,8 @@ def _models_at_t0(cfg: EvalConfig, data: Path, work: Path, tables, period) -> tu
     base = WideDeepConfig(max_epochs=cfg.wd_max_epochs, seed=cfg.seed)
     train_wd = before(inter, period.valid_start)
     valid_wd = before(inter, period.t0).filter(pc.greater_equal(pc.field("ts"), pa.scalar(period.valid_start, TS_TYPE)))
-    tuned = eval_baseline.tune(base, spec, users, items, train_wd, valid_wd, cfg.wd_lrs, cfg.wd_dims, _say)
-    wd_static = eval_baseline.refit(tuned, spec, users, items, before(inter, period.t0))
+    tuned = wd_tuning.tune(base, spec, users, items, train_wd, valid_wd, cfg.wd_lrs, cfg.wd_dims, _say)
+    wd_static = wd_tuning.refit(tuned, spec, users, items, before(inter, period.t0))
     _say(f"W&D: chose lr={tuned.cfg.lr:g} dim={tuned.cfg.embedding_dim} (validation AUC {tuned.val_score:.4f}); "
          f"refit on events before T0 in {wd_static.seconds:.0f}s")
     return meta, tuned, wd_static, spec
@@ -189,7 +136,7 @@ def evaluate(cfg: EvalConfig) -> EvalResult:
     threads = torch.get_num_threads()
     torch.set_num_threads(cfg.torch_threads)
     try:
-        data = prepare_data(cfg, work)
+        data = dataset_folder(cfg, work)
         tables = load_data(data)
         inter, users, items = tables.interactions, tables.users, tables.items
         period = make_period(inter, cfg.days, cfg.t0_quantile, cfg.valid_quantile)
@@ -197,31 +144,31 @@ def evaluate(cfg: EvalConfig) -> EvalResult:
              f"{len(period.points)} refresh points until {period.end.isoformat()}")
         meta, tuned, wd_static, spec = _models_at_t0(cfg, data, work, tables, period)
         setup = ReplaySetup(data, inter, users, items, period, {m: v["checkpoint"] for m, v in meta.items()},
-                            wd_static.model, lambda events: eval_baseline.refit(tuned, spec, users, items, events),
+                            wd_static.model, lambda events: wd_tuning.refit(tuned, spec, users, items, events),
                             work, cfg.beam_args, cfg.retrain_every)
         test = replay_events(inter, period)
         bar = tqdm(total=len(period.points), desc="replay", unit="day", file=sys.stderr)
         preds, log = replay(setup, test, lambda d, info: (bar.update(1), bar.set_postfix(info, refresh=False)))
         bar.close()
         pq.write_table(preds, out / "predictions.parquet")
-        summary = {"period": dataclasses.asdict(period), "costs": eval_report.costs(meta, tuned, wd_static, log, period, test),
+        summary = {"period": dataclasses.asdict(period), "costs": report.costs(meta, tuned, wd_static, log, period, test),
                    "tuned": dataclasses.asdict(tuned), "meta": meta, "replay_log": dataclasses.asdict(log)}
         _write_json(out / "summary.json", summary)
         _say(f"{preds.num_rows} predictions written; computing metrics and {cfg.resamples} bootstrap resamples")
         metrics = compute_metrics(out / "predictions.parquet")
-        intervals, diffs = eval_bootstrap.bootstrap(preds, REFERENCES, cfg.resamples, cfg.seed)
+        intervals, diffs = bootstrap.bootstrap(preds, REFERENCES, cfg.resamples, cfg.seed)
         for name, table in (("metrics", metrics), ("intervals", intervals), ("differences", diffs)):
             pq.write_table(table, out / f"{name}.parquet")
         if cfg.melu:
             _say("MeLU protocol: regression on the four-scenario split")
-            res = eval_melu.run_melu(inter, users, items, work / "melu", spec, tuned.cfg, cfg.melu_steps,
+            res = melu.run_melu(inter, users, items, work / "melu", spec, tuned.cfg, cfg.melu_steps,
                                      TrainConfig(seed=cfg.seed, max_epochs=cfg.meta_epochs, progress=False,
                                                  threads=cfg.torch_threads), cfg.seed, _say)
             summary |= {"melu": list(res.rows), "melu_info": {"train_seconds": res.train_seconds, "counts": res.counts}}
             _write_json(out / "summary.json", summary)
     finally:
         torch.set_num_threads(threads)
-    report, rendered = eval_report.render(out)
-    _say(f"report written to {report}")
-    return EvalResult(out, report, metrics, intervals, diffs, summary["costs"], tuple(summary.get("melu", ())),
+    report_path, rendered = report.render(out)
+    _say(f"report written to {report_path}")
+    return EvalResult(out, report_path, metrics, intervals, diffs, summary["costs"], tuple(summary.get("melu", ())),
                       rendered.targets(), time.perf_counter() - start)

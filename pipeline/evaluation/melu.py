@@ -29,9 +29,11 @@ from meta_embed.checkpoint import load
 from meta_embed.config import MamlConfig, ModelConfig
 from meta_embed.features import FeatureSpec
 from meta_embed.tasks import FeatureTables, build_tasks
-from meta_embed.train import TrainConfig, predict_query
+from meta_embed.config import TrainConfig
+from meta_embed.train import predict_query
 from pipeline.evaluation.splits import SCENARIOS, MeluSplit, melu_split
-from pipeline.training.train_job import TrainJobConfig, train
+from pipeline.training.training_config import TrainJobConfig
+from pipeline.training.train_job import train
 
 PUBLISHED = {  # MeLU (KDD 2019), MovieLens-1M: (MAE, nDCG@1, nDCG@3)
     "Wide&Deep": {"warm_state": (.9047, .9090, .9117), "user_cold_state": (1.0694, .8559, .8639),

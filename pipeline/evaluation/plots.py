@@ -12,7 +12,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pyarrow as pa  # noqa: E402
 
-ARMS = ("popularity", "wd_static", "wd_retrained", "meta_refresh", "meta_static", "meta_init", "meta_refresh_weights")
+from pipeline.evaluation.replay import ARMS  # noqa: E402
+
 COLORS = dict(zip(ARMS, ("#d62728", "#7f7f7f", "#2b2b2b", "#1f77b4", "#9ecae1", "#ff7f0e", "#2ca02c")))
 
 

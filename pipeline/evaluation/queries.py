@@ -153,6 +153,7 @@ def connect() -> duckdb.DuckDBPyConnection:
     con = duckdb.connect()
     con.execute("SET TimeZone = 'UTC'")
     con.execute("SET enable_progress_bar = false")
+    con.execute("SET threads = 1")  # one thread: float sums in one order, so a rerun gives bit-identical metrics
     return con
 
 

@@ -32,13 +32,16 @@ import torch
 from meta_embed import baseline
 from meta_embed import snapshot
 from meta_embed.checkpoint import load
-from meta_embed.inference import item_vectors, user_inputs
+from meta_embed.inference import catalog_vectors, user_inputs, zero_step
 from meta_embed.tables import TS_TYPE, data_table
 from meta_embed.tasks import FeatureTables
 from pipeline.evaluation.queries import PREDICTIONS, assign_segments
-from pipeline.refresh.refresh_job import RefreshConfig, refresh
+from pipeline.refresh.refresh_config import RefreshConfig
+from pipeline.refresh.refresh_job import refresh
 
 UTC = dt.timezone.utc
+ARMS = ("popularity", "wd_static", "wd_retrained", "meta_refresh", "meta_static", "meta_init", "meta_refresh_weights")
+"""The arms the replay scores every test event with, in the order reports list them."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -98,14 +101,14 @@ class MetaScorer:
         ckpt = load(checkpoint)
         self.model, self.mode = ckpt.model, ckpt.model_cfg.embedding_mode
         self.tables = FeatureTables.build(ckpt.spec, users, items)
-        with torch.no_grad():
-            self.v = item_vectors(self.model, self.tables, torch.from_numpy(self.tables.item_rows(catalog)))
+        rows = torch.from_numpy(self.tables.item_rows(catalog))
+        self.v = catalog_vectors(self.model, self.tables.items)[rows]  # (catalog, item_dim)
 
     def zero_step(self, user_ids: pa.Array) -> np.ndarray:
         """Cold (zero-step) embeddings (users, D) from the users' features."""
         rows = torch.from_numpy(self.tables.user_rows(user_ids))
         with torch.no_grad():
-            return self.model.meta(user_inputs(self.model, self.tables, rows)).numpy()
+            return zero_step(self.model, user_inputs(self.model, self.tables.users, rows))
 
     def lookup(self, snap: pa.Table, user_ids: pa.Array) -> np.ndarray:
         """Embeddings of `user_ids` from a snapshot table; users it lacks get zero-step ones."""

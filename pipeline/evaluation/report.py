@@ -17,11 +17,11 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from meta_embed.baseline import FitResult
-from pipeline.evaluation import plots as eval_plots
-from pipeline.evaluation.arms import Tuned
+from pipeline.evaluation import plots
+from pipeline.evaluation.wd_tuning import Tuned
 from pipeline.evaluation.melu import PUBLISHED, SCENARIO_NAMES
 from pipeline.evaluation.queries import METRICS, SLICES, calibration, compute_metrics
-from pipeline.evaluation.plots import ARMS
+from pipeline.evaluation.replay import ARMS
 from pipeline.evaluation.replay import Period, ReplayLog
 
 SLICE_NAMES = [s for s, _, _ in SLICES]
@@ -227,9 +227,9 @@ def write(s: Summary, out: Path) -> Path:
     arms = [a for a in ARMS if a in set(s.intervals.column("arm").to_pylist())]
     present = [sl for sl in SLICE_NAMES if sl in set(s.intervals.column("slice").to_pylist())]
     for metric in ("gauc", "auc", "ndcg_at_10"):
-        eval_plots.by_slice(s.intervals, present, metric, out / f"{metric}_by_slice.png")
-    eval_plots.by_day(s.daily, "gauc", out / "gauc_by_day.png")
-    eval_plots.calibration(s.calibration, out / "calibration.png")
+        plots.by_slice(s.intervals, present, metric, out / f"{metric}_by_slice.png")
+    plots.by_day(s.daily, "gauc", out / "gauc_by_day.png")
+    plots.calibration(s.calibration, out / "calibration.png")
     lines = [f"# Offline A/B evaluation: nightly meta-embedding refresh vs wide & deep ({s.cfg.dataset})", ""]
     if s.cfg.note:
         lines += [f"> {s.cfg.note}", ""]

@@ -1,13 +1,13 @@
 """Adaptation of one bucket of users: the pure core of the refresh job's adapt DoFn.
 
-`load_state` loads the checkpoint once (refusing one from another feature spec or
+`load_adapt_state` loads the checkpoint once (refusing one from another feature spec or
 another model version) and runs the item tower over every item once, so an item's
 vector never depends on which users share a batch. `adapt_bucket` takes a bucket's
 most recent events (at most N per user), its users' feature rows and, in incremental
 mode, the previous snapshot's rows, and returns the bucket's snapshot rows:
 
-- users with events are adapted with the batched MAML inner loop (`adapt_and_embed`);
-- users with a features row but no events get the zero-step (cold) embedding;
+- users with events are adapted with the batched MAML inner loop (`inference.adapt_users`);
+- users with a features row but no events get the zero-step (cold) embedding (`inference.zero_step`);
 - users whose support set is unchanged since the previous snapshot are carried forward.
 
 Batches are formed deterministically (users sorted by support length, then user id).
@@ -25,10 +25,10 @@ import torch
 
 from meta_embed import snapshot
 from meta_embed.checkpoint import Checkpoint, CheckpointError, load
-from meta_embed.features import Encoded, concat, default_row, encode, take
-from meta_embed.maml import adapt_and_embed
+from meta_embed.features import encode, encode_with_default
+from meta_embed.inference import adapt_users, catalog_vectors, user_inputs, zero_step
 from meta_embed.tables import TS_TYPE, unique_ids
-from meta_embed.tasks import EventBlock, pad
+from meta_embed.tasks import EventBlock
 from pipeline.refresh.arrow import oldest_first, user_runs
 from pipeline.refresh.inputs import read_all
 
@@ -49,11 +49,11 @@ class AdaptSettings:
 
 
 @dataclasses.dataclass(frozen=True)
-class ModelState:
+class AdaptState:
     """A loaded checkpoint plus the item vectors of every item (last row = unknown item)."""
 
     ckpt: Checkpoint
-    item_vectors: torch.Tensor  # (items + 1, item_dim)
+    catalog: torch.Tensor  # (items + 1, item_dim)
 
 
 @dataclasses.dataclass
@@ -68,7 +68,7 @@ class BucketCounts:
     zero_step: int = 0  # cold users whose zero-step embedding was computed in this run
 
 
-def load_state(settings: AdaptSettings) -> ModelState:
+def load_adapt_state(settings: AdaptSettings) -> AdaptState:
     """Load the checkpoint and precompute item vectors; refuses a checkpoint that does not match."""
     ckpt = load(Path(settings.checkpoint), expect_spec_hash=settings.spec_hash)
     if ckpt.model_version != settings.model_version:
@@ -76,11 +76,7 @@ def load_state(settings: AdaptSettings) -> ModelState:
                               f"started with {settings.model_version}; the checkpoint changed during the run. Re-run.")
     spec = ckpt.spec
     items = read_all(settings.item_files, [spec.item_key] + [c.name for c in spec.item])
-    enc = concat([encode(items, spec.item, "items"), default_row(spec.item)])
-    rows = next(iter(enc.values())).shape[0]
-    with torch.no_grad():
-        vecs = [ckpt.model.item_tower(take(enc, torch.arange(s, min(s + 65536, rows)))) for s in range(0, rows, 65536)]
-    return ModelState(ckpt, torch.cat(vecs))
+    return AdaptState(ckpt, catalog_vectors(ckpt.model, encode_with_default(items, spec.item, "items")))
 
 
 def _index(values: pa.Array, known: pa.Array) -> np.ndarray:
@@ -88,32 +84,7 @@ def _index(values: pa.Array, known: pa.Array) -> np.ndarray:
     return pc.index_in(values, value_set=known).fill_null(-1).to_numpy(zero_copy_only=False).astype(np.int64)
 
 
-def _embed_with_events(state: ModelState, settings: AdaptSettings, x: torch.Tensor, block: EventBlock,
-                       users: np.ndarray) -> np.ndarray:
-    """Adapted embeddings (len(users), D) of `users` (indices into block), in deterministic batches."""
-    model, cfg = state.ckpt.model, state.ckpt.maml_cfg
-    out = np.zeros((len(users), model.cfg.embedding_dim), dtype=np.float32)
-    order = np.lexsort((users, block.lengths[users]))  # by support length, then position (= user id order)
-    for s in range(0, len(order), settings.batch_size):
-        pick = order[s:s + settings.batch_size]
-        padded = pad(block, users[pick])
-        with torch.no_grad():
-            v = state.item_vectors[padded.items]  # (users, slots, item_dim)
-            ctx = model.context_vectors(padded.context)
-            xs = model.with_history(x[pick], v, padded.y, padded.mask)
-        out[pick] = adapt_and_embed(model, xs, v, ctx, padded.y, padded.mask, cfg).numpy()
-    return out
-
-
-def _embed_cold(state: ModelState, settings: AdaptSettings, x: torch.Tensor) -> np.ndarray:
-    out = []
-    with torch.no_grad():
-        for s in range(0, x.shape[0], settings.batch_size):
-            out.append(state.ckpt.model.meta(x[s:s + settings.batch_size]).numpy())
-    return np.concatenate(out) if out else np.zeros((0, state.ckpt.model.cfg.embedding_dim), np.float32)
-
-
-def _event_block(state: ModelState, events: pa.Table) -> EventBlock:
+def _event_block(state: AdaptState, events: pa.Table) -> EventBlock:
     spec = state.ckpt.spec
     ctx = encode(events, spec.context, "interactions") if spec.context else None
     _, offsets = user_runs(events)
@@ -135,15 +106,7 @@ def _carried(previous: pa.Table | None, users: pa.Array, n_support: np.ndarray, 
     return np.where(found & same_n & same_ts, prev, -1)
 
 
-def _user_inputs(state: ModelState, users: pa.Table, rows: np.ndarray) -> torch.Tensor:
-    spec = state.ckpt.spec
-    enc: Encoded = concat([encode(users, spec.user, "users"), default_row(spec.user)]) if users.num_rows \
-        else default_row(spec.user)
-    with torch.no_grad():
-        return state.ckpt.model.user_inputs(take(enc, torch.from_numpy(rows)))  # (users, in_dim)
-
-
-def adapt_bucket(state: ModelState, settings: AdaptSettings, events: pa.Table, users: pa.Table,
+def adapt_bucket(state: AdaptState, settings: AdaptSettings, events: pa.Table, users: pa.Table,
                  previous: pa.Table | None = None) -> tuple[pa.Table, BucketCounts]:
     """Snapshot rows (sorted by user_id) of one bucket and what happened to its users."""
     key = state.ckpt.spec.user_key
@@ -162,13 +125,16 @@ def adapt_bucket(state: ModelState, settings: AdaptSettings, events: pa.Table, u
     last_ts = pa.array(last, pa.int64(), mask=ev < 0).cast(TS_TYPE)
     carry = _carried(previous, ids, n_support, last_ts)
     todo = carry < 0
-    x = _user_inputs(state, users, rows)
-    emb = np.zeros((len(ids), state.ckpt.model.cfg.embedding_dim), dtype=np.float32)
+    model = state.ckpt.model
+    with torch.no_grad():
+        x = user_inputs(model, encode_with_default(users, state.ckpt.spec.user, "users"), torch.from_numpy(rows))
+    emb = np.zeros((len(ids), model.cfg.embedding_dim), dtype=np.float32)
     hot = np.flatnonzero(todo & (ev >= 0))
     if len(hot):
-        emb[hot] = _embed_with_events(state, settings, x[hot], _event_block(state, events), ev[hot])
+        emb[hot] = adapt_users(model, state.ckpt.maml_cfg, x[hot], _event_block(state, events), ev[hot],
+                               state.catalog, settings.batch_size)
     cold = np.flatnonzero(todo & (ev < 0))
-    emb[cold] = _embed_cold(state, settings, x[cold])
+    emb[cold] = zero_step(model, x[cold], settings.batch_size)
     kept = np.flatnonzero(~todo)
     if len(kept):
         emb[kept] = snapshot.embeddings_of(previous)[carry[kept]]

@@ -10,9 +10,10 @@ unchanged (`--runner=DataflowRunner --project=...`, `--runner=PortableRunner
 
 from __future__ import annotations
 
+import argparse
 import ctypes
 import platform
-from typing import Sequence
+from collections.abc import Iterator, Sequence
 
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
@@ -32,6 +33,22 @@ def pipeline_args(args: Sequence[str] | None) -> list[str]:
         args = [f"--runner={LOCAL_RUNNER}"] + args
         args += [d for d in LOCAL_DEFAULTS if not _has(args, d.split("=")[0])]
     return args
+
+
+def _option_classes(base: type = PipelineOptions) -> Iterator[type]:
+    for cls in base.__subclasses__():
+        yield cls
+        yield from _option_classes(cls)
+
+
+def unknown_options(args: Sequence[str]) -> list[str]:
+    """The flags in `args` that no registered Beam pipeline option takes (Beam's own
+    parser would drop them with a log line); the values that follow them are not listed."""
+    parser = argparse.ArgumentParser(allow_abbrev=False, add_help=False)
+    for cls in set(_option_classes()):
+        cls._add_argparse_args(parser)  # how Beam builds its own parser (PipelineOptions.get_all_options)
+    _, unknown = parser.parse_known_args(list(args))
+    return [a for a in unknown if a.startswith("-")]
 
 
 def options(args: Sequence[str] | None) -> PipelineOptions:

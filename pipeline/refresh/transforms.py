@@ -30,7 +30,7 @@ from apache_beam.utils.windowed_value import WindowedValue
 from meta_embed.tables import TS_TYPE
 from meta_embed.tables import decode_error
 from pipeline.data.validate import validate_interactions
-from pipeline.refresh.adapt import AdaptSettings, adapt_bucket, load_state
+from pipeline.refresh.adapt import AdaptSettings, adapt_bucket, load_adapt_state
 from pipeline.refresh.arrow import event_schema, pack, split_by_bucket, top_n, unpack, user_runs
 from pipeline.refresh.inputs import Chunk, open_parquet, read_all
 from pipeline.refresh.shuffle import Spill, tables_of
@@ -203,7 +203,7 @@ class AdaptUsers(beam.DoFn):
         import torch
 
         torch.set_num_threads(self.settings.torch_threads)
-        self._state = load_state(self.settings)
+        self._state = load_adapt_state(self.settings)
         self._done = 0
 
     def process(self, element: tuple[int, pa.Table], users: Mapping[int, Iterable[pa.Table]],

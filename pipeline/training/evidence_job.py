@@ -5,7 +5,6 @@ comparison of adapting held-out users on them vs on popular, random or recent it
 from __future__ import annotations
 
 import argparse
-import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +18,7 @@ from meta_embed.evidence import compare_selection, event_grad_norms, item_scores
 from meta_embed.tasks import FeatureTables, cut
 from meta_embed.train import timelines
 from pipeline.training.train_job import load_data
+from pipeline.training.training_config import EvidenceJobConfig
 
 EPILOG = """example:
   meta-embed evidence --checkpoint runs/ckpt --data data/ml-100k --k 20 --out runs/evidence.parquet --compare
@@ -27,22 +27,6 @@ Scores are computed over the users not held out for validation (validation_users
 in the checkpoint); --compare adapts the held-out users on k of their own earlier events
 chosen by each strategy and reports the AUC on their last --query events.
 """
-
-
-@dataclasses.dataclass(frozen=True)
-class EvidenceJobConfig:
-    checkpoint: str
-    data: str
-    k: int = 20
-    until: str | None = None
-    out: str | None = None
-    compare: bool = False
-    query: int = 10
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        if self.k <= 0 or self.query <= 0:
-            raise ValueError(f"EvidenceJobConfig: k and query must be > 0, got k={self.k}, query={self.query}")
 
 
 def evidence(cfg: EvidenceJobConfig) -> tuple[pa.Table, list[dict[str, float]]]:

@@ -20,35 +20,13 @@ import pyarrow.parquet as pq
 import torch
 
 from meta_embed import checkpoint
-from meta_embed.config import MamlConfig, ModelConfig, to_dict, write_config
+from meta_embed.config import to_dict, write_config
 from meta_embed.features import fit_spec, movielens_template
 from meta_embed.tables import INTERACTIONS, ITEMS, USERS, data_table, read_table
 from meta_embed.tasks import FeatureTables
-from meta_embed.train import TrainConfig, meta_train, timelines
+from meta_embed.train import meta_train, timelines
+from pipeline.training.training_config import TrainJobConfig
 from pipeline.evaluation.splits import to_ts
-
-
-@dataclasses.dataclass(frozen=True)
-class TrainJobConfig:
-    """`data` holds interactions, users and items (`NAME.parquet` or a folder `NAME/` of
-    shards); only events with ts < `until` (ISO-8601, optional) are used; `out` is the
-    checkpoint directory."""
-
-    data: str
-    out: str
-    until: str | None = None
-    model: ModelConfig = ModelConfig()
-    maml: MamlConfig = MamlConfig()
-    train: TrainConfig = TrainConfig()
-
-    def __post_init__(self) -> None:
-        if not self.data or not self.out:
-            raise ValueError("TrainJobConfig: data and out must name a folder (prepared data, checkpoint)")
-        if self.until is not None:
-            try:
-                to_ts(self.until)
-            except (TypeError, ValueError) as err:
-                raise ValueError(f"TrainJobConfig.until: {self.until!r} is not an ISO-8601 time ({err})") from err
 
 
 @dataclasses.dataclass(frozen=True)

@@ -11,7 +11,8 @@ import pyarrow as pa
 import pytest
 
 from meta_embed import baseline
-from meta_embed.baseline import IdVocab, WideDeepConfig, fit, index_events, predict
+from meta_embed.config import WideDeepConfig
+from meta_embed.baseline import IdVocab, fit, index_events, predict
 from meta_embed.metrics import auc
 from meta_embed.features import fit_spec, movielens_template
 from meta_embed.tables import TS_TYPE

@@ -14,7 +14,7 @@ from meta_embed.inference import item_vectors, user_inputs
 from meta_embed.evidence import compare_selection, event_grad_norms, evidence_candidates, item_scores
 from meta_embed.maml import pointwise_loss
 from meta_embed.tasks import cut
-from meta_embed.train import evaluate, timelines
+from meta_embed.train import query_metrics, timelines
 
 from .conftest import tiny_model
 
@@ -27,7 +27,7 @@ def history(world, spec, tables):
 def _reference_norm(model, tables, history, u, j, step):
     """|step * d loss(u, event j) / d theta| by plain autograd on one event."""
     theta = {k: p.detach().clone().requires_grad_(True) for k, p in model.meta.init_params().items()}
-    x = user_inputs(model, tables, torch.tensor([history.user_rows[u]]))
+    x = user_inputs(model, tables.users, torch.tensor([history.user_rows[u]]))
     e = model.meta.embed({k: p.unsqueeze(0) for k, p in theta.items()}, x)
     pred = model.global_block(e, item_vectors(model, tables, torch.tensor([history.support.item_rows[j]])))
     loss = pointwise_loss(pred, torch.tensor([history.support.target[j]]), model.cfg.objective).sum()
@@ -78,7 +78,7 @@ def test_evidence_follows_the_gradients_not_just_popularity(spec, tables, histor
     on_best = np.flatnonzero(history.support.item_rows == best)
     owner = np.repeat(np.arange(len(history)), history.support.lengths)[on_best]
     with torch.no_grad():
-        x = user_inputs(model, tables, torch.from_numpy(history.user_rows[owner]))
+        x = user_inputs(model, tables.users, torch.from_numpy(history.user_rows[owner]))
         logits = model.global_block(model.meta(x), item_vectors(model, tables, torch.full((len(owner),), best)))
     target = history.support.target.copy()
     target[on_best] = torch.sigmoid(logits).numpy()
@@ -105,4 +105,4 @@ def test_compare_selection_adapts_each_strategy_on_its_own_choice(spec, tables, 
     lengths = history.support.lengths[users]
     keep = users[lengths >= 7]
     plain = cut(history, keep, history.support.lengths[keep] - 4, max_support=3, max_query=4)
-    assert evaluate(model, tables, plain, cfg)["auc"] == pytest.approx(rows["recent"]["auc"])
+    assert query_metrics(model, tables, plain, cfg)["auc"] == pytest.approx(rows["recent"]["auc"])

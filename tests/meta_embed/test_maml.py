@@ -32,7 +32,7 @@ def inputs(model, tables, tasks, users=USERS, query=False):
     ep = episodes(tasks, users)
     block = ep.query if query else ep.support
     v, ctx = event_inputs(model, tables, block)
-    return user_inputs(model, tables, ep.user_rows), v, ctx, block.y.to(v.dtype), block.mask
+    return user_inputs(model, tables.users, ep.user_rows), v, ctx, block.y.to(v.dtype), block.mask
 
 
 def query_loss(model, params, x, q):

@@ -15,8 +15,8 @@ from meta_embed.config import MamlConfig
 from meta_embed.inference import event_inputs, user_inputs
 from meta_embed.maml import adapt, pointwise_loss
 from meta_embed.tasks import FeatureTables, Padded, cut, episodes
-from meta_embed.train import (TrainConfig, episode_loss, evaluate, fixed_splits, meta_train, retrieval_loss,
-                              sample_splits, timelines)
+from meta_embed.config import TrainConfig
+from meta_embed.train import TwoBlockTrainTask, query_metrics, fixed_splits, meta_train, retrieval_loss, sample_splits, timelines
 
 from .conftest import make_world, tiny_model, tiny_spec
 
@@ -64,8 +64,8 @@ def test_retrieval_softmax_masks_other_positives_of_the_same_user(spec):
 def test_the_retrieval_head_is_trained_only_through_its_loss(spec, tables, history, weight):
     model = tiny_model(spec)
     tasks = cut(history, np.arange(20), history.support.lengths[:20] // 2, 10, 10)
-    loss, _ = episode_loss(model, tables, episodes(tasks, np.arange(20)), MamlConfig(inner_steps=1),
-                           dataclasses.replace(FAST, retrieval_weight=weight))
+    task = TwoBlockTrainTask(model, tables, MamlConfig(inner_steps=1), dataclasses.replace(FAST, retrieval_weight=weight))
+    loss, _ = task(episodes(tasks, np.arange(20)))
     loss.backward()
     grad = model.retrieval.item.weight.grad
     assert (grad is not None and grad.abs().sum() > 0) == (weight > 0)
@@ -91,7 +91,7 @@ def test_meta_training_improves_held_out_users_and_restores_the_best_state(objec
     lengths = data.support.lengths
     val = np.flatnonzero(np.isin(data.user_ids.to_numpy(zero_copy_only=False), result.val_user_ids.to_pylist()))
     tasks = cut(data, val, fixed_splits(lengths[val], FAST.max_query), maml.max_support, FAST.max_query)
-    again = evaluate(result.model, tables, tasks, maml)
+    again = query_metrics(result.model, tables, tasks, maml)
     assert again[result.metric] == pytest.approx(result.best_metric, abs=1e-9)  # best state restored
     assert again[loss[4:]] == pytest.approx(best[loss], abs=1e-9)
 
@@ -140,9 +140,9 @@ def test_event_weighting_counts_every_query_event_and_user_weighting_every_user(
     maml = MamlConfig(inner_steps=1)
     no_aux = dataclasses.replace(FAST, retrieval_weight=0.0)
     with torch.no_grad():
-        _, by_event = episode_loss(model, tables, ep, maml, dataclasses.replace(no_aux, loss_weighting="event"))
-        _, by_user = episode_loss(model, tables, ep, maml, dataclasses.replace(no_aux, loss_weighting="user"))
-        x = user_inputs(model, tables, ep.user_rows)
+        _, by_event = TwoBlockTrainTask(model, tables, maml, dataclasses.replace(no_aux, loss_weighting="event"))(ep)
+        _, by_user = TwoBlockTrainTask(model, tables, maml, dataclasses.replace(no_aux, loss_weighting="user"))(ep)
+        x = user_inputs(model, tables.users, ep.user_rows)
         v_s, ctx_s = event_inputs(model, tables, ep.support)
         x = model.with_history(x, v_s, ep.support.y, ep.support.mask)
         params = adapt(model, x, v_s, ctx_s, ep.support.y, ep.support.mask, maml)

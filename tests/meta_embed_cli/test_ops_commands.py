@@ -51,7 +51,7 @@ def test_nightly_release_rollback(tmp_path):
     assert released["model_version"] == version != first["model_version"]
     assert released["mode"] == "full" and released["checkpoint"] == str(new_ckpt.resolve())
 
-    from serving.settings import ServingConfig
+    from serving.serving_config import ServingConfig
     from serving.state import Sources, load_state
 
     # A server started with only the old checkpoint still finds the released model through the manifest.

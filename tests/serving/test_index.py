@@ -11,7 +11,7 @@ import faiss
 import numpy as np
 import pytest
 
-from serving.settings import IndexConfig
+from serving.serving_config import IndexConfig
 from serving.index import IndexVersionError, build_index, exact_search, factory_string, read_meta, recall_at_k
 from serving.state import Sources, build_artifacts, load_state
 

@@ -20,7 +20,7 @@ from meta_embed.features import Column, FeatureSpec, encode, take
 from meta_embed.maml import adapt
 from meta_embed.model import Params, TwoBlockModel
 from meta_embed.tables import ITEMS, USERS
-from serving.settings import IndexConfig, ServingConfig
+from serving.serving_config import IndexConfig, ServingConfig
 
 GENRES = ("action", "comedy", "drama", "horror", "romance")
 SPEC = FeatureSpec(

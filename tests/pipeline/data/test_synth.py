@@ -14,7 +14,8 @@ import pytest
 from meta_embed.tables import INTERACTIONS, ITEMS, USERS
 from meta_embed_cli import data_commands as data_cli
 from meta_embed.tables import read_table
-from pipeline.data.synth import BLOCK_USERS, SynthConfig, make_world, synth, true_logit
+from pipeline.data.synth import BLOCK_USERS, make_world, synth, true_logit
+from pipeline.data.data_config import SynthConfig
 
 CFG = SynthConfig(n_users=BLOCK_USERS + 904, n_items=300, events_per_user=20, seed=7, drift=1.0, n_shards=2,
                   write_truth=True)

@@ -55,7 +55,7 @@ def test_user_weights_equal_an_explicitly_resampled_table():
     """Each resample weights a user's events by how often the user was drawn: the same
     numbers as the SQL metrics on a table where drawn users are copied in."""
     preds = random_predictions(4, arms=("a", "b"), users=9, events=200)
-    prep = eval_bootstrap.prepare(preds)
+    prep = eval_bootstrap.stat_functions(preds)
     w = eval_bootstrap._draws(np.random.default_rng(11), 3, len(prep.users))
     assert np.all(w.sum(1) == len(prep.users))
     user_col = preds.column("user_id").to_pylist()
@@ -75,4 +75,4 @@ def test_user_weights_equal_an_explicitly_resampled_table():
 
 def test_rejects_zero_resamples():
     with pytest.raises(ValueError, match="resamples"):
-        eval_bootstrap.resample(eval_bootstrap.prepare(random_predictions(0)), 0, seed=0)
+        eval_bootstrap.resample(eval_bootstrap.stat_functions(random_predictions(0)), 0, seed=0)

@@ -11,7 +11,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipeline.evaluation.queries import PREDICTIONS
-from pipeline.evaluation.evaluation_job import EvalConfig, evaluate
+from pipeline.evaluation.evaluation_config import EvalConfig
+from pipeline.evaluation.evaluation_job import evaluate
 from meta_embed_cli.evaluate_commands import config_from_args, register
 
 ARMS = {"popularity", "wd_static", "wd_retrained", "meta_refresh", "meta_static", "meta_init", "meta_refresh_weights"}

@@ -109,7 +109,7 @@ def test_sql_matches_numpy(seed):
     preds = random_predictions(seed)
     sql = {(r["metric"], r["arm"], r["slice"]): r["value"] for r in compute_metrics(preds).to_pylist()}
     numpy = {(r["metric"], r["arm"], r["slice"]): r["value"]
-             for r in eval_bootstrap.point_estimates(eval_bootstrap.prepare(preds)).to_pylist()}
+             for r in eval_bootstrap.point_estimates(eval_bootstrap.stat_functions(preds)).to_pylist()}
     assert set(sql) == set(numpy)
     assert {m for m, _, _ in sql} == set(METRICS)
     for key, value in sql.items():

@@ -140,7 +140,7 @@ def reference(ds: Dataset, as_of: dt.datetime = AS_OF, max_support: int = MAX_SU
         out[u] = (emb[k], int(b - a), int(tasks.support.ts[b - 1]))
     cold = [u for u in users["user_id"].to_pylist() if u not in out]
     with torch.no_grad():
-        x = user_inputs(ckpt.model, tables, torch.from_numpy(tables.user_rows(pa.array(cold))))
+        x = user_inputs(ckpt.model, tables.users, torch.from_numpy(tables.user_rows(pa.array(cold))))
         zero = ckpt.model.meta(x).numpy()
     out.update({u: (zero[k], 0, None) for k, u in enumerate(cold)})
     return out

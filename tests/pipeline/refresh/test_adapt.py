@@ -15,7 +15,7 @@ import pytest
 from meta_embed import checkpoint
 from meta_embed import snapshot
 from meta_embed.checkpoint import CheckpointError
-from pipeline.refresh.adapt import AdaptSettings, adapt_bucket, load_state
+from pipeline.refresh.adapt import AdaptSettings, adapt_bucket, load_adapt_state
 from pipeline.refresh.arrow import bucket_of, top_n, unpack
 from pipeline.refresh.transforms import AdaptUsers, ReadEvents
 from pipeline.refresh.inputs import chunks, list_files
@@ -37,7 +37,7 @@ def settings(ds):
 
 @pytest.fixture(scope="module")
 def state(settings):
-    return load_state(settings)
+    return load_adapt_state(settings)
 
 
 @pytest.fixture(scope="module")
@@ -110,9 +110,9 @@ def test_carry_forward_copies_unchanged_users_and_recomputes_changed(state, sett
     assert np.all(got[1:40] == 7.0) and not np.any(got[0] == 7.0) and not np.any(got[40:] == 7.0)
 
 
-def test_load_state_refuses_another_feature_spec(settings):
+def test_load_adapt_state_refuses_another_feature_spec(settings):
     with pytest.raises(CheckpointError, match="feature spec"):
-        load_state(dataclasses.replace(settings, spec_hash="0" * 16))
+        load_adapt_state(dataclasses.replace(settings, spec_hash="0" * 16))
 
 
 def test_dofn_process_directly_and_fault_hook(settings, events, ds, whole):

@@ -14,7 +14,8 @@ from meta_embed import snapshot
 from meta_embed.checkpoint import CheckpointError
 from meta_embed.tables import SchemaError
 from meta_embed.tables import CorruptInputError
-from pipeline.refresh.refresh_job import RefreshConfig, refresh
+from pipeline.refresh.refresh_config import RefreshConfig
+from pipeline.refresh.refresh_job import refresh
 from tests.pipeline.refresh.refresh_fixtures import AS_OF, make_dataset
 
 FAST = ["--direct_running_mode=in_memory", "--direct_num_workers=1"]

@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 
 from meta_embed import snapshot
-from pipeline.refresh.refresh_job import RefreshConfig, refresh
+from pipeline.refresh.refresh_config import RefreshConfig
+from pipeline.refresh.refresh_job import refresh
 from tests.pipeline.refresh.refresh_fixtures import AS_OF, make_dataset, snapshot_rows
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]

@@ -18,7 +18,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from meta_embed import snapshot
-from pipeline.refresh.refresh_job import RefreshConfig, refresh
+from pipeline.refresh.refresh_config import RefreshConfig
+from pipeline.refresh.refresh_job import refresh
 from tests.pipeline.refresh.refresh_fixtures import AS_OF, MAX_SUPPORT, make_dataset, reference, snapshot_rows, write_checkpoint
 
 FAST = ["--direct_running_mode=in_memory", "--direct_num_workers=1"]

@@ -17,13 +17,16 @@ from meta_embed import checkpoint
 from meta_embed import metrics
 from meta_embed.config import MamlConfig
 from meta_embed.tasks import FeatureTables, build_tasks
-from meta_embed.train import TrainConfig, evaluate
+from meta_embed.config import TrainConfig
+from meta_embed.train import query_metrics
 from meta_embed_cli import main as cli
-from pipeline.training.train_job import TrainJobConfig, load_data, train
+from pipeline.training.training_config import TrainJobConfig
+from pipeline.training.train_job import load_data, train
 
 
 def test_train_and_evidence_commands_on_a_synthetic_folder(tmp_path, capsys):
-    from pipeline.data.synth import SynthConfig, synth
+    from pipeline.data.data_config import SynthConfig
+    from pipeline.data.synth import synth
 
     data, ckpt = tmp_path / "data", tmp_path / "ckpt"
     synth(SynthConfig(n_users=150, n_items=60, events_per_user=20, seed=3, n_shards=2), data)
@@ -79,8 +82,8 @@ def test_adapted_embeddings_beat_zero_step_and_popularity_on_movielens_100k(ml10
     active = pc.unique(before["user_id"])
     both = active.filter(pc.is_in(active, value_set=pc.unique(after["user_id"])))  # users on both sides
     tasks = build_tasks(before, after, tables, ckpt.spec, max_support=ckpt.maml_cfg.max_support, user_ids=both)
-    adapted = evaluate(ckpt.model, tables, tasks, ckpt.maml_cfg)
-    zero = evaluate(ckpt.model, tables, tasks, dataclasses.replace(ckpt.maml_cfg, inner_steps=0))
+    adapted = query_metrics(ckpt.model, tables, tasks, ckpt.maml_cfg)
+    zero = query_metrics(ckpt.model, tables, tasks, dataclasses.replace(ckpt.maml_cfg, inner_steps=0))
 
     # Smoothed positive rate per item before the cutoff (10 pseudo-events at the global rate).
     rows, labels = tables.item_rows(before["item_id"]), before["label"].to_numpy()

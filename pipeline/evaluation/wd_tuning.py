@@ -16,7 +16,8 @@ from typing import Callable
 
 import pyarrow as pa
 
-from meta_embed.baseline import FitResult, WideDeepConfig, fit
+from meta_embed.config import WideDeepConfig
+from meta_embed.baseline import FitResult, fit
 from meta_embed.features import FeatureSpec
 
 
