@@ -26,8 +26,8 @@ import torch
 from torch import nn
 
 from meta_embed.config import MamlConfig, ModelConfig
-from meta_embed.inference import embed_users
 from meta_embed.features import fit_spec, movielens_template, take
+from meta_embed.inference import embed_users
 from meta_embed.maml import pointwise_loss
 from meta_embed.model import TwoBlockModel
 from meta_embed.tables import INTERACTIONS, ITEMS, USERS
@@ -41,23 +41,37 @@ def synthetic_data(n_users: int, seed: int) -> tuple[pa.Table, pa.Table, pa.Tabl
     rng = np.random.default_rng(seed)
     n_items = 3706
     genres = ["Action", "Comedy", "Drama", "Horror", "Romance", "Sci-Fi", "Thriller", "War"]
-    users = pa.table({
-        "user_id": [f"u{k}" for k in range(n_users)],
-        "age": pa.array(rng.choice([1, 18, 25, 35, 45, 50, 56], n_users), pa.int32()),
-        "gender": rng.choice(["F", "M"], n_users), "occupation": rng.choice([f"o{k}" for k in range(21)], n_users),
-        "zip_prefix": [f"{z:03d}" for z in rng.integers(0, 1000, n_users)]}, schema=USERS)
-    items = pa.table({
-        "item_id": [f"i{k}" for k in range(n_items)], "title": ["t"] * n_items,
-        "year": pa.array(rng.integers(1920, 2001, n_items), pa.int32()),
-        "genres": [list(rng.choice(genres, rng.integers(1, 4), replace=False)) for _ in range(n_items)]}, schema=ITEMS)
+    users = pa.table(
+        {
+            "user_id": [f"u{k}" for k in range(n_users)],
+            "age": pa.array(rng.choice([1, 18, 25, 35, 45, 50, 56], n_users), pa.int32()),
+            "gender": rng.choice(["F", "M"], n_users),
+            "occupation": rng.choice([f"o{k}" for k in range(21)], n_users),
+            "zip_prefix": [f"{z:03d}" for z in rng.integers(0, 1000, n_users)],
+        },
+        schema=USERS,
+    )
+    items = pa.table(
+        {
+            "item_id": [f"i{k}" for k in range(n_items)],
+            "title": ["t"] * n_items,
+            "year": pa.array(rng.integers(1920, 2001, n_items), pa.int32()),
+            "genres": [list(rng.choice(genres, rng.integers(1, 4), replace=False)) for _ in range(n_items)],
+        },
+        schema=ITEMS,
+    )
     counts = np.maximum(np.round(np.exp(rng.normal(np.log(96), 0.95, n_users))), 20).astype(np.int64)
     u = np.repeat(np.arange(n_users), counts)
-    events = pa.table({
-        "user_id": pa.array(np.char.add("u", u.astype(str))), "item_id": pa.array(np.char.add("i", rng.integers(
-            0, n_items, len(u)).astype(str))),
-        "ts": pa.array(rng.integers(0, 10**15, len(u)), pa.int64()).cast(INTERACTIONS.field("ts").type),
-        "label": pa.array((rng.random(len(u)) < 0.55).astype(np.float32)),
-        "rating": pa.array(np.full(len(u), 4.0, np.float32))}, schema=INTERACTIONS)
+    events = pa.table(
+        {
+            "user_id": pa.array(np.char.add("u", u.astype(str))),
+            "item_id": pa.array(np.char.add("i", rng.integers(0, n_items, len(u)).astype(str))),
+            "ts": pa.array(rng.integers(0, 10**15, len(u)), pa.int64()).cast(INTERACTIONS.field("ts").type),
+            "label": pa.array((rng.random(len(u)) < 0.55).astype(np.float32)),
+            "rating": pa.array(np.full(len(u), 4.0, np.float32)),
+        },
+        schema=INTERACTIONS,
+    )
     return users, items, events
 
 
@@ -81,8 +95,14 @@ class MeluLocal(nn.Module):
         return self.fc2(torch.relu(self.fc1(x)))
 
 
-def per_user_loop(model: TwoBlockModel, tables: FeatureTables, tasks: TaskSet, cfg: MamlConfig,
-                  users: np.ndarray, melu: bool = True) -> np.ndarray:
+def per_user_loop(
+    model: TwoBlockModel,
+    tables: FeatureTables,
+    tasks: TaskSet,
+    cfg: MamlConfig,
+    users: np.ndarray,
+    melu: bool = True,
+) -> np.ndarray:
     """Adapt `users` one at a time with module forwards and plain autograd: the same math
     as `maml.adapt` in inference (K first-order steps of size cfg.inner_lr on the mean
     support loss). `melu=True` runs the whole model forward (user features, item tower,
@@ -95,15 +115,19 @@ def per_user_loop(model: TwoBlockModel, tables: FeatureTables, tasks: TaskSet, c
     block = tasks.support
     for row, u in enumerate(users):
         local.load_state_dict({k: t.detach() for k, t in init.items()})  # MeLU: fast weights into the module
-        user_enc = take(tables.users, torch.from_numpy(tasks.user_rows[u:u + 1]))
-        item_enc = take(tables.items, torch.from_numpy(block.item_rows[block.offsets[u]:block.offsets[u + 1]]))
-        y = torch.from_numpy(block.target[block.offsets[u]:block.offsets[u + 1]])
+        user_enc = take(tables.users, torch.from_numpy(tasks.user_rows[u : u + 1]))
+        item_enc = take(
+            tables.items, torch.from_numpy(block.item_rows[block.offsets[u] : block.offsets[u + 1]])
+        )
+        y = torch.from_numpy(block.target[block.offsets[u] : block.offsets[u + 1]])
 
         def inputs() -> tuple[torch.Tensor, torch.Tensor]:
             with torch.no_grad():
                 v = model.item_tower(item_enc)  # (n, item_dim)
                 every = torch.ones(1, len(y), dtype=torch.bool)
-                return model.with_history(model.user_inputs(user_enc), v[None], y[None], every), v  # (1, in_dim)
+                return model.with_history(
+                    model.user_inputs(user_enc), v[None], y[None], every
+                ), v  # (1, in_dim)
 
         x, v = inputs()
         for _ in range(cfg.inner_steps if len(y) else 0):
@@ -142,8 +166,12 @@ def inner_loop_flops(model: TwoBlockModel, n_users: int, n_events: int, steps: i
     per_user = 2 * (d * h1 + d * i_dim)  # W_e e and P e, forward
     event = 2 * (i_dim * h1 + rest)  # (P e * v) W_p and the layers after the first, forward
     layer2 = 2 * hidden * d
-    meta = 2 * 2 * f_in * hidden + layer2 * (steps + 1) ** 2  # W1 x, reach; step k: 2(k+1) layer2s; final: K+1
-    executed = steps * (n_events * 2 * event + n_users * 2 * per_user) + n_events * 2 * i_dim * h1 + n_users * meta
+    meta = (
+        2 * 2 * f_in * hidden + layer2 * (steps + 1) ** 2
+    )  # W1 x, reach; step k: 2(k+1) layer2s; final: K+1
+    executed = (
+        steps * (n_events * 2 * event + n_users * 2 * per_user) + n_events * 2 * i_dim * h1 + n_users * meta
+    )
     textbook_event = 2 * (d * i_dim + (d + 2 * i_dim) * h1 + rest)
     textbook = steps * (n_events * 2 * textbook_event + n_users * 3 * meta_fwd) + n_users * meta_fwd
     return float(executed), float(textbook)
@@ -157,7 +185,7 @@ def matmul_peak(threads: int, n: int = 2048, repeats: int = 5) -> float:
         t = time.perf_counter()
         torch.matmul(a, b)
         best = min(best, time.perf_counter() - t)
-    return 2 * n ** 3 / best / 1e9
+    return 2 * n**3 / best / 1e9
 
 
 def timed(fn, repeats: int) -> float:
@@ -191,11 +219,17 @@ def main() -> None:
     model = TwoBlockModel(spec, ModelConfig()).eval()
     lengths = sub.support.lengths
     peak = matmul_peak(args.threads)
-    print(f"support sizes: {source}; users {len(sub)}, mean {lengths.mean():.1f}, median {np.median(lengths):.0f}, "
-          f"max {lengths.max()}; threads {args.threads}; batch {args.batch_size}")
+    print(
+        f"support sizes: {source}; users {len(sub)}, mean {lengths.mean():.1f}, median "
+        f"{np.median(lengths):.0f}, "
+        f"max {lengths.max()}; threads {args.threads}; batch {args.batch_size}"
+    )
     print(f"matmul peak (float32 2048^3): {peak:.1f} GFLOP/s\n")
-    print(f"{'K':>2} {'batched users/s':>15} {'MeLU loop users/s':>17} {'speedup':>8} {'lean loop users/s':>17} "
-          f"{'speedup':>8} {'GFLOP/s':>8} {'of peak':>8} {'max |diff|':>10}")
+    print(
+        f"{'K':>2} {'batched users/s':>15} {'MeLU loop users/s':>17} {'speedup':>8} "
+        f"{'lean loop users/s':>17} "
+        f"{'speedup':>8} {'GFLOP/s':>8} {'of peak':>8} {'max |diff|':>10}"
+    )
     results = {}
     loop_users = np.arange(min(args.loop_users, len(sub)))
     for k in (1, 3, 5):
@@ -203,21 +237,47 @@ def main() -> None:
         batched_s = timed(lambda: embed_users(model, tables, sub, cfg, args.batch_size), args.repeats)
         melu_s = timed(lambda: per_user_loop(model, tables, sub, cfg, loop_users), args.repeats)
         lean_s = timed(lambda: per_user_loop(model, tables, sub, cfg, loop_users, melu=False), args.repeats)
-        diff = np.abs(embed_users(model, tables, sub, cfg, args.batch_size)[loop_users]
-                      - per_user_loop(model, tables, sub, cfg, loop_users)).max()
+        diff = np.abs(
+            embed_users(model, tables, sub, cfg, args.batch_size)[loop_users]
+            - per_user_loop(model, tables, sub, cfg, loop_users)
+        ).max()
         flops, textbook = inner_loop_flops(model, len(sub), int(lengths.sum()), k)
         gflops = flops / batched_s / 1e9
-        rate_b, rate_m, rate_l = len(sub) / batched_s, len(loop_users) / melu_s, len(loop_users) / lean_s  # users/s
+        rate_b, rate_m, rate_l = (
+            len(sub) / batched_s,
+            len(loop_users) / melu_s,
+            len(loop_users) / lean_s,
+        )  # users/s
         results[k] = (rate_b / rate_m, rate_b, gflops / peak)
-        print(f"{k:>2} {rate_b:>15.0f} {rate_m:>17.1f} {rate_b / rate_m:>7.1f}x {rate_l:>17.1f} "
-              f"{rate_b / rate_l:>7.1f}x {gflops:>8.2f} {gflops / peak:>7.1%} {diff:>10.2e}")
-    print("\nGFLOP/s: the inner loop's FLOPs as executed (inner_loop_flops; the textbook per-event formulation")
-    print(f"would need {textbook / flops:.1f}x more: item terms are computed once, user terms once per user) over the")
-    print("whole embed_users time (padding, feature lookups and the item tower included). Why it is below the peak:")
-    print("per event the matrices are skinny (inner dimensions 32-64), which GEMM kernels run far below a large")
-    print("square matmul, and ReLU, its backward mask and the broadcast adds stream (users, slots, 64) activations")
-    print("through memory with no FLOPs. The meta block adapts without per-user weight copies (rank-one updates")
-    print("applied to vectors), so nearly all FLOPs are the per-event global-block GEMMs. Speedups: batched vs the")
+        print(
+            f"{k:>2} {rate_b:>15.0f} {rate_m:>17.1f} {rate_b / rate_m:>7.1f}x {rate_l:>17.1f} "
+            f"{rate_b / rate_l:>7.1f}x {gflops:>8.2f} {gflops / peak:>7.1%} {diff:>10.2e}"
+        )
+    print(
+        "\nGFLOP/s: the inner loop's FLOPs as executed (inner_loop_flops; the textbook per-event formulation"
+    )
+    print(
+        f"would need {textbook / flops:.1f}x more: item terms are computed once, user terms once per user) "
+        "over the"
+    )
+    print(
+        "whole embed_users time (padding, feature lookups and the item tower included). Why it is below the "
+        "peak:"
+    )
+    print(
+        "per event the matrices are skinny (inner dimensions 32-64), which GEMM kernels run far below a large"
+    )
+    print(
+        "square matmul, and ReLU, its backward mask and the broadcast adds stream (users, slots, 64) "
+        "activations"
+    )
+    print(
+        "through memory with no FLOPs. The meta block adapts without per-user weight copies (rank-one updates"
+    )
+    print(
+        "applied to vectors), so nearly all FLOPs are the per-event global-block GEMMs. Speedups: batched vs "
+        "the"
+    )
     print("MeLU-way loop (target >= 20x at K=3; this is the summary's), and vs the lean loop.")
     speedup, rate, frac = results[3]
     print(f"summary speedup_k3={speedup:.1f} users_per_s_k3={rate:.0f} peak_fraction={frac:.3f}")

@@ -29,10 +29,10 @@ from meta_embed import checkpoint
 from meta_embed.config import MamlConfig, ModelConfig, to_dict
 from meta_embed.features import fit_spec, movielens_template
 from meta_embed.model import TwoBlockModel
-from pipeline.refresh.refresh_config import RefreshConfig
-from pipeline.refresh.refresh_job import refresh
 from pipeline.data.data_config import SynthConfig
 from pipeline.data.synth import synth
+from pipeline.refresh.refresh_config import RefreshConfig
+from pipeline.refresh.refresh_job import refresh
 
 
 class PeakRss:
@@ -54,7 +54,7 @@ class PeakRss:
             self.peak = max(self.peak, total)
             time.sleep(self.interval)
 
-    def __enter__(self) -> "PeakRss":
+    def __enter__(self) -> PeakRss:
         self._thread.start()
         return self
 
@@ -65,15 +65,23 @@ class PeakRss:
 
 def make_inputs(workdir: Path, users: int, events_per_user: float, items: int) -> tuple[Path, dt.datetime]:
     """Synthetic tables (reused when already generated with the same config) and a checkpoint."""
-    cfg = SynthConfig(n_users=users, n_items=items, events_per_user=events_per_user, seed=0,
-                      n_shards=max(2, users // 50_000))
+    cfg = SynthConfig(
+        n_users=users,
+        n_items=items,
+        events_per_user=events_per_user,
+        seed=0,
+        n_shards=max(2, users // 50_000),
+    )
     data = workdir / f"data-{users}"
     written = data / "config.json"
     if not written.is_file() or json.loads(written.read_text())["config"] != to_dict(cfg):
         shutil.rmtree(data, ignore_errors=True)
         start = time.perf_counter()
         summary = synth(cfg, data)
-        print(f"synth: {summary.n_interactions:,} events for {users:,} users in {time.perf_counter() - start:.1f} s")
+        print(
+            f"synth: {summary.n_interactions:,} events for {users:,} users in "
+            f"{time.perf_counter() - start:.1f} s"
+        )
     ckpt = data / "checkpoint"
     if not ckpt.is_dir():
         torch.manual_seed(0)
@@ -85,7 +93,9 @@ def make_inputs(workdir: Path, users: int, events_per_user: float, items: int) -
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--users", type=int, default=100_000)
     parser.add_argument("--events-per-user", type=float, default=30.0)
     parser.add_argument("--items", type=int, default=20_000)
@@ -96,8 +106,15 @@ def main() -> None:
     data, as_of = make_inputs(args.workdir, args.users, args.events_per_user, args.items)
     out = args.workdir / f"snapshots-{args.users}"
     shutil.rmtree(out, ignore_errors=True)
-    cfg = RefreshConfig(str(data / "interactions"), str(data / "users.parquet"), str(data / "items.parquet"),
-                        str(data / "checkpoint"), as_of, str(out), batch_size=args.batch_size)
+    cfg = RefreshConfig(
+        str(data / "interactions"),
+        str(data / "users.parquet"),
+        str(data / "items.parquet"),
+        str(data / "checkpoint"),
+        as_of,
+        str(out),
+        batch_size=args.batch_size,
+    )
     beam_args = ["--direct_running_mode=multi_processing", f"--direct_num_workers={args.workers}"]
     with PeakRss() as rss:
         result = refresh(cfg, beam_args)
@@ -106,8 +123,11 @@ def main() -> None:
 
 def report(result, peak: int, args: argparse.Namespace) -> None:
     c = result.counts
-    print(f"\nrefresh of {c['users']:,} users ({c['users_with_events']:,} with events, {c['cold_users']:,} cold), "
-          f"{c['events_read']:,} events read, {c['events_used']:,} used; runner {result.runner}")
+    print(
+        f"\nrefresh of {c['users']:,} users ({c['users_with_events']:,} with events, {c['cold_users']:,} "
+        "cold), "
+        f"{c['events_read']:,} events read, {c['events_used']:,} used; runner {result.runner}"
+    )
     print(f"{'phase (wall)':<28}{'seconds':>10}")
     for name, sec in result.phase_s.items():
         print(f"{name:<28}{sec:>10.1f}")

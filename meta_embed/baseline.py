@@ -42,7 +42,7 @@ class IdVocab:
     ids: pa.Array
 
     @classmethod
-    def fit(cls, ids: pa.Array | pa.ChunkedArray) -> "IdVocab":
+    def fit(cls, ids: pa.Array | pa.ChunkedArray) -> IdVocab:
         return cls(pc.unique(ids).cast(pa.string()).sort())
 
     def index(self, ids: pa.Array | pa.ChunkedArray) -> np.ndarray:
@@ -72,23 +72,32 @@ class EventIndex:
     def __len__(self) -> int:
         return len(self.user)
 
-    def slice(self, idx: np.ndarray) -> "EventIndex":
+    def slice(self, idx: np.ndarray) -> EventIndex:
         return EventIndex(self.user[idx], self.item[idx], self.user_row[idx], self.item_row[idx])
 
 
 class WideDeep(nn.Module):
     """logit(u, i) = bias + wide(u, i) + MLP([emb(user id), emb(item id), side features])."""
 
-    def __init__(self, cfg: WideDeepConfig, spec: FeatureSpec, tables: FeatureTables,
-                 users: IdVocab, items: IdVocab):
+    def __init__(
+        self, cfg: WideDeepConfig, spec: FeatureSpec, tables: FeatureTables, users: IdVocab, items: IdVocab
+    ):
         super().__init__()
         self.cfg, self.spec, self.tables, self.users, self.items = cfg, spec, tables, users, items
         self.columns: dict[str, Column] = {c.name: c for c in spec.user + spec.item}
-        self.card = {"user_id": users.size, "item_id": items.size} | {n: c.cardinality for n, c in self.columns.items()}
+        self.card = {"user_id": users.size, "item_id": items.size} | {
+            n: c.cardinality for n, c in self.columns.items()
+        }
         for a, b in cfg.crosses:
-            if a not in self.card or b not in self.card or self.columns.get(a, Column(a, "vocab")).kind == "bag":
-                raise ValueError(f"WideDeepConfig.crosses: ({a!r}, {b!r}) must name id or feature columns of the spec "
-                                 f"({sorted(self.card)}); only the second may be a bag")
+            if (
+                a not in self.card
+                or b not in self.card
+                or self.columns.get(a, Column(a, "vocab")).kind == "bag"
+            ):
+                raise ValueError(
+                    f"WideDeepConfig.crosses: ({a!r}, {b!r}) must name id or feature columns of the spec "
+                    f"({sorted(self.card)}); only the second may be a bag"
+                )
         self.wide = nn.ModuleDict({k: nn.Embedding(self._wide_rows(k), 1) for k in self._wide_keys()})
         for table in self.wide.values():
             nn.init.zeros_(table.weight)
@@ -148,8 +157,12 @@ class WideDeep(nn.Module):
 def index_events(model: WideDeep, events: pa.Table) -> EventIndex:
     """Inputs of `events` for `model`: vocabulary indices (OOV = 0) and feature rows."""
     users, items = events.column(model.spec.user_key), events.column(model.spec.item_key)
-    return EventIndex(model.users.index(users), model.items.index(items),
-                      model.tables.user_rows(users), model.tables.item_rows(items))
+    return EventIndex(
+        model.users.index(users),
+        model.items.index(items),
+        model.tables.user_rows(users),
+        model.tables.item_rows(items),
+    )
 
 
 def _tensors(ev: EventIndex) -> dict[str, torch.Tensor]:
@@ -163,7 +176,7 @@ def predict(model: WideDeep, ev: EventIndex, batch_size: int = 1 << 16) -> np.nd
     with torch.no_grad():
         for start in range(0, len(ev), batch_size):
             part = ev.slice(np.arange(start, min(start + batch_size, len(ev))))
-            out[start:start + len(part)] = model(_tensors(part)).numpy()
+            out[start : start + len(part)] = model(_tensors(part)).numpy()
     return out
 
 
@@ -183,14 +196,16 @@ class FitResult:
     seconds: float
 
 
-def build(cfg: WideDeepConfig, spec: FeatureSpec, users: pa.Table, items: pa.Table,
-          train: pa.Table) -> WideDeep:
+def build(
+    cfg: WideDeepConfig, spec: FeatureSpec, users: pa.Table, items: pa.Table, train: pa.Table
+) -> WideDeep:
     """A fresh model whose id vocabularies are the ids of the training events."""
     torch.manual_seed(cfg.seed)
     side = side_spec(spec)
     tables = FeatureTables.build(side, users, items)
-    model = WideDeep(cfg, side, tables, IdVocab.fit(train.column(spec.user_key)),
-                     IdVocab.fit(train.column(spec.item_key)))
+    model = WideDeep(
+        cfg, side, tables, IdVocab.fit(train.column(spec.user_key)), IdVocab.fit(train.column(spec.item_key))
+    )
     return model
 
 
@@ -199,15 +214,16 @@ def _target(cfg: WideDeepConfig, table: pa.Table) -> np.ndarray:
     return table.column(col).fill_null(0.0).to_numpy(zero_copy_only=False).astype(np.float32)
 
 
-def _epoch(model: WideDeep, opt: torch.optim.Optimizer, ev: EventIndex, y: np.ndarray,
-           rng: np.random.Generator) -> float:
+def _epoch(
+    model: WideDeep, opt: torch.optim.Optimizer, ev: EventIndex, y: np.ndarray, rng: np.random.Generator
+) -> float:
     cfg = model.cfg
     model.train()
     order = rng.permutation(len(ev))
     loss_fn = nn.BCEWithLogitsLoss() if cfg.objective == "binary" else nn.MSELoss()
     total = 0.0
     for start in range(0, len(order), cfg.batch_size):
-        idx = order[start:start + cfg.batch_size]
+        idx = order[start : start + cfg.batch_size]
         batch = _tensors(ev.slice(idx))
         if cfg.oov_rate > 0:  # id dropout: teach the OOV buckets what an unseen id looks like
             for key in ("user", "item"):
@@ -221,8 +237,16 @@ def _epoch(model: WideDeep, opt: torch.optim.Optimizer, ev: EventIndex, y: np.nd
     return total / max(len(order), 1)
 
 
-def fit(cfg: WideDeepConfig, spec: FeatureSpec, users: pa.Table, items: pa.Table, train: pa.Table,
-        valid: pa.Table | None = None, epochs: int | None = None, log=None) -> FitResult:
+def fit(
+    cfg: WideDeepConfig,
+    spec: FeatureSpec,
+    users: pa.Table,
+    items: pa.Table,
+    train: pa.Table,
+    valid: pa.Table | None = None,
+    epochs: int | None = None,
+    log=None,
+) -> FitResult:
     """Train on `train`; with `valid`, stop early on its score and keep the best epoch,
     otherwise train exactly `epochs` (default cfg.max_epochs) epochs."""
     start = time.perf_counter()
@@ -230,7 +254,9 @@ def fit(cfg: WideDeepConfig, spec: FeatureSpec, users: pa.Table, items: pa.Table
     ev, y = index_events(model, train), _target(cfg, train)
     base = float(y.mean()) if len(y) else 0.0
     with torch.no_grad():
-        model.bias.fill_(float(np.log(base / (1 - base))) if cfg.objective == "binary" and 0 < base < 1 else base)
+        model.bias.fill_(
+            float(np.log(base / (1 - base))) if cfg.objective == "binary" and 0 < base < 1 else base
+        )
     val = (index_events(model, valid), _target(cfg, valid)) if valid is not None else None
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     rng = np.random.default_rng(cfg.seed)
@@ -240,7 +266,9 @@ def fit(cfg: WideDeepConfig, spec: FeatureSpec, users: pa.Table, items: pa.Table
         t = time.perf_counter()
         loss = _epoch(model, opt, ev, y, rng)
         vs = score(cfg, predict(model, val[0]), val[1]) if val is not None else None
-        history.append({"epoch": epoch, "train_loss": loss, "val_score": vs, "seconds": time.perf_counter() - t})
+        history.append(
+            {"epoch": epoch, "train_loss": loss, "val_score": vs, "seconds": time.perf_counter() - t}
+        )
         if log is not None:
             log(history[-1])
         if val is None:
@@ -252,5 +280,10 @@ def fit(cfg: WideDeepConfig, spec: FeatureSpec, users: pa.Table, items: pa.Table
     if val is not None:
         model.load_state_dict(best[2])
     model.eval()
-    return FitResult(model, best[1] if val is not None else len(history), best[0] if val is not None else None,
-                     tuple(history), time.perf_counter() - start)
+    return FitResult(
+        model,
+        best[1] if val is not None else len(history),
+        best[0] if val is not None else None,
+        tuple(history),
+        time.perf_counter() - start,
+    )

@@ -86,15 +86,21 @@ def load(path: str | Path, expect_spec_hash: str | None = None) -> Checkpoint:
     path = Path(path)
     for name in ("weights.pt", "model.json", "feature_spec.json"):
         if not (path / name).is_file():
-            raise CheckpointError(f"{path}: not a checkpoint (missing {name}); point to a directory written by `meta-embed train`")
+            raise CheckpointError(
+                f"{path}: not a checkpoint (missing {name}); point to a directory written by `meta-embed "
+                "train`"
+            )
     raw = json.loads((path / "model.json").read_text())
     if raw.get("format") != FORMAT:
-        raise CheckpointError(f"{path}/model.json: format {raw.get('format')} is not {FORMAT}; retrain or convert it")
+        raise CheckpointError(
+            f"{path}/model.json: format {raw.get('format')} is not {FORMAT}; retrain or convert it"
+        )
     spec_json = (path / "feature_spec.json").read_text()
     spec = FeatureSpec.from_json(spec_json)
     if expect_spec_hash is not None and spec.hash != expect_spec_hash:
         raise CheckpointError(
-            f"{path}: checkpoint was trained with feature spec {spec.hash}, but the data uses {expect_spec_hash}; "
+            f"{path}: checkpoint was trained with feature spec {spec.hash}, but the data uses "
+            f"{expect_spec_hash}; "
             "use a checkpoint trained on this feature spec, or retrain"
         )
     model_cfg, maml_cfg = from_dict(ModelConfig, raw["model"]), from_dict(MamlConfig, raw["maml"])
@@ -103,7 +109,9 @@ def load(path: str | Path, expect_spec_hash: str | None = None) -> Checkpoint:
         weights = torch.load(path / "weights.pt", weights_only=True, map_location="cpu")
         model.load_state_dict(weights)
     except (RuntimeError, EOFError, OSError, pickle.UnpicklingError) as err:
-        raise CheckpointError(f"{path}/weights.pt: cannot be loaded into the configured model ({err})") from err
+        raise CheckpointError(
+            f"{path}/weights.pt: cannot be loaded into the configured model ({err})"
+        ) from err
     model.eval()
     version = _version(weights, _model_json(model_cfg, maml_cfg), spec_json)
     return Checkpoint(model, spec, model_cfg, maml_cfg, version, path)

@@ -53,13 +53,25 @@ class ModelConfig:
 
     def __post_init__(self) -> None:
         if self.embedding_mode not in ("activation", "weights"):
-            raise ValueError(f"ModelConfig.embedding_mode must be 'activation' or 'weights', got {self.embedding_mode!r}")
+            raise ValueError(
+                f"ModelConfig.embedding_mode must be 'activation' or 'weights', got {self.embedding_mode!r}"
+            )
         if self.objective not in ("binary", "regression"):
-            raise ValueError(f"ModelConfig.objective must be 'binary' or 'regression', got {self.objective!r}")
-        _positive("ModelConfig", meta_dim=self.meta_dim, meta_hidden=self.meta_hidden, item_dim=self.item_dim,
-                  personal_rank=self.personal_rank, retrieval_dim=self.retrieval_dim)
+            raise ValueError(
+                f"ModelConfig.objective must be 'binary' or 'regression', got {self.objective!r}"
+            )
+        _positive(
+            "ModelConfig",
+            meta_dim=self.meta_dim,
+            meta_hidden=self.meta_hidden,
+            item_dim=self.item_dim,
+            personal_rank=self.personal_rank,
+            retrieval_dim=self.retrieval_dim,
+        )
         if not self.global_hidden or any(h <= 0 for h in self.global_hidden):
-            raise ValueError(f"ModelConfig.global_hidden must be non-empty positive sizes, got {self.global_hidden}")
+            raise ValueError(
+                f"ModelConfig.global_hidden must be non-empty positive sizes, got {self.global_hidden}"
+            )
         object.__setattr__(self, "global_hidden", tuple(self.global_hidden))
 
     @property
@@ -124,7 +136,15 @@ class TrainConfig:
     progress: bool = True
 
     def __post_init__(self) -> None:
-        for name in ("batch_users", "lr", "max_epochs", "patience", "max_query", "grad_clip", "eval_batch_users"):
+        for name in (
+            "batch_users",
+            "lr",
+            "max_epochs",
+            "patience",
+            "max_query",
+            "grad_clip",
+            "eval_batch_users",
+        ):
             if getattr(self, name) <= 0:
                 raise ValueError(f"TrainConfig.{name} must be > 0, got {getattr(self, name)}")
         for name in ("val_fraction", "cold_fraction"):
@@ -133,11 +153,15 @@ class TrainConfig:
         if self.retrieval_weight < 0 or self.weight_decay < 0:
             raise ValueError("TrainConfig.retrieval_weight and weight_decay must be >= 0")
         if self.retrieval_loss not in ("softmax", "bce"):
-            raise ValueError(f"TrainConfig.retrieval_loss must be 'softmax' or 'bce', got {self.retrieval_loss!r}")
+            raise ValueError(
+                f"TrainConfig.retrieval_loss must be 'softmax' or 'bce', got {self.retrieval_loss!r}"
+            )
         if self.select_on not in ("auc", "user_auc"):
             raise ValueError(f"TrainConfig.select_on must be 'auc' or 'user_auc', got {self.select_on!r}")
         if self.loss_weighting not in ("user", "event"):
-            raise ValueError(f"TrainConfig.loss_weighting must be 'user' or 'event', got {self.loss_weighting!r}")
+            raise ValueError(
+                f"TrainConfig.loss_weighting must be 'user' or 'event', got {self.loss_weighting!r}"
+            )
         if self.threads is not None and self.threads <= 0:
             raise ValueError(f"TrainConfig.threads must be > 0 or None, got {self.threads}")
 
@@ -165,13 +189,17 @@ class WideDeepConfig:
 
     def __post_init__(self) -> None:
         if self.objective not in ("binary", "regression"):
-            raise ValueError(f"WideDeepConfig.objective must be 'binary' or 'regression', got {self.objective!r}")
+            raise ValueError(
+                f"WideDeepConfig.objective must be 'binary' or 'regression', got {self.objective!r}"
+            )
         for name in ("embedding_dim", "batch_size", "max_epochs", "patience", "max_cross_rows"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"WideDeepConfig.{name} must be > 0, got {getattr(self, name)}")
         if self.lr <= 0 or self.init_std <= 0 or self.weight_decay < 0:
-            raise ValueError(f"WideDeepConfig: need lr > 0, init_std > 0, weight_decay >= 0; got "
-                             f"{self.lr}, {self.init_std}, {self.weight_decay}")
+            raise ValueError(
+                f"WideDeepConfig: need lr > 0, init_std > 0, weight_decay >= 0; got "
+                f"{self.lr}, {self.init_std}, {self.weight_decay}"
+            )
         if not 0 <= self.oov_rate < 1:
             raise ValueError(f"WideDeepConfig.oov_rate must be in [0, 1), got {self.oov_rate}")
         object.__setattr__(self, "hidden", tuple(self.hidden))
@@ -219,13 +247,13 @@ def parse_time(text: str) -> dt.datetime:
         t = dt.datetime.fromisoformat(text)
     except ValueError as err:
         raise ValueError(f"{text!r} is not an ISO-8601 time like 2024-06-01T00:00:00Z") from err
-    return t if t.tzinfo else t.replace(tzinfo=dt.timezone.utc)
+    return t if t.tzinfo else t.replace(tzinfo=dt.UTC)
 
 
 @dataclasses.dataclass(frozen=True)
 class FlagSpec:
-    """One command-line flag of a config field: `--name` for a value, `--name` / `--no-name`
-    for a bool (whichever turns the default around)."""
+    """One command-line flag of a config field: `--name VALUE`; for a bool, a switch `--name`
+    that turns it on, with `--no-name` to turn off one that is on by default."""
 
     field: str
     flag: str
@@ -250,7 +278,14 @@ def flag_specs(cls: type) -> Iterator[FlagSpec]:
         default = None if required else f.default
         name = f.name.replace("_", "-")
         if kind is bool:
-            yield FlagSpec(f.name, f"--no-{name}" if default else f"--{name}", None, default, False, f.metadata["help"])
+            yield FlagSpec(f.name, f"--{name}", None, default, False, f.metadata["help"])
         else:
-            yield FlagSpec(f.name, f"--{name}", parsers[kind], default, required, f.metadata["help"],
-                           f.metadata.get("choices"))
+            yield FlagSpec(
+                f.name,
+                f"--{name}",
+                parsers[kind],
+                default,
+                required,
+                f.metadata["help"],
+                f.metadata.get("choices"),
+            )

@@ -48,8 +48,9 @@ def _step_gram(model: TwoBlockModel, theta: Params, step: Params | float, x: tor
     return gram  # type: ignore[return-value]
 
 
-def event_grad_norms(model: TwoBlockModel, tables: FeatureTables, tasks: TaskSet, maml_cfg: MamlConfig,
-                     batch_users: int = 128) -> np.ndarray:
+def event_grad_norms(
+    model: TwoBlockModel, tables: FeatureTables, tasks: TaskSet, maml_cfg: MamlConfig, batch_users: int = 128
+) -> np.ndarray:
     """Norm of the local update each support event of `tasks` alone would make to the
     meta block at its initialization: (events,), aligned with tasks.support."""
     out = np.zeros(len(tasks.support.target), dtype=np.float32)
@@ -58,7 +59,7 @@ def event_grad_norms(model: TwoBlockModel, tables: FeatureTables, tasks: TaskSet
     order = np.argsort(tasks.support.lengths, kind="stable")
     order = order[tasks.support.lengths[order] > 0]
     for start in range(0, len(order), batch_users):
-        users = order[start:start + batch_users]
+        users = order[start : start + batch_users]
         ep = episodes(tasks, users)
         with torch.no_grad():
             x = user_inputs(model, tables.users, ep.user_rows)  # (users, in_dim)
@@ -96,29 +97,35 @@ def item_scores(item_rows: np.ndarray, grad_norms: np.ndarray, n_items: int) -> 
     return score, mean_norm, popularity
 
 
-def top_items(tables: FeatureTables, score: np.ndarray, mean_norm: np.ndarray, popularity: np.ndarray,
-              k: int) -> pa.Table:
+def top_items(
+    tables: FeatureTables, score: np.ndarray, mean_norm: np.ndarray, popularity: np.ndarray, k: int
+) -> pa.Table:
     """The `k` best-scoring items with events, best first (ties: lower row first)."""
     top = np.lexsort((np.arange(len(score)), -score))
     top = top[popularity[top] > 0][:k]
-    return pa.table({
-        "item_id": tables.item_ids.take(pa.array(top, pa.int64())),
-        "item_row": pa.array(top, pa.int64()),
-        "score": pa.array(score[top], pa.float64()),
-        "grad_norm": pa.array(mean_norm[top], pa.float64()),
-        "popularity": pa.array(popularity[top], pa.int64()),
-    })
+    return pa.table(
+        {
+            "item_id": tables.item_ids.take(pa.array(top, pa.int64())),
+            "item_row": pa.array(top, pa.int64()),
+            "score": pa.array(score[top], pa.float64()),
+            "grad_norm": pa.array(mean_norm[top], pa.float64()),
+            "popularity": pa.array(popularity[top], pa.int64()),
+        }
+    )
 
 
-def evidence_candidates(model: TwoBlockModel, tables: FeatureTables, tasks: TaskSet, k: int,
-                        maml_cfg: MamlConfig) -> pa.Table:
+def evidence_candidates(
+    model: TwoBlockModel, tables: FeatureTables, tasks: TaskSet, k: int, maml_cfg: MamlConfig
+) -> pa.Table:
     """The top-`k` evidence items over the support events of `tasks`, best first:
     item_id, item_row, score, grad_norm (mean over the item's events), popularity."""
     norms = event_grad_norms(model, tables, tasks, maml_cfg)
     return top_items(tables, *item_scores(tasks.support.item_rows, norms, len(tables.item_ids)), k)
 
 
-def _choose(block: EventBlock, users: np.ndarray, pool: np.ndarray, priority: np.ndarray, k: int) -> EventBlock:
+def _choose(
+    block: EventBlock, users: np.ndarray, pool: np.ndarray, priority: np.ndarray, k: int
+) -> EventBlock:
     """Per user, the `k` events of highest priority among its first pool[u] events, in time order."""
     idx = range_index(block.offsets[users], pool)  # flat pool events
     owner = np.repeat(np.arange(len(users)), pool)
@@ -128,9 +135,18 @@ def _choose(block: EventBlock, users: np.ndarray, pool: np.ndarray, priority: np
     return gather(block, idx[chosen], np.minimum(pool, k))
 
 
-def compare_selection(model: TwoBlockModel, tables: FeatureTables, history: TaskSet, users: np.ndarray,
-                      evidence_score: np.ndarray, popularity: np.ndarray, k: int, n_query: int,
-                      maml_cfg: MamlConfig, seed: int = 0) -> list[dict[str, float]]:
+def compare_selection(
+    model: TwoBlockModel,
+    tables: FeatureTables,
+    history: TaskSet,
+    users: np.ndarray,
+    evidence_score: np.ndarray,
+    popularity: np.ndarray,
+    k: int,
+    n_query: int,
+    maml_cfg: MamlConfig,
+    seed: int = 0,
+) -> list[dict[str, float]]:
     """Adapt held-out `users` (indices of `history`, whole timelines) on k of the events
     they rated before their last `n_query`, chosen by evidence score, by popularity, at
     random, or the k most recent; report the query metrics of each (and of no support).
@@ -146,14 +162,22 @@ def compare_selection(model: TwoBlockModel, tables: FeatureTables, history: Task
     pop = np.append(popularity, 0).astype(np.float64)[block.item_rows]
     rng = np.random.default_rng(seed)
     priorities = {
-        "evidence": score, "popular": pop,
-        "random": rng.random(len(block.item_rows)), "recent": block.ts.astype(np.float64),
+        "evidence": score,
+        "popular": pop,
+        "random": rng.random(len(block.item_rows)),
+        "recent": block.ts.astype(np.float64),
         "none": np.zeros(len(block.item_rows)),
     }
     rows = []
     for name, priority in priorities.items():
         support = _choose(block, users, pool if name != "none" else np.zeros_like(pool), priority, k)
         tasks = TaskSet(history.user_ids.take(pa.array(users)), history.user_rows[users], support, query)
-        rows.append({"strategy": name, "k": float(0 if name == "none" else k), "users": float(len(users)),
-                     **query_metrics(model, tables, tasks, maml_cfg)})
+        rows.append(
+            {
+                "strategy": name,
+                "k": float(0 if name == "none" else k),
+                "users": float(len(users)),
+                **query_metrics(model, tables, tasks, maml_cfg),
+            }
+        )
     return rows

@@ -87,7 +87,7 @@ class FeatureSpec:
         return json.dumps(dataclasses.asdict(self), sort_keys=True, separators=(",", ":"))
 
     @classmethod
-    def from_json(cls, text: str) -> "FeatureSpec":
+    def from_json(cls, text: str) -> FeatureSpec:
         raw = json.loads(text)
         groups = {g: tuple(Column(**c) for c in raw.pop(g, [])) for g in ("user", "item", "context")}
         return cls(**groups, **raw)
@@ -115,7 +115,9 @@ def movielens_template() -> FeatureSpec:
     )
 
 
-def fit_spec(template: FeatureSpec, users: pa.Table, items: pa.Table, events: pa.Table | None = None) -> FeatureSpec:
+def fit_spec(
+    template: FeatureSpec, users: pa.Table, items: pa.Table, events: pa.Table | None = None
+) -> FeatureSpec:
     """Fill the vocabularies of `vocab` and `bag` columns from the data (sorted, so stable)."""
 
     def fit(columns: tuple[Column, ...], table: pa.Table | None) -> tuple[Column, ...]:
@@ -133,7 +135,10 @@ def fit_spec(template: FeatureSpec, users: pa.Table, items: pa.Table, events: pa
         return tuple(out)
 
     return dataclasses.replace(
-        template, user=fit(template.user, users), item=fit(template.item, items), context=fit(template.context, events)
+        template,
+        user=fit(template.user, users),
+        item=fit(template.item, items),
+        context=fit(template.context, events),
     )
 
 

@@ -30,8 +30,10 @@ def catalog_vectors(model: TwoBlockModel, items: Encoded) -> torch.Tensor:
     """Item-tower vectors (rows, item_dim) of every row of an encoded item table."""
     rows = next(iter(items.values())).shape[0]
     with torch.no_grad():
-        parts = [model.item_tower(take(items, torch.arange(s, min(s + BLOCK_ROWS, rows))))
-                 for s in range(0, rows, BLOCK_ROWS)]
+        parts = [
+            model.item_tower(take(items, torch.arange(s, min(s + BLOCK_ROWS, rows))))
+            for s in range(0, rows, BLOCK_ROWS)
+        ]
     return torch.cat(parts) if parts else torch.zeros(0, model.cfg.item_dim)
 
 
@@ -56,12 +58,19 @@ def zero_step(model: TwoBlockModel, x: torch.Tensor, batch_size: int | None = No
     """Zero-step (cold) embeddings (users, D) of meta-block inputs x, `batch_size` users at a time."""
     step = batch_size or max(len(x), 1)
     with torch.no_grad():
-        parts = [model.meta(x[s:s + step]).numpy() for s in range(0, len(x), step)]
+        parts = [model.meta(x[s : s + step]).numpy() for s in range(0, len(x), step)]
     return np.concatenate(parts) if parts else np.zeros((0, model.cfg.embedding_dim), np.float32)
 
 
-def adapt_users(model: TwoBlockModel, cfg: MamlConfig, x: torch.Tensor, block: EventBlock, users: np.ndarray,
-                catalog: torch.Tensor, batch_size: int = 64) -> np.ndarray:
+def adapt_users(
+    model: TwoBlockModel,
+    cfg: MamlConfig,
+    x: torch.Tensor,
+    block: EventBlock,
+    users: np.ndarray,
+    catalog: torch.Tensor,
+    batch_size: int = 64,
+) -> np.ndarray:
     """Adapted meta embeddings (len(users), D) of `users` (indices into `block`, whose events
     are the support sets) with meta-block inputs x (len(users), in_dim).
 
@@ -73,7 +82,7 @@ def adapt_users(model: TwoBlockModel, cfg: MamlConfig, x: torch.Tensor, block: E
     out = np.zeros((len(users), model.cfg.embedding_dim), dtype=np.float32)
     order = np.lexsort((users, block.lengths[users]))
     for start in range(0, len(order), batch_size):
-        pick = order[start:start + batch_size]
+        pick = order[start : start + batch_size]
         support = pad(block, users[pick])
         with torch.no_grad():
             v = catalog[support.items]  # (users, slots, item_dim)
@@ -83,8 +92,9 @@ def adapt_users(model: TwoBlockModel, cfg: MamlConfig, x: torch.Tensor, block: E
     return out
 
 
-def embed_users(model: TwoBlockModel, tables: FeatureTables, tasks: TaskSet, cfg: MamlConfig,
-                batch_size: int = 64) -> np.ndarray:
+def embed_users(
+    model: TwoBlockModel, tables: FeatureTables, tasks: TaskSet, cfg: MamlConfig, batch_size: int = 64
+) -> np.ndarray:
     """Meta embeddings (users, D) float32 of every user of `tasks`, adapted on its support
     events (zero-step for users without any); results come back in task order. Batches of
     about 64 users keep the (users, slots, hidden) activations in cache."""
@@ -94,7 +104,9 @@ def embed_users(model: TwoBlockModel, tables: FeatureTables, tasks: TaskSet, cfg
     return adapt_users(model, cfg, x, tasks.support, np.arange(len(tasks)), catalog, batch_size)
 
 
-def embed_episodes(model: TwoBlockModel, tables: FeatureTables, ep: Episodes, cfg: MamlConfig) -> torch.Tensor:
+def embed_episodes(
+    model: TwoBlockModel, tables: FeatureTables, ep: Episodes, cfg: MamlConfig
+) -> torch.Tensor:
     """Adapted meta embeddings (users, D) of one training batch, from its support events."""
     s = ep.support
     with torch.no_grad():

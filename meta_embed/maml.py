@@ -34,8 +34,15 @@ def masked_user_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return (values * m).sum(1) / m.sum(1).clamp(min=1.0)
 
 
-def support_losses(model: TwoBlockModel, params: Params, x: torch.Tensor, v: torch.Tensor,
-                   ctx: torch.Tensor | None, y: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+def support_losses(
+    model: TwoBlockModel,
+    params: Params,
+    x: torch.Tensor,
+    v: torch.Tensor,
+    ctx: torch.Tensor | None,
+    y: torch.Tensor,
+    mask: torch.Tensor,
+) -> torch.Tensor:
     """Per-user mean loss (users,) of the adapted meta block on its (padded) events.
 
     x (users, in_dim); v (users, slots, item_dim); ctx (users, slots, C) or None;
@@ -44,13 +51,15 @@ def support_losses(model: TwoBlockModel, params: Params, x: torch.Tensor, v: tor
     return _losses(model, params, x, model.global_block.item_side(v, ctx), y, mask)
 
 
-def _losses(model: TwoBlockModel, params: Params, x: torch.Tensor, side: ItemSide, y: torch.Tensor,
-            mask: torch.Tensor) -> torch.Tensor:
+def _losses(
+    model: TwoBlockModel, params: Params, x: torch.Tensor, side: ItemSide, y: torch.Tensor, mask: torch.Tensor
+) -> torch.Tensor:
     return _losses_of(model, model.meta.embed(params, x), side, y, mask)
 
 
-def _losses_of(model: TwoBlockModel, e: torch.Tensor, side: ItemSide, y: torch.Tensor,
-               mask: torch.Tensor) -> torch.Tensor:
+def _losses_of(
+    model: TwoBlockModel, e: torch.Tensor, side: ItemSide, y: torch.Tensor, mask: torch.Tensor
+) -> torch.Tensor:
     """Per-user mean loss (users,) of meta embeddings e (users, D) on prepared events."""
     pred = model.global_block.score(e.unsqueeze(1), side)  # (users, slots)
     return masked_user_mean(pointwise_loss(pred, y, model.cfg.objective), mask)
@@ -61,9 +70,19 @@ def step_sizes(model: TwoBlockModel, cfg: MamlConfig) -> Params | float:
     return dict(model.inner_lr.items()) if len(model.inner_lr) else cfg.inner_lr
 
 
-def adapt(model: TwoBlockModel, x: torch.Tensor, v: torch.Tensor, ctx: torch.Tensor | None,
-          y: torch.Tensor, mask: torch.Tensor, cfg: MamlConfig, *, lr: Params | float | None = None,
-          second_order: bool = False, init: Params | None = None) -> Params:
+def adapt(
+    model: TwoBlockModel,
+    x: torch.Tensor,
+    v: torch.Tensor,
+    ctx: torch.Tensor | None,
+    y: torch.Tensor,
+    mask: torch.Tensor,
+    cfg: MamlConfig,
+    *,
+    lr: Params | float | None = None,
+    second_order: bool = False,
+    init: Params | None = None,
+) -> Params:
     """K inner steps for every user at once; returns per-user params (users, *shape).
 
     With the model's parameters requiring grad and `second_order`, the result is
@@ -85,15 +104,23 @@ def adapt(model: TwoBlockModel, x: torch.Tensor, v: torch.Tensor, ctx: torch.Ten
             loss = _losses(model, leaves, x, side, y, mask).sum()
             grads = torch.autograd.grad(loss, list(leaves.values()), create_graph=second_order and track)
         params = {
-            k: p - (step[k] if isinstance(step, dict) else step) * (g if second_order and track else g.detach())
+            k: p
+            - (step[k] if isinstance(step, dict) else step) * (g if second_order and track else g.detach())
             for (k, p), g in zip(params.items(), grads)
         }
     return params
 
 
-def adapt_and_embed(model: TwoBlockModel, x: torch.Tensor, v: torch.Tensor, ctx: torch.Tensor | None,
-                    y: torch.Tensor, mask: torch.Tensor, cfg: MamlConfig,
-                    lr: Params | float | None = None) -> torch.Tensor:
+def adapt_and_embed(
+    model: TwoBlockModel,
+    x: torch.Tensor,
+    v: torch.Tensor,
+    ctx: torch.Tensor | None,
+    y: torch.Tensor,
+    mask: torch.Tensor,
+    cfg: MamlConfig,
+    lr: Params | float | None = None,
+) -> torch.Tensor:
     """Inference: adapt a batch of users and return their meta embeddings (users, D), detached.
 
     The algorithm supplies the support loss's gradient at the embeddings; the meta block

@@ -48,7 +48,11 @@ def grouped_auc(scores: np.ndarray, labels: np.ndarray, groups: np.ndarray) -> n
 
 def auc(scores: np.ndarray, labels: np.ndarray) -> float:
     """Pooled ROC AUC; NaN when only one class is present."""
-    return float(grouped_auc(scores, labels, np.zeros(len(scores), dtype=np.int64))[0]) if len(scores) else float("nan")
+    return (
+        float(grouped_auc(scores, labels, np.zeros(len(scores), dtype=np.int64))[0])
+        if len(scores)
+        else float("nan")
+    )
 
 
 def mean_group_auc(scores: np.ndarray, labels: np.ndarray, groups: np.ndarray) -> float:

@@ -71,11 +71,18 @@ class MetaBlock(nn.Module):
         self.mode = cfg.embedding_mode
         self.rank, self.item_dim = cfg.personal_rank, cfg.item_dim
         if self.mode == "activation":
-            shapes = {"w1": (cfg.meta_hidden, in_dim), "b1": (cfg.meta_hidden,),
-                      "w2": (cfg.meta_dim, cfg.meta_hidden), "b2": (cfg.meta_dim,)}
+            shapes = {
+                "w1": (cfg.meta_hidden, in_dim),
+                "b1": (cfg.meta_hidden,),
+                "w2": (cfg.meta_dim, cfg.meta_hidden),
+                "b2": (cfg.meta_dim,),
+            }
         else:
-            shapes = {"wx": (cfg.personal_rank, in_dim), "wv": (cfg.personal_rank, cfg.item_dim),
-                      "b": (cfg.personal_rank,)}
+            shapes = {
+                "wx": (cfg.personal_rank, in_dim),
+                "wv": (cfg.personal_rank, cfg.item_dim),
+                "b": (cfg.personal_rank,),
+            }
         self.weights = nn.ParameterDict()
         for name, shape in shapes.items():
             fan_in = shape[1] if len(shape) == 2 else 1
@@ -96,13 +103,20 @@ class MetaBlock(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Zero-step embeddings: the initialization applied to x (users, in_dim)."""
-        if self.mode == "activation":  # shared weights: plain matrix products, as the inference inner loop does
+        if (
+            self.mode == "activation"
+        ):  # shared weights: plain matrix products, as the inference inner loop does
             w = self.weights
             return torch.relu(x @ w["w1"].T + w["b1"]) @ w["w2"].T + w["b2"]
         return self.embed(batched(self.init_params(), x.shape[0]), x)
 
-    def adapted(self, x: torch.Tensor, loss_grad: Callable[[torch.Tensor], torch.Tensor], steps: int,
-                lr: Params | float) -> torch.Tensor:
+    def adapted(
+        self,
+        x: torch.Tensor,
+        loss_grad: Callable[[torch.Tensor], torch.Tensor],
+        steps: int,
+        lr: Params | float,
+    ) -> torch.Tensor:
         """Embeddings (users, D) after `steps` first-order inner steps from the initialization,
         no graph kept: inference. `loss_grad(e)` is dL/de at embeddings e (users, D), the only
         thing the block needs from the algorithm; `lr` the step sizes, scalar or one per weight.
@@ -111,7 +125,9 @@ class MetaBlock(nn.Module):
         weights:    per-user copies, each step a vector-Jacobian product of loss_grad through `embed`.
         """
         theta = {k: p.detach() for k, p in self.init_params().items()}
-        lam = {k: lr[k].detach() if isinstance(lr, dict) else torch.full_like(p, lr) for k, p in theta.items()}
+        lam = {
+            k: lr[k].detach() if isinstance(lr, dict) else torch.full_like(p, lr) for k, p in theta.items()
+        }
         if self.mode == "activation":
             return _activation_steps(theta, lam, x, loss_grad, steps)
         params = batched(theta, x.shape[0])
@@ -124,8 +140,9 @@ class MetaBlock(nn.Module):
         return self.embed(params, x)
 
 
-def _activation_steps(theta: Params, lam: Params, x: torch.Tensor, loss_grad: Callable[[torch.Tensor], torch.Tensor],
-                      steps: int) -> torch.Tensor:
+def _activation_steps(
+    theta: Params, lam: Params, x: torch.Tensor, loss_grad: Callable[[torch.Tensor], torch.Tensor], steps: int
+) -> torch.Tensor:
     """First-order inner steps of e = W2 relu(W1 x + b1) + b2 without a per-user copy of its
     weights: the same math as stepping per-user copies, then `embed`.
 
@@ -241,10 +258,14 @@ class GlobalBlock(nn.Module):
             h = side.base + e @ w["e"].T + (self.project(e) * v) @ w["pv"].T  # (*, hidden)
         else:
             wv = e[..., : self.rank * self.item_dim].unflatten(-1, (self.rank, self.item_dim))
-            personal = torch.relu(torch.einsum("...rh,...h->...r", wv, v) + e[..., self.rank * self.item_dim:])
+            personal = torch.relu(
+                torch.einsum("...rh,...h->...r", wv, v) + e[..., self.rank * self.item_dim :]
+            )
             h = side.base + personal @ w["personal"].T
         h = torch.relu(h)
-        for layer in itertools.islice(self.mlp, 2, None):  # (slicing the Sequential would build a module per call)
+        for layer in itertools.islice(
+            self.mlp, 2, None
+        ):  # (slicing the Sequential would build a module per call)
             h = layer(h)
         return h.squeeze(-1) + side.bias
 
@@ -276,7 +297,8 @@ class TwoBlockModel(nn.Module):
         self.meta = MetaBlock(self.user_features.out_dim + self.history_dim, cfg)
         # Meta-SGD: one learned step size per meta-block weight, starting at `learned_inner_lr`.
         self.inner_lr = nn.ParameterDict(
-            {} if learned_inner_lr is None
+            {}
+            if learned_inner_lr is None
             else {k: nn.Parameter(torch.full_like(p, learned_inner_lr)) for k, p in self.meta.weights.items()}
         )
         self.item_tower = ItemTower(spec.item, cfg.item_dim)
@@ -290,7 +312,9 @@ class TwoBlockModel(nn.Module):
         f = self.user_features(user_enc)
         return torch.cat([f, f.new_zeros(*f.shape[:-1], self.history_dim)], -1) if self.history_dim else f
 
-    def with_history(self, x: torch.Tensor, v: torch.Tensor, y: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    def with_history(
+        self, x: torch.Tensor, v: torch.Tensor, y: torch.Tensor, mask: torch.Tensor
+    ) -> torch.Tensor:
         """x (users, in_dim) with its history part summarizing the users' support events:
         item vectors v (users, slots, item_dim), targets y and mask (users, slots).
 
@@ -314,9 +338,14 @@ class TwoBlockModel(nn.Module):
             return None
         return self.context(ctx_enc)
 
-    def forward(self, user_enc: Encoded, item_enc: Encoded, ctx_enc: Encoded | None = None,
-                meta_params: Params | None = None,
-                support: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+    def forward(
+        self,
+        user_enc: Encoded,
+        item_enc: Encoded,
+        ctx_enc: Encoded | None = None,
+        meta_params: Params | None = None,
+        support: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
+    ) -> torch.Tensor:
         """Logits of every user (users,) against their items (users, items) -> (users, items).
 
         `meta_params` are per-user adapted weights (users, *shape); None means the

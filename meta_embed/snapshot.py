@@ -60,16 +60,21 @@ class SnapshotMeta:
     @property
     def name(self) -> str:
         """Prefix of the snapshot's directory name (publish appends a hash of the rows)."""
-        return f"{self.as_of.astimezone(dt.timezone.utc):%Y%m%dT%H%M%SZ}-{self.model_version[:12]}"
+        return f"{self.as_of.astimezone(dt.UTC):%Y%m%dT%H%M%SZ}-{self.model_version[:12]}"
 
     def to_metadata(self) -> dict[bytes, bytes]:
         d = dataclasses.asdict(self) | {"as_of": self.as_of.isoformat(), "format": FORMAT}
         return {b"meta_embed": json.dumps(d, sort_keys=True).encode()}
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "SnapshotMeta":
-        return cls(d["model_version"], d["feature_spec_hash"], d["embedding_mode"], int(d["dim"]),
-                   dt.datetime.fromisoformat(d["as_of"]))
+    def from_dict(cls, d: dict[str, Any]) -> SnapshotMeta:
+        return cls(
+            d["model_version"],
+            d["feature_spec_hash"],
+            d["embedding_mode"],
+            int(d["dim"]),
+            dt.datetime.fromisoformat(d["as_of"]),
+        )
 
 
 def schema(meta: SnapshotMeta) -> pa.Schema:
@@ -84,17 +89,30 @@ def schema(meta: SnapshotMeta) -> pa.Schema:
     )
 
 
-def to_table(meta: SnapshotMeta, user_ids: pa.Array | list[str], embeddings: np.ndarray,
-             n_support: np.ndarray, last_event_ts: pa.Array | np.ndarray) -> pa.Table:
+def to_table(
+    meta: SnapshotMeta,
+    user_ids: pa.Array | list[str],
+    embeddings: np.ndarray,
+    n_support: np.ndarray,
+    last_event_ts: pa.Array | np.ndarray,
+) -> pa.Table:
     """Rows of a snapshot; `embeddings` is (users, dim) float32, `last_event_ts` in µs or timestamps."""
     emb = np.ascontiguousarray(embeddings, dtype=np.float32)
     if emb.ndim != 2 or emb.shape[1] != meta.dim:
         raise SnapshotError(f"embeddings have shape {emb.shape}, expected (users, {meta.dim})")
     flat = pa.array(emb.reshape(-1), pa.float32())
-    ts = last_event_ts if isinstance(last_event_ts, (pa.Array, pa.ChunkedArray)) else pa.array(last_event_ts, pa.int64())
+    ts = (
+        last_event_ts
+        if isinstance(last_event_ts, (pa.Array, pa.ChunkedArray))
+        else pa.array(last_event_ts, pa.int64())
+    )
     return pa.table(
-        [pa.array(user_ids, pa.string()), pa.FixedSizeListArray.from_arrays(flat, meta.dim),
-         pa.array(n_support, pa.int32()), ts.cast(TS_TYPE)],
+        [
+            pa.array(user_ids, pa.string()),
+            pa.FixedSizeListArray.from_arrays(flat, meta.dim),
+            pa.array(n_support, pa.int32()),
+            ts.cast(TS_TYPE),
+        ],
         schema=schema(meta),
     )
 
@@ -110,7 +128,9 @@ def validate(table: pa.Table, meta: SnapshotMeta, expected_users: int | None = N
     """Refuse a snapshot with duplicate users, NaN/inf, the wrong dim or another model_version."""
     got = json.loads((table.schema.metadata or {}).get(b"meta_embed", b"{}"))
     if got.get("model_version") != meta.model_version:
-        raise SnapshotError(f"snapshot rows carry model_version {got.get('model_version')}, expected {meta.model_version}")
+        raise SnapshotError(
+            f"snapshot rows carry model_version {got.get('model_version')}, expected {meta.model_version}"
+        )
     if table.schema.field("embedding").type.list_size != meta.dim:
         raise SnapshotError(f"embedding dim {table.schema.field('embedding').type.list_size} != {meta.dim}")
     if pc.count_distinct(table.column("user_id")).as_py() != table.num_rows:
@@ -168,8 +188,9 @@ def content_hash(table: pa.Table) -> str:
     return h.hexdigest()[:8]
 
 
-def publish(root: str | Path, staged: str | Path, meta: SnapshotMeta, manifest: dict[str, Any],
-            keep: int = 3) -> Path:
+def publish(
+    root: str | Path, staged: str | Path, meta: SnapshotMeta, manifest: dict[str, Any], keep: int = 3
+) -> Path:
     """Validate the staged files, write the manifest, move into place, switch CURRENT, prune old ones.
 
     The snapshot is named by as_of, model version and a hash of its rows, so publishing the
@@ -180,8 +201,12 @@ def publish(root: str | Path, staged: str | Path, meta: SnapshotMeta, manifest: 
     table = pa.concat_tables([pq.read_table(f) for f in files]) if files else schema(meta).empty_table()
     validate(table, meta, manifest.get("counts", {}).get("users"))
     name = f"{meta.name}-{content_hash(table)}"
-    full = dict(manifest) | {"format": FORMAT, "name": name, **json.loads(meta.to_metadata()[b"meta_embed"]),
-                            "files": [{"name": f.name, "rows": pq.read_metadata(f).num_rows} for f in files]}
+    full = dict(manifest) | {
+        "format": FORMAT,
+        "name": name,
+        **json.loads(meta.to_metadata()[b"meta_embed"]),
+        "files": [{"name": f.name, "rows": pq.read_metadata(f).num_rows} for f in files],
+    }
     _fsync_write(staged / MANIFEST, json.dumps(full, indent=2, sort_keys=True, default=str) + "\n")
     final = root / "snapshots" / name
     final.parent.mkdir(parents=True, exist_ok=True)
@@ -213,7 +238,9 @@ def current_name(root: str | Path) -> str | None:
 def current_dir(root: str | Path) -> Path:
     name = current_name(root)
     if name is None:
-        raise SnapshotError(f"{root}: no {CURRENT} pointer; run `meta-embed refresh` to publish a snapshot first")
+        raise SnapshotError(
+            f"{root}: no {CURRENT} pointer; run `meta-embed refresh` to publish a snapshot first"
+        )
     return Path(root) / "snapshots" / name
 
 
@@ -223,6 +250,25 @@ def published(root: str | Path) -> list[str]:
     if not base.is_dir():
         return []
     return sorted(p.name for p in base.iterdir() if (p / MANIFEST).is_file() and not p.name.startswith("."))
+
+
+def listing(root: str | Path) -> list[dict[str, Any]]:
+    """The complete snapshots under `root`, oldest first: name, as_of, model_version, users
+    and whether CURRENT names it."""
+    live, rows = current_name(root), []
+    for name in published(root):
+        manifest = json.loads((Path(root) / "snapshots" / name / MANIFEST).read_text())
+        users = sum(int(f["rows"]) for f in manifest.get("files", []))
+        rows.append(
+            {
+                "name": name,
+                "as_of": manifest.get("as_of", ""),
+                "model_version": manifest.get("model_version", ""),
+                "users": users,
+                "current": name == live,
+            }
+        )
+    return rows
 
 
 def prune(root: str | Path, keep: int) -> list[str]:

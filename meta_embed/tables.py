@@ -22,7 +22,6 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-
 TS_TYPE = pa.timestamp("us", tz="UTC")
 
 INTERACTIONS = pa.schema(
@@ -104,14 +103,16 @@ def list_parquet_files(path: str | os.PathLike[str]) -> list[str]:
         files = sorted(f for f in glob.glob(text, recursive=True) if os.path.isfile(f))
     elif os.path.isdir(text):
         files = sorted(
-            str(p) for p in Path(text).rglob("*.parquet")
+            str(p)
+            for p in Path(text).rglob("*.parquet")
             if p.is_file() and not any(part.startswith((".", "_")) for part in p.relative_to(text).parts)
         )
     elif os.path.isfile(text):
         files = [text]
     else:
-        raise FileNotFoundError(f"{text}: no such file or directory; "
-                                f"pass a Parquet file, a directory of shards or a glob")
+        raise FileNotFoundError(
+            f"{text}: no such file or directory; pass a Parquet file, a directory of shards or a glob"
+        )
     if not files:
         raise FileNotFoundError(f"{text}: matched no Parquet files (expected *.parquet shards)")
     return files
@@ -133,8 +134,9 @@ def open_parquet(source: str | os.PathLike[str] | IO[bytes], name: str | None = 
 
 def decode_error(name: str, err: Exception, where: str = "") -> CorruptInputError:
     """The error for Parquet data that could not be decoded, naming the file (and row group)."""
-    return CorruptInputError(f"{name}: Parquet data{where} could not be decoded ({err}); "
-                             "re-create the file from its source.")
+    return CorruptInputError(
+        f"{name}: Parquet data{where} could not be decoded ({err}); re-create the file from its source."
+    )
 
 
 def read_table(
@@ -216,8 +218,10 @@ def data_table(folder: str | os.PathLike[str], name: str) -> Path:
     for candidate in (base / f"{name}.parquet", base / name):
         if candidate.exists():
             return candidate
-    raise FileNotFoundError(f"{base}: holds neither {name}.parquet nor {name}/; create the folder with "
-                            "`meta-embed data prepare` or `meta-embed data synth`, or pass the table's path")
+    raise FileNotFoundError(
+        f"{base}: holds neither {name}.parquet nor {name}/; create the folder with "
+        "`meta-embed data prepare` or `meta-embed data synth`, or pass the table's path"
+    )
 
 
 def unique_ids(ids: pa.Array | pa.ChunkedArray, what: str) -> pa.Array:
@@ -229,6 +233,8 @@ def unique_ids(ids: pa.Array | pa.ChunkedArray, what: str) -> pa.Array:
     if pc.count_distinct(arr).as_py() != len(arr):
         counts = pc.value_counts(arr)
         dupes = counts.filter(pc.greater(counts.field("counts"), 1)).field("values")
-        raise ValueError(f"{what}: id {dupes[0].as_py()!r} appears more than once ({len(dupes)} ids repeat); "
-                         "ids must be unique: deduplicate the table")
+        raise ValueError(
+            f"{what}: id {dupes[0].as_py()!r} appears more than once ({len(dupes)} ids repeat); "
+            "ids must be unique: deduplicate the table"
+        )
     return arr

@@ -30,11 +30,13 @@ class FeatureTables:
     items: Encoded
 
     @classmethod
-    def build(cls, spec: FeatureSpec, users: pa.Table, items: pa.Table) -> "FeatureTables":
-        return cls(unique_ids(users.column(spec.user_key), f"users table '{spec.user_key}'"),
-                   encode_with_default(users, spec.user, "users table"),
-                   unique_ids(items.column(spec.item_key), f"items table '{spec.item_key}'"),
-                   encode_with_default(items, spec.item, "items table"))
+    def build(cls, spec: FeatureSpec, users: pa.Table, items: pa.Table) -> FeatureTables:
+        return cls(
+            unique_ids(users.column(spec.user_key), f"users table '{spec.user_key}'"),
+            encode_with_default(users, spec.user, "users table"),
+            unique_ids(items.column(spec.item_key), f"items table '{spec.item_key}'"),
+            encode_with_default(items, spec.item, "items table"),
+        )
 
     def user_rows(self, ids: pa.Array | pa.ChunkedArray) -> np.ndarray:
         """Row of each user id; unknown ids get the default row (len(user_ids))."""
@@ -77,8 +79,14 @@ class TaskSet:
         return len(self.user_ids)
 
 
-def group_events(events: pa.Table, user_ids: pa.Array, tables: FeatureTables, spec: FeatureSpec,
-                 target: str = "label", max_per_user: int | None = None) -> EventBlock:
+def group_events(
+    events: pa.Table,
+    user_ids: pa.Array,
+    tables: FeatureTables,
+    spec: FeatureSpec,
+    target: str = "label",
+    max_per_user: int | None = None,
+) -> EventBlock:
     """Group `events` by the users in `user_ids` (others dropped), oldest first, keeping
     at most the most recent `max_per_user` of each user."""
     u = pc.index_in(events.column(spec.user_key), value_set=user_ids).fill_null(-1)
@@ -98,9 +106,15 @@ def group_events(events: pa.Table, user_ids: pa.Array, tables: FeatureTables, sp
     return EventBlock(offsets, tables.item_rows(picked.column(spec.item_key)), y, ts[order], ctx)
 
 
-def build_tasks(support: pa.Table, query: pa.Table | None, tables: FeatureTables, spec: FeatureSpec,
-                target: str = "label", max_support: int | None = None,
-                user_ids: pa.Array | None = None) -> TaskSet:
+def build_tasks(
+    support: pa.Table,
+    query: pa.Table | None,
+    tables: FeatureTables,
+    spec: FeatureSpec,
+    target: str = "label",
+    max_support: int | None = None,
+    user_ids: pa.Array | None = None,
+) -> TaskSet:
     """Tasks for `user_ids` (default: every user with support or query events)."""
     if user_ids is None:
         cols = [support.column(spec.user_key)] + ([query.column(spec.user_key)] if query is not None else [])
@@ -145,7 +159,9 @@ class Episodes:
 
 
 def episodes(tasks: TaskSet, users: np.ndarray) -> Episodes:
-    return Episodes(torch.from_numpy(tasks.user_rows[users]), pad(tasks.support, users), pad(tasks.query, users))
+    return Episodes(
+        torch.from_numpy(tasks.user_rows[users]), pad(tasks.support, users), pad(tasks.query, users)
+    )
 
 
 def gather(block: EventBlock, idx: np.ndarray, counts: np.ndarray) -> EventBlock:
@@ -159,7 +175,9 @@ def gather(block: EventBlock, idx: np.ndarray, counts: np.ndarray) -> EventBlock
 def range_index(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
     """Concatenation of arange(starts[k], starts[k] + lengths[k]) over k, without a loop."""
     ends = np.cumsum(lengths)
-    return (np.repeat(starts - (ends - lengths), lengths) + np.arange(ends[-1] if len(ends) else 0)).astype(np.int64)
+    return (np.repeat(starts - (ends - lengths), lengths) + np.arange(ends[-1] if len(ends) else 0)).astype(
+        np.int64
+    )
 
 
 def ranges(block: EventBlock, starts: np.ndarray, lengths: np.ndarray) -> EventBlock:
@@ -167,8 +185,13 @@ def ranges(block: EventBlock, starts: np.ndarray, lengths: np.ndarray) -> EventB
     return gather(block, range_index(starts, lengths), lengths)
 
 
-def cut(timelines: TaskSet, users: np.ndarray, split: np.ndarray, max_support: int | None = None,
-        max_query: int | None = None) -> TaskSet:
+def cut(
+    timelines: TaskSet,
+    users: np.ndarray,
+    split: np.ndarray,
+    max_support: int | None = None,
+    max_query: int | None = None,
+) -> TaskSet:
     """Tasks that cut each user's timeline (the support block of `timelines`, oldest first)
     at a position: support = the (at most `max_support`) most recent events before
     `split[k]`, query = the (at most `max_query`) events from `split[k]` on.

@@ -18,7 +18,8 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import time
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -29,8 +30,8 @@ from tqdm import tqdm
 
 from meta_embed import metrics
 from meta_embed.config import MamlConfig, TrainConfig, default_threshold
-from meta_embed.inference import embed_episodes, event_inputs, item_vectors, user_inputs
 from meta_embed.features import FeatureSpec
+from meta_embed.inference import embed_episodes, event_inputs, item_vectors, user_inputs
 from meta_embed.maml import adapt, masked_user_mean, pointwise_loss
 from meta_embed.model import TwoBlockModel
 from meta_embed.tasks import Episodes, FeatureTables, Padded, TaskSet, build_tasks, cut, episodes
@@ -67,7 +68,9 @@ def sample_splits(lengths: np.ndarray, rng: np.random.Generator, cold_fraction: 
 def fixed_splits(lengths: np.ndarray, max_query: int) -> np.ndarray:
     """The validation split: the last `max_query` events are the query, keeping at least
     half of the timeline (and at least one event) as support."""
-    return np.clip(np.maximum(lengths - max_query, lengths // 2), np.minimum(lengths, 1), np.maximum(lengths - 1, 0))
+    return np.clip(
+        np.maximum(lengths - max_query, lengths // 2), np.minimum(lengths, 1), np.maximum(lengths - 1, 0)
+    )
 
 
 def holdout(lengths: np.ndarray, fraction: float, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
@@ -79,8 +82,9 @@ def holdout(lengths: np.ndarray, fraction: float, rng: np.random.Generator) -> t
     return train, val
 
 
-def retrieval_loss(model: TwoBlockModel, e: torch.Tensor, v: torch.Tensor, query: Padded,
-                   threshold: float, kind: str) -> torch.Tensor:
+def retrieval_loss(
+    model: TwoBlockModel, e: torch.Tensor, v: torch.Tensor, query: Padded, threshold: float, kind: str
+) -> torch.Tensor:
     """Auxiliary loss of the retrieval head on query events: an in-batch sampled softmax
     over positive events (other positives of the same user are masked out), or BCE."""
     q, r = model.retrieval.query(e), model.retrieval.item(v)  # (users, R), (users, slots, R)
@@ -115,12 +119,16 @@ class TwoBlockTrainTask(nn.Module):
         model, maml, cfg = self.model, self.maml, self.cfg
         x = user_inputs(model, self.tables.users, ep.user_rows)  # (users, in_dim)
         s_shape, q_shape = ep.support.items.shape, ep.query.items.shape
-        vecs = item_vectors(model, self.tables, torch.cat([ep.support.items.flatten(), ep.query.items.flatten()]))
+        vecs = item_vectors(
+            model, self.tables, torch.cat([ep.support.items.flatten(), ep.query.items.flatten()])
+        )
         v_s = vecs[: s_shape.numel()].view(*s_shape, -1)  # (users, support slots, item_dim)
-        v_q = vecs[s_shape.numel():].view(*q_shape, -1)  # (users, query slots, item_dim)
+        v_q = vecs[s_shape.numel() :].view(*q_shape, -1)  # (users, query slots, item_dim)
         ctx_s, ctx_q = model.context_vectors(ep.support.context), model.context_vectors(ep.query.context)
         x = model.with_history(x, v_s, ep.support.y, ep.support.mask)
-        params = adapt(model, x, v_s, ctx_s, ep.support.y, ep.support.mask, maml, second_order=not maml.first_order)
+        params = adapt(
+            model, x, v_s, ctx_s, ep.support.y, ep.support.mask, maml, second_order=not maml.first_order
+        )
         e = model.meta.embed(params, x)  # (users, D)
         pred = model.global_block(e.unsqueeze(1), v_q, ctx_q)  # (users, query slots)
         losses = pointwise_loss(pred, ep.query.y, model.cfg.objective)
@@ -134,14 +142,15 @@ class TwoBlockTrainTask(nn.Module):
         return task + cfg.retrieval_weight * aux, task
 
 
-def predict_query(model: TwoBlockModel, tables: FeatureTables, tasks: TaskSet, maml: MamlConfig,
-                  batch_users: int = 512) -> np.ndarray:
+def predict_query(
+    model: TwoBlockModel, tables: FeatureTables, tasks: TaskSet, maml: MamlConfig, batch_users: int = 512
+) -> np.ndarray:
     """Model output for every query event of `tasks` (aligned with tasks.query), from the
     stored-embedding path: adapted meta embedding -> global block."""
     out = np.zeros(len(tasks.query.target), dtype=np.float32)
     order = np.argsort(tasks.support.lengths, kind="stable")
     for start in range(0, len(order), batch_users):
-        users = order[start:start + batch_users]
+        users = order[start : start + batch_users]
         ep = episodes(tasks, users)
         e = embed_episodes(model, tables, ep, maml)  # (users, D)
         with torch.no_grad():
@@ -153,17 +162,26 @@ def predict_query(model: TwoBlockModel, tables: FeatureTables, tasks: TaskSet, m
     return out
 
 
-def query_metrics(model: TwoBlockModel, tables: FeatureTables, tasks: TaskSet, maml: MamlConfig,
-             threshold: float | None = None, batch_users: int = 512) -> dict[str, float]:
+def query_metrics(
+    model: TwoBlockModel,
+    tables: FeatureTables,
+    tasks: TaskSet,
+    maml: MamlConfig,
+    threshold: float | None = None,
+    batch_users: int = 512,
+) -> dict[str, float]:
     """Query metrics of `tasks`: pooled AUC, mean per-user AUC, and logloss or MSE."""
     objective = model.cfg.objective
     threshold = default_threshold(objective) if threshold is None else threshold
     pred = predict_query(model, tables, tasks, maml, batch_users)
     target = tasks.query.target
     groups = np.repeat(np.arange(len(tasks)), tasks.query.lengths)
-    out = {"auc": metrics.auc(pred, target > threshold),
-           "user_auc": metrics.mean_group_auc(pred, target > threshold, groups),
-           "n_events": float(len(target)), "n_users": float(int((tasks.query.lengths > 0).sum()))}
+    out = {
+        "auc": metrics.auc(pred, target > threshold),
+        "user_auc": metrics.mean_group_auc(pred, target > threshold, groups),
+        "n_events": float(len(target)),
+        "n_users": float(int((tasks.query.lengths > 0).sum())),
+    }
     if objective == "binary":
         out["logloss"] = metrics.logloss(pred, target)
     else:
@@ -181,8 +199,11 @@ def init_output_bias(model: TwoBlockModel, value: float) -> None:
 @contextlib.contextmanager
 def determinism(seed: int, deterministic: bool = True, threads: int | None = None) -> Iterator[None]:
     """Seed torch, optionally force deterministic kernels and a thread count; restores both after."""
-    prev = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled(),
-            torch.get_num_threads())
+    prev = (
+        torch.are_deterministic_algorithms_enabled(),
+        torch.is_deterministic_algorithms_warn_only_enabled(),
+        torch.get_num_threads(),
+    )
     torch.manual_seed(seed)
     if deterministic:
         torch.use_deterministic_algorithms(True, warn_only=True)
@@ -195,12 +216,13 @@ def determinism(seed: int, deterministic: bool = True, threads: int | None = Non
         torch.set_num_threads(prev[2])
 
 
-def _epoch(task: TwoBlockTrainTask, tasks: TaskSet, opt: torch.optim.Optimizer, rng: np.random.Generator,
-           bar: Any) -> float:
+def _epoch(
+    task: TwoBlockTrainTask, tasks: TaskSet, opt: torch.optim.Optimizer, rng: np.random.Generator, bar: Any
+) -> float:
     """One pass over the training tasks in random batches; returns the mean query loss."""
     cfg, order, losses = task.cfg, rng.permutation(len(tasks)), []
     for start in range(0, len(order), cfg.batch_users):
-        ep = episodes(tasks, order[start:start + cfg.batch_users])
+        ep = episodes(tasks, order[start : start + cfg.batch_users])
         opt.zero_grad(set_to_none=True)
         loss, query_loss = task(ep)
         loss.backward()
@@ -212,8 +234,9 @@ def _epoch(task: TwoBlockTrainTask, tasks: TaskSet, opt: torch.optim.Optimizer, 
     return float(np.mean(losses))
 
 
-def meta_train(model: TwoBlockModel, tables: FeatureTables, history: TaskSet, cfg: TrainConfig,
-               maml: MamlConfig) -> TrainResult:
+def meta_train(
+    model: TwoBlockModel, tables: FeatureTables, history: TaskSet, cfg: TrainConfig, maml: MamlConfig
+) -> TrainResult:
     """Meta-train `model` in place on the timelines in `history` (see `timelines`);
     restores the best validation state and returns it with the training history."""
     start = time.perf_counter()
@@ -223,7 +246,13 @@ def meta_train(model: TwoBlockModel, tables: FeatureTables, history: TaskSet, cf
         train_users, val_users = holdout(lengths, cfg.val_fraction, rng)
         if len(train_users) == 0:
             raise ValueError("meta_train: no training users with events; check the input interactions")
-        val = cut(history, val_users, fixed_splits(lengths[val_users], cfg.max_query), maml.max_support, cfg.max_query)
+        val = cut(
+            history,
+            val_users,
+            fixed_splits(lengths[val_users], cfg.max_query),
+            maml.max_support,
+            cfg.max_query,
+        )
         metric = cfg.select_on if model.cfg.objective == "binary" else "neg_mse"
         if model.cfg.objective == "regression":
             in_train = np.repeat(np.isin(np.arange(len(history)), train_users), lengths)
@@ -235,19 +264,34 @@ def meta_train(model: TwoBlockModel, tables: FeatureTables, history: TaskSet, cf
 
         def validate(epoch: int, loss: float) -> float:
             if len(val):
-                scores = query_metrics(model, tables, val, maml, cfg.threshold(model.cfg.objective), cfg.eval_batch_users)
+                scores = query_metrics(
+                    model, tables, val, maml, cfg.threshold(model.cfg.objective), cfg.eval_batch_users
+                )
             else:  # no validation users: the training loss decides
                 scores = {metric: -loss if np.isfinite(loss) else -np.inf}
-            rows.append({"epoch": epoch, "train_loss": loss, **{f"val_{k}": v for k, v in scores.items()},
-                         "seconds": time.perf_counter() - start})
+            rows.append(
+                {
+                    "epoch": epoch,
+                    "train_loss": loss,
+                    **{f"val_{k}": v for k, v in scores.items()},
+                    "seconds": time.perf_counter() - start,
+                }
+            )
             return scores[metric]
 
         validate(0, float("nan"))  # the untrained model, for reference; the best state is a trained one
         best, best_epoch, best_state = -np.inf, 0, {}
-        with tqdm(total=cfg.max_epochs * n_batches, desc="meta-train", unit="batch", disable=not cfg.progress) as bar:
+        with tqdm(
+            total=cfg.max_epochs * n_batches, desc="meta-train", unit="batch", disable=not cfg.progress
+        ) as bar:
             for epoch in range(1, cfg.max_epochs + 1):
-                tasks = cut(history, train_users, sample_splits(lengths[train_users], rng, cfg.cold_fraction),
-                            maml.max_support, cfg.max_query)
+                tasks = cut(
+                    history,
+                    train_users,
+                    sample_splits(lengths[train_users], rng, cfg.cold_fraction),
+                    maml.max_support,
+                    cfg.max_query,
+                )
                 value = validate(epoch, _epoch(task, tasks, opt, rng, bar))
                 if best_epoch == 0 or value > best:
                     best, best_epoch = value, epoch
@@ -256,5 +300,12 @@ def meta_train(model: TwoBlockModel, tables: FeatureTables, history: TaskSet, cf
                 if epoch - best_epoch >= cfg.patience:
                     break
         model.load_state_dict(best_state)
-    return TrainResult(model, rows, metric, best, best_epoch, time.perf_counter() - start,
-                       history.user_ids.take(pa.array(val_users, type=pa.int64())))
+    return TrainResult(
+        model,
+        rows,
+        metric,
+        best,
+        best_epoch,
+        time.perf_counter() - start,
+        history.user_ids.take(pa.array(val_users, type=pa.int64())),
+    )

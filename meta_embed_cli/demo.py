@@ -10,7 +10,6 @@ separate process (`meta-embed serve`) exactly as an operator would start it.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import datetime as dt
 import json
@@ -23,21 +22,14 @@ import time
 from pathlib import Path
 from typing import Any
 
-import duckdb
+import click
 import httpx
 
-from meta_embed.config import MamlConfig, write_config
-from meta_embed.config import TrainConfig
-from pipeline.refresh import refresh_job
-from pipeline.evaluation.evaluation_job import evaluate
+from meta_embed.config import MamlConfig, TrainConfig, write_config
+from meta_embed_cli.options import build, examples, option
 from pipeline.evaluation.evaluation_config import quick_config
-from pipeline.data.prepare import prepare
+from pipeline.refresh.refresh_config import RefreshConfig
 from pipeline.training.training_config import TrainJobConfig
-from pipeline.training.train_job import train
-
-EPILOG = """example:
-  meta-embed demo --workdir runs/demo        # what `make demo` runs (about 5 minutes on 2 cores)
-"""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -64,12 +56,19 @@ def _done(start: float) -> None:
 
 def data_summary(data: Path) -> dict[str, int]:
     """Counts of the prepared tables, with DuckDB straight over the Parquet files."""
+    import duckdb
+
     con = duckdb.connect()
     q = lambda sql: con.execute(sql).fetchone()  # noqa: E731
     inter = str(data / "interactions.parquet")
-    users, items, rows = q(f"SELECT count(DISTINCT user_id), count(DISTINCT item_id), count(*) FROM read_parquet('{inter}')")
+    users, items, rows = q(
+        f"SELECT count(DISTINCT user_id), count(DISTINCT item_id), count(*) FROM read_parquet('{inter}')"
+    )
     positives, first, last = q(f"SELECT avg(label), min(ts), max(ts) FROM read_parquet('{inter}')")
-    print(f"   {users} users, {items} items, {rows:,} interactions; positive rate {positives:.3f}; {first} .. {last}")
+    print(
+        f"   {users} users, {items} items, {rows:,} interactions; positive rate {positives:.3f}; {first} .. "
+        f"{last}"
+    )
     return {"users": users, "items": items, "interactions": rows}
 
 
@@ -81,9 +80,26 @@ def _free_port() -> int:
 
 def start_server(root: Path, ckpt: Path, data: Path, log: Path) -> tuple[subprocess.Popen, str]:
     port = _free_port()
-    cmd = [sys.executable, "-m", "meta_embed_cli.main", "serve", "--root", str(root), "--checkpoint", str(ckpt),
-           "--items", str(data / "items.parquet"), "--users", str(data / "users.parquet"),
-           "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "meta_embed_cli",
+        "serve",
+        "--root",
+        str(root),
+        "--checkpoint",
+        str(ckpt),
+        "--items",
+        str(data / "items.parquet"),
+        "--users",
+        str(data / "users.parquet"),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--log-level",
+        "warning",
+    ]
     proc = subprocess.Popen(cmd, stdout=log.open("w"), stderr=subprocess.STDOUT)
     return proc, f"http://127.0.0.1:{port}"
 
@@ -123,18 +139,35 @@ def requests_tour(url: str, user: str, items: list[str]) -> dict[str, Any]:
     """The requests a client sends; returns the answers."""
     with httpx.Client(base_url=url, timeout=30.0) as c:
         out = {"info": _show("GET /v1/info", c.get("/v1/info"))}
-        out["embedding"] = _show(f"GET /v1/users/{user}/embedding", c.get(f"/v1/users/{user}/embedding"), keep=4)
-        out["score"] = _show(f"POST /v1/score user {user}, {len(items)} items",
-                             c.post("/v1/score", json={"user_id": user, "item_ids": items}))
-        out["recommend"] = _show(f"POST /v1/recommend user {user} k=5",
-                                 c.post("/v1/recommend", json={"user_id": user, "k": 5}))
-        out["similar"] = _show(f"GET /v1/users/{user}/similar?k=5", c.get(f"/v1/users/{user}/similar", params={"k": 5}))
-        out["cold"] = _show("GET /v1/users/new-user-0001/embedding (never seen: the cold-start answer)",
-                            c.get("/v1/users/new-user-0001/embedding"), keep=4)
+        out["embedding"] = _show(
+            f"GET /v1/users/{user}/embedding", c.get(f"/v1/users/{user}/embedding"), keep=4
+        )
+        out["score"] = _show(
+            f"POST /v1/score user {user}, {len(items)} items",
+            c.post("/v1/score", json={"user_id": user, "item_ids": items}),
+        )
+        out["recommend"] = _show(
+            f"POST /v1/recommend user {user} k=5", c.post("/v1/recommend", json={"user_id": user, "k": 5})
+        )
+        out["similar"] = _show(
+            f"GET /v1/users/{user}/similar?k=5", c.get(f"/v1/users/{user}/similar", params={"k": 5})
+        )
+        out["cold"] = _show(
+            "GET /v1/users/new-user-0001/embedding (never seen: the cold-start answer)",
+            c.get("/v1/users/new-user-0001/embedding"),
+            keep=4,
+        )
     return out
 
 
 def run_demo(cfg: DemoConfig) -> dict[str, Any]:
+    import duckdb
+
+    from pipeline.data.prepare import prepare
+    from pipeline.evaluation.evaluation_job import evaluate
+    from pipeline.refresh.refresh_job import refresh
+    from pipeline.training.train_job import train
+
     work = Path(cfg.workdir)
     data, ckpt, root = work / "data", work / "checkpoint", work / "snapshots"
     write_config(cfg, work, "demo_config.json")
@@ -146,24 +179,48 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
     _done(t)
 
     t = _step("2/6 meta-train the two-block model (MAML over the meta block)")
-    result = train(TrainJobConfig(data=str(data), out=str(ckpt), maml=MamlConfig(),
-                                  train=TrainConfig(max_epochs=cfg.epochs, threads=1)))
-    print(f"   model_version {result.model_version}: validation {result.metric} {result.best_metric:.4f} "
-          f"at epoch {result.best_epoch}")
+    result = train(
+        TrainJobConfig(
+            data=str(data),
+            out=str(ckpt),
+            maml=MamlConfig(),
+            train=TrainConfig(max_epochs=cfg.epochs, threads=1),
+        )
+    )
+    print(
+        f"   model_version {result.model_version}: validation {result.metric} {result.best_metric:.4f} "
+        f"at epoch {result.best_epoch}"
+    )
     _done(t)
 
-    t = _step("3/6 nightly refresh on Apache Beam (local runner, 2 worker processes): a full run, then an incremental one")
-    last = duckdb.connect().execute(f"SELECT max(ts) FROM read_parquet('{data / 'interactions.parquet'}')").fetchone()[0]
+    t = _step(
+        "3/6 nightly refresh on Apache Beam (local runner, 2 worker processes): a full run, then an "
+        "incremental one"
+    )
+    last = (
+        duckdb.connect()
+        .execute(f"SELECT max(ts) FROM read_parquet('{data / 'interactions.parquet'}')")
+        .fetchone()[0]
+    )
     tonight = (last + dt.timedelta(days=1)).replace(hour=0, minute=0, second=0, microsecond=0)
     for as_of, incremental in ((tonight - dt.timedelta(days=7), False), (tonight, True)):
-        snap = refresh_job.refresh(refresh_job.RefreshConfig(
-            interactions=str(data / "interactions.parquet"), users=str(data / "users.parquet"),
-            items=str(data / "items.parquet"), checkpoint=str(ckpt), as_of=as_of, out=str(root),
-            incremental=incremental))
+        snap = refresh(
+            RefreshConfig(
+                interactions=str(data / "interactions.parquet"),
+                users=str(data / "users.parquet"),
+                items=str(data / "items.parquet"),
+                checkpoint=str(ckpt),
+                as_of=as_of,
+                out=str(root),
+                incremental=incremental,
+            )
+        )
         c = snap.counts
-        print(f"   as_of {as_of:%Y-%m-%d}: {snap.mode}, {c['users']} users = {c['users_adapted']} adapted + "
-              f"{c['users_zero_step']} zero-step + {c['users_carried_forward']} carried forward "
-              f"({snap.seconds:.1f} s) -> {snap.name}")
+        print(
+            f"   as_of {as_of:%Y-%m-%d}: {snap.mode}, {c['users']} users = {c['users_adapted']} adapted + "
+            f"{c['users_zero_step']} zero-step + {c['users_carried_forward']} carried forward "
+            f"({snap.seconds:.1f} s) -> {snap.name}"
+        )
     _done(t)
 
     t = _step("4/6 serve: FAISS indexes + HTTP API on 127.0.0.1")
@@ -174,9 +231,15 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
         print(f"   server pid {proc.pid} at {url}")
         _done(t)
         t = _step("5/6 requests")
-        items = [r[0] for r in duckdb.connect().execute(
-            f"SELECT item_id FROM read_parquet('{data / 'interactions.parquet'}') GROUP BY item_id "
-            "ORDER BY count(*) DESC, item_id LIMIT 5").fetchall()]
+        items = [
+            r[0]
+            for r in duckdb.connect()
+            .execute(
+                f"SELECT item_id FROM read_parquet('{data / 'interactions.parquet'}') GROUP BY item_id "
+                "ORDER BY count(*) DESC, item_id LIMIT 5"
+            )
+            .fetchall()
+        ]
         print("   (MovieLens-100K ends in April 1998, so every snapshot user reads as 'stale')")
         answers = requests_tour(url, "1", items)
     finally:
@@ -192,21 +255,22 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
         print(ev.headline)
         print(f"\n   report: {report}")
         _done(t)
-    return {"counts": counts, "model_version": result.model_version, "snapshot": snap.name,
-            "answers": answers, "report": str(report) if report else None}
+    return {
+        "counts": counts,
+        "model_version": result.model_version,
+        "snapshot": snap.name,
+        "answers": answers,
+        "report": str(report) if report else None,
+    }
 
 
-def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("demo", help="the whole journey on real MovieLens-100K", epilog=EPILOG,
-                       formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--workdir", default=DemoConfig.workdir, help="where data, checkpoint, snapshots and report go")
-    p.add_argument("--epochs", type=int, default=DemoConfig.epochs, help="maximum meta-training epochs")
-    p.add_argument("--no-evaluate", action="store_true", help="skip the A/B evaluation step")
-    p.set_defaults(func=lambda a: _run(DemoConfig(workdir=a.workdir, epochs=a.epochs, evaluate=not a.no_evaluate)))
-
-
-def _run(cfg: DemoConfig) -> int:
+@click.command(epilog=examples("meta-embed demo --workdir runs/demo        # what `make demo` runs"))
+@option("--workdir", default=DemoConfig.workdir, help="where data, checkpoint, snapshots and report go")
+@option("--epochs", type=int, default=DemoConfig.epochs, help="maximum meta-training epochs")
+@option("--no-evaluate", is_flag=True, help="skip the A/B evaluation step")
+def demo(workdir: str, epochs: int, no_evaluate: bool) -> int:
+    """The whole journey on real MovieLens-100K, one step after another."""
     start = time.perf_counter()
-    run_demo(cfg)
-    print(f"\ndemo finished in {time.perf_counter() - start:.0f} s")
+    run_demo(build(DemoConfig, workdir=workdir, epochs=epochs, evaluate=not no_evaluate))
+    click.echo(f"\ndemo finished in {time.perf_counter() - start:.0f} s")
     return 0

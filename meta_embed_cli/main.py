@@ -1,117 +1,82 @@
-"""The `meta-embed` command line: parses arguments (and an optional TOML config whose
-values the flags override) and dispatches to the stage functions.
+"""The `meta-embed` command: one Click group over the project's jobs.
 
-Each stage module exposes `register(subparsers)`, which adds its sub-command with
-`set_defaults(func=...)`; `func(args) -> int` runs it. Exit codes: 0 ok, 1 failure,
-2 usage. Pipeline and serving never import each other; only this entry point
-dispatches to both.
+Every command parses its flags into a config dataclass and calls a library function of
+`pipeline` or `serving`; this package is the only one that imports both. Heavy imports
+(torch, Beam, FAISS) happen inside the commands, so `--help` answers at once.
+
+Exit codes: 0 ok, 1 failure (the message says what to fix), 2 usage (a bad flag, value
+or `--config` entry, refused before any work).
 """
 
 from __future__ import annotations
 
-import argparse
-import importlib
 import sys
-import tomllib
-from pathlib import Path
-from typing import Any, Sequence
+from collections.abc import Sequence
 
-# Modules that contribute sub-commands, in the order `--help` lists them.
-COMMAND_MODULES = (
-    "meta_embed_cli.data_commands",
-    "meta_embed_cli.train_commands",
-    "meta_embed_cli.refresh_commands",
-    "meta_embed_cli.serve_commands",
-    "meta_embed_cli.evaluate_commands",
-    "meta_embed_cli.ops_commands",
-    "meta_embed_cli.demo",
+import click
+
+from meta_embed import __version__
+from meta_embed_cli import config_file
+from meta_embed_cli.data_commands import data
+from meta_embed_cli.demo import demo
+from meta_embed_cli.evaluate_commands import evaluate
+from meta_embed_cli.refresh_commands import nightly, refresh, release, rollback, snapshots
+from meta_embed_cli.serve_commands import index, serve
+from meta_embed_cli.train_commands import evidence, train
+
+CONTEXT = {"help_option_names": ["-h", "--help"], "show_default": True, "max_content_width": 110}
+
+
+@click.group(
+    context_settings=CONTEXT, epilog="Run `meta-embed COMMAND --help` for a command's flags and examples."
 )
+@click.version_option(__version__, "--version", prog_name="meta-embed", message="%(prog)s %(version)s")
+@click.option(
+    "--config",
+    metavar="FILE.toml",
+    expose_value=False,
+    help="TOML file whose [COMMAND] tables ([refresh], [data.prepare], ...) set defaults that flags "
+    "override; it may stand before or after the command",
+)
+def cli() -> None:
+    """Meta-learned user embeddings: train, refresh nightly on Beam, serve, evaluate."""
 
 
-class UsageError(Exception):
-    """Bad arguments or config: exit code 2."""
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="meta-embed",
-        description="Meta-learned user embeddings: train, refresh nightly on Beam, serve, evaluate.",
-        epilog="Run `meta-embed COMMAND --help` for a command's options and examples.",
-    )
-    parser.add_argument("--config", type=Path, help="TOML file; its [COMMAND] table sets defaults that flags override")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for name in COMMAND_MODULES:
-        try:
-            module = importlib.import_module(name)
-        except ModuleNotFoundError as err:
-            if err.name == name:  # that stage is not part of this installation
-                continue
-            raise
-        module.register(sub)
-    return parser
-
-
-def config_defaults(path: Path | None, command: Sequence[str]) -> dict[str, Any]:
-    """The values for `command` (e.g. ["data", "prepare"]) from a TOML file.
-
-    Keys use the flags' names with dashes or underscores: `[refresh] max-support = 50`,
-    `[data.prepare] out = "data/ml-1m"`.
-    """
-    if path is None:
-        return {}
-    try:
-        raw = tomllib.loads(path.read_text())
-    except (OSError, tomllib.TOMLDecodeError) as err:
-        raise UsageError(f"--config {path}: cannot read it ({err})") from err
-    table: Any = raw
-    for part in command:
-        table = table.get(part, {}) if isinstance(table, dict) else {}
-    return {k.replace("-", "_"): v for k, v in table.items() if not isinstance(v, dict)}
-
-
-def _chosen(parser: argparse.ArgumentParser, argv: Sequence[str]) -> tuple[list[str], argparse.ArgumentParser]:
-    """The sub-command words in `argv` and the parser of the innermost one."""
-    words: list[str] = []
-    for token in argv:
-        subs = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
-        if not subs:
-            break
-        if token in subs[0].choices:
-            words.append(token)
-            parser = subs[0].choices[token]
-    return words, parser
-
-
-def parse(argv: Sequence[str]) -> argparse.Namespace:
-    """Parse `argv`; with --config, the TOML table of the chosen command supplies defaults
-    (so a flag required on the command line may come from the file instead)."""
-    parser = build_parser()
-    pre = argparse.ArgumentParser(add_help=False)
-    pre.add_argument("--config", type=Path)
-    config = pre.parse_known_args(argv)[0].config
-    if config is not None:
-        words, leaf = _chosen(parser, argv)
-        defaults = config_defaults(config, words)
-        actions = {a.dest: a for a in leaf._actions}
-        unknown = sorted(set(defaults) - set(actions))
-        if unknown:
-            raise UsageError(f"--config {config}: unknown keys {unknown} for `{' '.join(words)}`")
-        for dest in defaults:
-            actions[dest].required = False
-        leaf.set_defaults(**defaults)
-    return parser.parse_args(argv)
+for command in (
+    data,
+    train,
+    evidence,
+    refresh,
+    nightly,
+    release,
+    rollback,
+    snapshots,
+    index,
+    serve,
+    evaluate,
+    demo,
+):
+    cli.add_command(command)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
+    """Run the command line `argv` (default: sys.argv[1:]); returns the exit code."""
+    args = list(sys.argv[1:] if argv is None else argv)
     try:
-        args = parse(argv)
-        return int(args.func(args) or 0)
-    except UsageError as err:
-        print(f"meta-embed: error: {err}", file=sys.stderr)
-        return 2
-    except SystemExit as exc:  # argparse: --help (0) or a usage error (2)
-        return int(exc.code or 0) if isinstance(exc.code, int) else 2
+        args, path = config_file.pop_config(args)
+        default_map = config_file.load(path, cli) if path else None
+        code = cli.main(
+            args, prog_name="meta-embed", standalone_mode=False, default_map=default_map, obj={"config": path}
+        )
+        return int(code or 0)
+    except click.exceptions.Exit as done:  # --help, --version
+        return int(done.exit_code)
+    except click.ClickException as err:
+        err.show()
+        return err.exit_code
+    except click.Abort:
+        print("meta-embed: aborted", file=sys.stderr)
+        return 1
     except (ValueError, OSError) as err:
         print(f"meta-embed: error: {err}", file=sys.stderr)
         return 1

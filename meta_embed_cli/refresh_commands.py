@@ -1,96 +1,150 @@
-"""`meta-embed refresh`: parse the flags into a `RefreshConfig`, run `pipeline.refresh.refresh_job.refresh`
-and print a summary. Flags the command does not know are Beam pipeline options and pass
-through unchanged (`--runner=DataflowRunner --project=...`)."""
+"""`meta-embed refresh` (the Beam refresh job), and the operations around it: `nightly`
+(an incremental refresh for today, then the serving indexes), `release` (a new checkpoint
+with a full refresh), `rollback` (CURRENT back one snapshot) and `snapshots` (what a
+snapshot root holds).
+
+`nightly` and `release` build the serving artifacts right after publishing, so this module
+is where a refresh and serving meet; a running server notices the new CURRENT and swaps
+model and embeddings together.
+"""
 
 from __future__ import annotations
 
-import argparse
 import datetime as dt
-from typing import Any, Sequence
+from typing import Any
 
-from pipeline.refresh.refresh_job import RefreshConfig, RefreshResult, refresh
+import click
 
-DESCRIPTION = """Adapt every user's meta block on their most recent events before --as-of (Apache Beam),
-validate, and publish a snapshot atomically under --out (CURRENT is switched last).
-Flags this command does not know are Beam pipeline options and pass through unchanged."""
+from meta_embed_cli.options import BeamCommand, build, config_options, examples, option
+from pipeline.refresh.refresh_config import RefreshConfig
 
-EPILOG = """example:
-  meta-embed refresh --interactions 'data/interactions/*.parquet' --users data/users.parquet \\
-      --items data/items.parquet --checkpoint runs/train/checkpoint --as-of 2024-06-01T00:00:00Z \\
-      --out runs/snapshots --incremental --keep 7 \\
-      --direct_running_mode=multi_processing --direct_num_workers=2
-
-Any other --flag is a Beam option (see docs/operations.md for Dataflow, Flink and Spark)."""
-
-
-class _BeamPassThroughParser(argparse.ArgumentParser):
-    """Keeps the flags it does not know in `beam_args` instead of rejecting them (parse_known_args)."""
-
-    def parse_known_args(self, args: Sequence[str] | None = None, namespace: Any = None):  # type: ignore[override]
-        ns, extras = super().parse_known_args(args, namespace)
-        ns.beam_args = [*(getattr(ns, "beam_args", None) or []), *extras]
-        return ns, []
+REFRESH_EPILOG = examples(
+    "meta-embed refresh --interactions 'data/interactions/*.parquet' --users data/users.parquet \\",
+    "    --items data/items.parquet --checkpoint runs/ckpt --as-of 2024-06-01T00:00:00Z \\",
+    "    --out runs/snapshots --incremental --keep 7 --direct_running_mode=multi_processing "
+    "--direct_num_workers=2",
+    "",
+    "Any other --flag must be a Beam pipeline option (docs/operations.md has the flags for Dataflow,",
+    "Flink and Spark); anything else is refused before the job starts.",
+)
 
 
-def parse_as_of(text: str) -> dt.datetime:
-    """ISO-8601 time; without a zone it is taken as UTC."""
-    try:
-        t = dt.datetime.fromisoformat(text)
-    except ValueError as err:
-        raise argparse.ArgumentTypeError(f"--as-of {text!r}: expected ISO-8601 like 2024-06-01T00:00:00Z") from err
-    return t if t.tzinfo else t.replace(tzinfo=dt.timezone.utc)
+@click.command(cls=BeamCommand, epilog=REFRESH_EPILOG)
+@config_options(RefreshConfig)
+@click.pass_context
+def refresh(ctx: click.Context, **flags: Any) -> int:
+    """Adapt every user's meta block on their most recent events before --as-of (Apache Beam),
+    validate, and publish a snapshot atomically under --out (CURRENT is switched last)."""
+    from pipeline.refresh.refresh_job import refresh as refresh_job
+    from pipeline.refresh.refresh_job import summary
+
+    result = refresh_job(build(RefreshConfig, **flags), ctx.args)
+    click.echo(summary(result))
+    return 0
 
 
-def register(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    p = sub.add_parser("refresh", help="nightly refresh of meta embeddings on Apache Beam",
-                       description=DESCRIPTION, epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.__class__ = _BeamPassThroughParser  # sub-parsers are created by the top-level parser's class
-    p.add_argument("--interactions", required=True, help="interactions Parquet: file, directory or glob")
-    p.add_argument("--users", required=True, help="users Parquet (features rows)")
-    p.add_argument("--items", required=True, help="items Parquet (item features for the item tower)")
-    p.add_argument("--checkpoint", required=True, help="checkpoint directory written by `meta-embed train`")
-    p.add_argument("--as-of", required=True, type=parse_as_of, help="use events with ts < this time (ISO-8601)")
-    p.add_argument("--out", required=True, help="snapshot root (CURRENT, snapshots/, staging/)")
-    p.add_argument("--incremental", action="store_true", help="re-adapt only users with new events since CURRENT")
-    p.add_argument("--max-support", type=int, default=None, help="most recent events per user (default: checkpoint's)")
-    p.add_argument("--keep", type=int, default=3, help="snapshots to keep (default 3)")
-    p.add_argument("--batch-size", type=int, default=64, help="users per inner-loop batch (default 64)")
-    p.add_argument("--buckets", type=int, default=None, help="user buckets (default: about 4,000 users each)")
-    p.add_argument("--no-cold-users", dest="cold_users", action="store_false",
-                   help="do not write zero-step embeddings for users without events")
-    p.add_argument("--expect-spec-hash", default=None, help="refuse a checkpoint whose feature spec has another hash")
-    p.add_argument("--torch-threads", type=int, default=1, help="torch threads per Beam worker process (default 1)")
-    p.add_argument("--shuffle", choices=("auto", "beam", "files"), default="auto",
-                   help="event exchange: Beam's shuffle, spill files in staging/, or auto (files on local runners)")
-    p.set_defaults(func=run, beam_args=[])
-    return p
+def midnight_utc(now: dt.datetime | None = None) -> dt.datetime:
+    """00:00 UTC of the current day: the as_of of tonight's refresh."""
+    now = now or dt.datetime.now(dt.UTC)
+    return now.astimezone(dt.UTC).replace(hour=0, minute=0, second=0, microsecond=0)
 
 
-def config_from_args(args: argparse.Namespace) -> RefreshConfig:
-    return RefreshConfig(args.interactions, args.users, args.items, args.checkpoint, args.as_of, args.out,
-                         max_support=args.max_support, incremental=args.incremental, keep=args.keep,
-                         batch_size=args.batch_size, buckets=args.buckets, cold_users=args.cold_users,
-                         expect_spec_hash=args.expect_spec_hash, torch_threads=args.torch_threads,
-                         shuffle=args.shuffle)
+OPS_EPILOG = examples(
+    "# every night at 00:30 UTC (cron): refresh for today's 00:00 UTC, incremental when possible",
+    "meta-embed nightly --data data/ml-1m --checkpoint models/current --out /srv/meta-embed",
+    "# a newly trained model: full refresh with it, then serving switches model and embeddings together",
+    "meta-embed release --data data/ml-1m --checkpoint models/2024-06-02 --out /srv/meta-embed",
+    "# something is wrong with the newest snapshot",
+    "meta-embed rollback --out /srv/meta-embed",
+)
 
 
-def summary(result: RefreshResult) -> str:
-    c = result.counts
-    return "\n".join([
-        f"refresh: published {result.snapshot_dir}",
-        f"  mode {result.mode} ({result.reason}); as_of {result.as_of.isoformat()}; "
-        f"model_version {result.model_version}; runner {result.runner}",
-        f"  users {c['users']} = adapted {c.get('users_adapted', 0)} + zero-step {c.get('users_zero_step', 0)} "
-        f"+ carried forward {c.get('users_carried_forward', 0)}; cold (no events) {c.get('cold_users', 0)}, "
-        f"without features {c.get('users_without_features', 0)}",
-        f"  events read {c.get('events_read', 0)}, used {c.get('events_used', 0)}, "
-        f"dead-lettered {c.get('dead_lettered', 0)}",
-        f"  stage time (ms, summed over workers): {result.stage_ms}",
-        f"  {result.seconds:.1f} s, {result.users_per_s:,.0f} users/s",
-    ])
+def _ops(f: Any) -> Any:
+    """The flags of `nightly` and `release`: the refresh's, with the tables found in --data."""
+    f = option("--no-indexes", is_flag=True, help="skip building the serving artifacts (FAISS indexes)")(f)
+    f = config_options(
+        RefreshConfig, skip={"incremental"}, optional={"interactions", "users", "items", "as_of"}
+    )(f)
+    f = option("--data", help="prepared data folder; gives --interactions, --users and --items not named")(f)
+    return click.pass_context(f)
 
 
-def run(args: argparse.Namespace) -> int:
-    result = refresh(config_from_args(args), args.beam_args)
-    print(summary(result))
+def _refresh_and_index(
+    ctx: click.Context, data: str | None, no_indexes: bool, incremental: bool, flags: dict[str, Any]
+) -> int:
+    from meta_embed.tables import data_table
+    from pipeline.refresh.refresh_job import refresh as refresh_job
+    from pipeline.refresh.refresh_job import summary
+
+    for name in ("interactions", "users", "items"):
+        if flags[name] is None:
+            if data is None:
+                raise click.UsageError(f"give --data or --{name}", ctx)
+            flags[name] = str(data_table(data, name))
+    flags["as_of"] = flags["as_of"] or midnight_utc()
+    cfg = build(RefreshConfig, incremental=incremental, **flags)
+    click.echo(summary(refresh_job(cfg, ctx.args)))
+    if (
+        not no_indexes
+    ):  # built before any server reloads: one polling CURRENT would otherwise build them itself
+        from serving.serving_config import ServingConfig
+        from serving.state import Sources, load_state
+
+        serving_cfg = ServingConfig(root=cfg.out, items=cfg.items, checkpoint=cfg.checkpoint, users=cfg.users)
+        state = load_state(serving_cfg, Sources.read(serving_cfg))
+        click.echo(f"indexes: {state.directory}")
+    return 0
+
+
+@click.command(cls=BeamCommand, epilog=OPS_EPILOG)
+@_ops
+def nightly(ctx: click.Context, data: str | None, no_indexes: bool, **flags: Any) -> int:
+    """Incremental refresh for today 00:00 UTC (or --as-of), then the serving indexes."""
+    return _refresh_and_index(ctx, data, no_indexes, True, flags)
+
+
+@click.command(cls=BeamCommand, epilog=OPS_EPILOG)
+@_ops
+def release(ctx: click.Context, data: str | None, no_indexes: bool, **flags: Any) -> int:
+    """Publish a new checkpoint with a full refresh (serving switches model and embeddings together)."""
+    from meta_embed import checkpoint, snapshot
+
+    ckpt = checkpoint.load(flags["checkpoint"])
+    click.echo(
+        f"release: model_version {ckpt.model_version} (live snapshot: "
+        f"{snapshot.current_name(flags['out']) or 'none'})"
+    )
+    return _refresh_and_index(ctx, data, no_indexes, False, flags)
+
+
+@click.command(epilog=OPS_EPILOG)
+@option("--out", required=True, help="snapshot root")
+def rollback(out: str) -> int:
+    """Point CURRENT at the snapshot published before the current one."""
+    from meta_embed import snapshot
+
+    before = snapshot.current_name(out)
+    after = snapshot.rollback(out)
+    click.echo(f"rollback: CURRENT {before} -> {after}")
+    return 0
+
+
+@click.command(epilog=examples("meta-embed snapshots --out runs/snapshots"))
+@option("--out", required=True, help="snapshot root")
+def snapshots(out: str) -> int:
+    """List the published snapshots: name, as_of, model_version, users, and which one is CURRENT."""
+    from meta_embed import snapshot
+
+    rows = snapshot.listing(out)
+    if not rows:
+        click.echo(f"{out}: no published snapshots")
+        return 0
+    width = max(len(r["name"]) for r in rows)
+    click.echo(f"  {'name':<{width}}  {'as_of':<25}  {'model_version':<16}  {'users':>9}")
+    for r in rows:
+        mark = "*" if r["current"] else " "
+        click.echo(
+            f"{mark} {r['name']:<{width}}  {r['as_of']:<25}  {r['model_version']:<16}  {r['users']:>9,}"
+        )
+    click.echo("(* = CURRENT)")
     return 0

@@ -1,132 +1,224 @@
-"""`meta-embed index build` and `meta-embed serve`: parse flags into a ServingConfig and
-call the library (serving.state.load_state, serving.app.create_app + uvicorn).
-
-Also runnable alone: `python -m meta_embed_cli.serve_commands serve --root ... --items ...`.
-"""
+"""`meta-embed index build` and `meta-embed serve`: flags into a `ServingConfig`, then the
+serving library (`serving.state.load_state`; `serving.app.create_app` under uvicorn)."""
 
 from __future__ import annotations
 
-import argparse
-import json
-import logging
-import sys
 from pathlib import Path
-from typing import Sequence
+from typing import Any
 
-from meta_embed.config import to_dict, write_config
+import click
+
+from meta_embed_cli.options import build, examples, option
 from serving.serving_config import IndexConfig, ServingConfig
 
-INDEX_EPILOG = """example:
-  meta-embed index build --root runs/snapshots --checkpoint runs/ckpt --items data/ml-1m/items.parquet
-builds ROOT/snapshots/<CURRENT>/indexes/<key>/ (store arrays, items.faiss, users.faiss, meta.json);
-`serve` builds them itself when missing, so this step only saves the server the work."""
+INDEX_EPILOG = examples(
+    "meta-embed index build --root runs/snapshots --checkpoint runs/ckpt --items data/ml-1m/items.parquet",
+    "",
+    "builds ROOT/snapshots/<CURRENT>/indexes/<key>/ (store arrays, items.faiss, users.faiss, meta.json);",
+    "`serve` builds them itself when missing, so this step only saves the server the work.",
+)
 
-SERVE_EPILOG = """example:
-  meta-embed serve --root runs/snapshots --checkpoint runs/ckpt --items data/ml-1m/items.parquet \\
-      --users data/ml-1m/users.parquet --host 127.0.0.1 --port 8000
-  curl -s localhost:8000/v1/info
-the server polls ROOT/CURRENT every --reload-interval seconds and swaps to a new snapshot
-(and, if its model_version changed, to the checkpoint named by the manifest or ROOT/MODEL)."""
+SERVE_EPILOG = examples(
+    "meta-embed serve --root runs/snapshots --checkpoint runs/ckpt --items data/ml-1m/items.parquet \\",
+    "    --users data/ml-1m/users.parquet --host 127.0.0.1 --port 8000",
+    "curl -s localhost:8000/v1/info",
+    "",
+    "The server polls ROOT/CURRENT every --reload-interval seconds and swaps to a new snapshot (and,",
+    "if its model_version changed, to the checkpoint named by the manifest or ROOT/MODEL).",
+)
 
-
-def _inputs(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--root", type=Path, required=True, help="snapshot root (holds CURRENT and snapshots/)")
-    p.add_argument("--checkpoint", type=Path, help="checkpoint used when neither the manifest's "
-                   "'checkpoint' key nor ROOT/MODEL names one with the snapshot's model_version")
-    p.add_argument("--items", type=Path, required=True, help="items table (Parquet file or directory)")
-    p.add_argument("--users", type=Path, help="users table: cold users get zero-step embeddings from it")
-    p.add_argument("--fp16", action="store_true", help="store embeddings as float16 (half the memory; see docs/api.md)")
-    p.add_argument("--threads", type=int, default=1, help="PyTorch/FAISS threads per request (default 1)")
-    p.add_argument("--exact-below", type=int, default=IndexConfig.exact_below,
-                   help="exact Flat index below this many vectors (default %(default)s)")
-    p.add_argument("--items-index", choices=("ivf", "hnsw"), default=IndexConfig.items_approx,
-                   help="item index above the threshold (default %(default)s; built once per model release)")
-    p.add_argument("--users-index", choices=("ivf", "hnsw"), default=IndexConfig.users_approx,
-                   help="lookalike index above the threshold (default %(default)s; rebuilt with every snapshot)")
-    p.add_argument("--nlist", type=int, default=0, help="IVF lists (0 = about sqrt(n))")
-    p.add_argument("--nprobe", type=int, default=IndexConfig.nprobe, help="IVF search budget (default %(default)s)")
-    p.add_argument("--hnsw-m", type=int, default=IndexConfig.hnsw_m, help="HNSW links per node (default %(default)s)")
-    p.add_argument("--ef-search", type=int, default=IndexConfig.ef_search,
-                   help="HNSW search budget (default %(default)s)")
-    p.add_argument("--rerank-depth", type=int, default=200, help="FAISS candidates reranked by the scorer")
+PATH = click.Path(path_type=Path)
+CONFIG_FLAGS = {
+    "reload_interval_s": "--reload-interval",
+    "max_age_s": "--max-age (hours)",
+    "items_approx": "--items-index",
+    "users_approx": "--users-index",
+}
 
 
-def register(sub: argparse._SubParsersAction) -> None:
-    index = sub.add_parser("index", help="build FAISS indexes and store files for the current snapshot",
-                           epilog=INDEX_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    actions = index.add_subparsers(dest="index_command", metavar="ACTION", required=True)
-    build = actions.add_parser("build", help="build (or verify) the current snapshot's serving artifacts",
-                               epilog=INDEX_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    _inputs(build)
-    build.set_defaults(func=run_index_build)
+def _inputs(f: Any) -> Any:
+    """The flags `index build` and `serve` share: where the inputs are, and the indexes."""
+    for decorator in reversed(
+        [
+            option("--root", type=PATH, required=True, help="snapshot root (holds CURRENT and snapshots/)"),
+            option(
+                "--checkpoint",
+                type=PATH,
+                help="checkpoint used when neither the manifest's 'checkpoint' key nor "
+                "ROOT/MODEL names one with the snapshot's model_version",
+            ),
+            option("--items", type=PATH, required=True, help="items table (Parquet file or directory)"),
+            option("--users", type=PATH, help="users table: cold users get zero-step embeddings from it"),
+            option(
+                "--fp16", is_flag=True, help="store embeddings as float16 (half the memory; see docs/api.md)"
+            ),
+            option(
+                "--threads",
+                type=int,
+                default=ServingConfig.threads,
+                help="PyTorch/FAISS/BLAS threads per request",
+            ),
+            option(
+                "--exact-below",
+                type=int,
+                default=IndexConfig.exact_below,
+                help="exact Flat index below this many vectors",
+            ),
+            option(
+                "--items-index",
+                type=click.Choice(["ivf", "hnsw"]),
+                default=IndexConfig.items_approx,
+                help="item index above the threshold (built once per model release)",
+            ),
+            option(
+                "--users-index",
+                type=click.Choice(["ivf", "hnsw"]),
+                default=IndexConfig.users_approx,
+                help="lookalike index above the threshold (rebuilt with every snapshot)",
+            ),
+            option("--nlist", type=int, default=IndexConfig.nlist, help="IVF lists (0 = about sqrt(n))"),
+            option("--nprobe", type=int, default=IndexConfig.nprobe, help="IVF search budget"),
+            option("--hnsw-m", type=int, default=IndexConfig.hnsw_m, help="HNSW links per node"),
+            option("--ef-search", type=int, default=IndexConfig.ef_search, help="HNSW search budget"),
+            option(
+                "--rerank-depth",
+                type=int,
+                default=ServingConfig.rerank_depth,
+                help="FAISS candidates reranked by the scorer",
+            ),
+        ]
+    ):
+        f = decorator(f)
+    return f
 
-    serve = sub.add_parser("serve", help="serve embeddings, scores and recommendations over HTTP",
-                           epilog=SERVE_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    _inputs(serve)
-    serve.add_argument("--host", default="127.0.0.1", help="address to bind (default loopback only)")
-    serve.add_argument("--port", type=int, default=8000)
-    serve.add_argument("--reload-interval", type=float, default=10.0,
-                       help="seconds between checks of ROOT/CURRENT (0 = no hot reload)")
-    serve.add_argument("--max-age", type=float, default=48.0, help="hours after which a snapshot's users are 'stale'")
-    serve.add_argument("--max-body-bytes", type=int, default=1 << 20, help="request body limit (413 above)")
-    serve.add_argument("--workers", type=int, default=1,
-                       help="server processes on the port (SO_REUSEPORT), each with its own state and reload "
-                            "watcher (about one per core; default 1)")
-    serve.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
-    serve.set_defaults(func=run_serve)
+
+def serving_config(
+    root: Path,
+    checkpoint: Path | None,
+    items: Path,
+    users: Path | None,
+    fp16: bool,
+    threads: int,
+    exact_below: int,
+    items_index: str,
+    users_index: str,
+    nlist: int,
+    nprobe: int,
+    hnsw_m: int,
+    ef_search: int,
+    rerank_depth: int,
+    **server: Any,
+) -> ServingConfig:
+    """The ServingConfig of the flags (`server`: the flags only `serve` has, by ServingConfig field)."""
+    index = build(
+        IndexConfig,
+        CONFIG_FLAGS,
+        exact_below=exact_below,
+        items_approx=items_index,
+        users_approx=users_index,
+        nlist=nlist,
+        nprobe=nprobe,
+        hnsw_m=hnsw_m,
+        ef_search=ef_search,
+    )
+    return build(
+        ServingConfig,
+        CONFIG_FLAGS,
+        root=root,
+        items=items,
+        checkpoint=checkpoint,
+        users=users,
+        fp16=fp16,
+        threads=threads,
+        rerank_depth=rerank_depth,
+        index=index,
+        **server,
+    )
 
 
-def config_from_args(args: argparse.Namespace) -> ServingConfig:
-    index = IndexConfig(exact_below=args.exact_below, items_approx=args.items_index, users_approx=args.users_index,
-                        nlist=args.nlist, nprobe=args.nprobe, hnsw_m=args.hnsw_m, ef_search=args.ef_search)
-    extra = {}
-    if hasattr(args, "reload_interval"):
-        extra = {"reload_interval_s": args.reload_interval, "max_age_s": args.max_age * 3600.0,
-                 "max_body_bytes": args.max_body_bytes}
-    return ServingConfig(root=args.root, items=args.items, checkpoint=args.checkpoint, users=args.users,
-                         fp16=args.fp16, threads=args.threads, rerank_depth=args.rerank_depth, index=index, **extra)
+@click.group(epilog=INDEX_EPILOG)
+def index() -> None:
+    """Build FAISS indexes and store files for the current snapshot."""
 
 
-def run_index_build(args: argparse.Namespace) -> int:
+@index.command("build", epilog=INDEX_EPILOG)
+@_inputs
+def index_build(**flags: Any) -> int:
+    """Build (or verify) the current snapshot's serving artifacts."""
+    from meta_embed.config import write_config
     from serving.state import Sources, load_state
 
-    cfg = config_from_args(args)
+    cfg = serving_config(**flags)
     state = load_state(cfg, Sources.read(cfg))
     write_config(cfg, state.directory, "serving_config.json")
-    print(f"indexes for snapshot {state.snapshot} (model_version {state.model_version}) in {state.directory}")
-    print(f"  items: {state.items_index.ntotal} vectors, {state.items_index.factory}")
-    print(f"  users: {state.users_index.ntotal} vectors, {state.users_index.factory}")
+    click.echo(
+        f"indexes for snapshot {state.snapshot} (model_version {state.model_version}) in {state.directory}"
+    )
+    click.echo(f"  items: {state.items_index.ntotal} vectors, {state.items_index.factory}")
+    click.echo(f"  users: {state.users_index.ntotal} vectors, {state.users_index.factory}")
     return 0
 
 
-def run_serve(args: argparse.Namespace) -> int:
+@click.command(epilog=SERVE_EPILOG)
+@_inputs
+@option("--host", default="127.0.0.1", help="address to bind (loopback unless told otherwise)")
+@option("--port", type=int, default=8000)
+@option(
+    "--reload-interval",
+    type=float,
+    default=ServingConfig.reload_interval_s,
+    help="seconds between checks of ROOT/CURRENT (0 = no hot reload)",
+)
+@option(
+    "--max-age",
+    type=float,
+    default=ServingConfig.max_age_s / 3600,
+    help="hours after which a snapshot's users read 'stale'",
+)
+@option(
+    "--max-body-bytes", type=int, default=ServingConfig.max_body_bytes, help="request body limit (413 above)"
+)
+@option(
+    "--workers",
+    type=click.IntRange(min=1),
+    default=1,
+    help="server processes on the port (SO_REUSEPORT), each with its own state and reload watcher "
+    "(about one per core)",
+)
+@option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]), default="info")
+def serve(
+    host: str,
+    port: int,
+    reload_interval: float,
+    max_age: float,
+    max_body_bytes: int,
+    workers: int,
+    log_level: str,
+    **flags: Any,
+) -> int:
+    """Serve embeddings, scores, recommendations and lookalikes over HTTP."""
+    import json
+    import logging
+
     import uvicorn
 
+    from meta_embed.config import to_dict
     from serving.app import create_app
     from serving.workers import serve_workers
 
-    cfg = config_from_args(args)
-    if args.workers < 1:
-        raise SystemExit(f"--workers must be >= 1, got {args.workers}")
-    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    print("config: " + json.dumps(to_dict(cfg), sort_keys=True), flush=True)  # serve writes no files
+    cfg = serving_config(
+        **flags, reload_interval_s=reload_interval, max_age_s=max_age * 3600.0, max_body_bytes=max_body_bytes
+    )
+    logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    click.echo("config: " + json.dumps(to_dict(cfg), sort_keys=True))  # serve writes no files
     app = create_app(cfg.root, cfg)  # builds any missing artifacts once, before workers start
     state = app.state.holder.state
-    print(f"serving snapshot {state.snapshot} (model_version {state.model_version}) on http://{args.host}:{args.port}"
-          f" with {args.workers} worker process{'es' if args.workers > 1 else ''}", flush=True)
-    if args.workers == 1:
-        uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, access_log=False)
+    click.echo(
+        f"serving snapshot {state.snapshot} (model_version {state.model_version}) on http://{host}:{port}"
+        f" with {workers} worker process{'es' if workers > 1 else ''}"
+    )
+    if workers == 1:
+        uvicorn.run(app, host=host, port=port, log_level=log_level, access_log=False)
         return 0
     del app, state
-    return serve_workers(cfg, args.host, args.port, args.workers, args.log_level)
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m meta_embed_cli.serve_commands", description="meta-embed serving commands")
-    register(parser.add_subparsers(dest="command", metavar="COMMAND", required=True))
-    args = parser.parse_args(argv)
-    return int(args.func(args) or 0)
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+    return serve_workers(cfg, host, port, workers, log_level)

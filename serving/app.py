@@ -28,18 +28,19 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ValidationError
 
-from serving import schemas
-from serving import service
-from serving.serving_config import MAX_ID_LENGTH, MAX_K, ServingConfig
+from serving import schemas, service
 from serving.reload import StateHolder, Watcher
 from serving.scorer import ContextError
+from serving.serving_config import MAX_ID_LENGTH, MAX_K, ServingConfig
 from serving.state import ServingState
 from serving.store import Status
 
 UserId = Annotated[str, PathParam(min_length=1, max_length=MAX_ID_LENGTH)]
 Body = TypeVar("Body", bound=BaseModel)
-ERRORS = {413: {"model": schemas.ErrorResponse, "description": "request body over the size limit"},
-          422: {"model": schemas.InvalidRequest, "description": "invalid request"}}
+ERRORS = {
+    413: {"model": schemas.ErrorResponse, "description": "request body over the size limit"},
+    422: {"model": schemas.InvalidRequest, "description": "invalid request"},
+}
 
 
 def apply_threads(threads: int) -> None:
@@ -51,13 +52,19 @@ def apply_threads(threads: int) -> None:
 
 def _json(payload: dict[str, Any], status_code: int = 200) -> Response:
     """orjson: NumPy arrays go in as they are (float32 in its shortest round-trip form), ~20x json's speed."""
-    return Response(orjson.dumps(payload, option=orjson.OPT_SERIALIZE_NUMPY), status_code,
-                    media_type="application/json")
+    return Response(
+        orjson.dumps(payload, option=orjson.OPT_SERIALIZE_NUMPY), status_code, media_type="application/json"
+    )
 
 
 def _served(state: ServingState, user: service.UserEmbedding) -> dict[str, Any]:
-    return {"user_id": user.user_id, "status": user.status.value, "model_version": state.model_version,
-            "snapshot": state.snapshot, "as_of": state.store.meta.as_of.isoformat()}
+    return {
+        "user_id": user.user_id,
+        "status": user.status.value,
+        "model_version": state.model_version,
+        "snapshot": state.snapshot,
+        "as_of": state.store.meta.as_of.isoformat(),
+    }
 
 
 class Front:
@@ -114,7 +121,12 @@ class Front:
 
 def _request_body(model: type[BaseModel]) -> dict[str, Any]:
     """The OpenAPI requestBody of a route that parses its body itself with `_parse`."""
-    return {"requestBody": {"required": True, "content": {"application/json": {"schema": model.model_json_schema()}}}}
+    return {
+        "requestBody": {
+            "required": True,
+            "content": {"application/json": {"schema": model.model_json_schema()}},
+        }
+    }
 
 
 def _parse(body: bytes, model: type[Body]) -> Body:
@@ -123,8 +135,9 @@ def _parse(body: bytes, model: type[Body]) -> Body:
     try:
         return model.model_validate_json(body)
     except ValidationError as err:
-        raise RequestValidationError([{**e, "loc": ("body", *e["loc"])} for e in err.errors(include_url=False)]) \
-            from None
+        raise RequestValidationError(
+            [{**e, "loc": ("body", *e["loc"])} for e in err.errors(include_url=False)]
+        ) from None
 
 
 def _validation_body(errors: list[dict[str, Any]]) -> dict[str, Any]:
@@ -140,7 +153,9 @@ def _install_errors(app: FastAPI) -> None:
 
     @app.exception_handler(ContextError)
     async def bad_context(_: Request, err: ContextError) -> JSONResponse:
-        return JSONResponse(_validation_body([{"loc": ["body", "context"], "msg": str(err), "type": "context"}]), 422)
+        return JSONResponse(
+            _validation_body([{"loc": ["body", "context"], "msg": str(err), "type": "context"}]), 422
+        )
 
     @app.exception_handler(service.UnknownItems)
     async def unknown_items(_: Request, err: service.UnknownItems) -> JSONResponse:
@@ -160,8 +175,12 @@ def _holder(source: ServingState | StateHolder | str | Path, config: ServingConf
     return StateHolder.open(dataclasses.replace(config, root=Path(source)))
 
 
-def create_app(state_or_root: ServingState | StateHolder | str | Path, config: ServingConfig | None = None,
-               *, watch: bool | None = None) -> FastAPI:
+def create_app(
+    state_or_root: ServingState | StateHolder | str | Path,
+    config: ServingConfig | None = None,
+    *,
+    watch: bool | None = None,
+) -> FastAPI:
     """The API over a loaded state, a holder, or a snapshot root (then `config` says the rest).
 
     With a root (or a holder opened from one) and `config.reload_interval_s` > 0, a
@@ -176,7 +195,7 @@ def create_app(state_or_root: ServingState | StateHolder | str | Path, config: S
 
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI):
-        gc.freeze()  # the loaded model, state and imports stay: keep them out of GC passes (reload re-freezes)
+        gc.freeze()  # the loaded model, state and imports stay: out of GC passes (reload re-freezes)
         watcher = Watcher(holder, interval).start() if watching else None
         try:
             yield
@@ -184,8 +203,12 @@ def create_app(state_or_root: ServingState | StateHolder | str | Path, config: S
             if watcher is not None:
                 watcher.stop()
 
-    app = FastAPI(title="meta-embed serving", version="1", lifespan=lifespan,
-                  description="Meta embeddings, scoring, retrieval and lookalikes (see docs/api.md).")
+    app = FastAPI(
+        title="meta-embed serving",
+        version="1",
+        lifespan=lifespan,
+        description="Meta embeddings, scoring, retrieval and lookalikes (see docs/api.md).",
+    )
     app.state.holder = holder
     _install_errors(app)
     hot = _routes(app, holder, watching, interval)
@@ -194,8 +217,9 @@ def create_app(state_or_root: ServingState | StateHolder | str | Path, config: S
     return app
 
 
-def _routes(app: FastAPI, holder: StateHolder, watching: bool, interval: float) \
-        -> dict[str, Callable[[bytes], Response]]:
+def _routes(
+    app: FastAPI, holder: StateHolder, watching: bool, interval: float
+) -> dict[str, Callable[[bytes], Response]]:
     """Declare the routes; returns the hot POST routes' handlers of a raw body, by path, for `Front`."""
 
     def score_body(raw: bytes) -> Response:
@@ -208,8 +232,10 @@ def _routes(app: FastAPI, holder: StateHolder, watching: bool, interval: float) 
         body = _parse(raw, schemas.RecommendRequest)
         state = holder.state
         user, rec = service.recommend(state, body.user_id, body.k, body.exclude_item_ids, body.context)
-        items = [{"item_id": i, "score": s, "retrieval_score": r}
-                 for i, s, r in zip(rec.item_ids, rec.scores.tolist(), rec.retrieval_scores.tolist())]
+        items = [
+            {"item_id": i, "score": s, "retrieval_score": r}
+            for i, s, r in zip(rec.item_ids, rec.scores.tolist(), rec.retrieval_scores.tolist())
+        ]
         return _json(_served(state, user) | {"items": items})
 
     @app.get("/healthz", response_model=schemas.Health)
@@ -225,16 +251,31 @@ def _routes(app: FastAPI, holder: StateHolder, watching: bool, interval: float) 
         state = holder.state
         user = service.user_embedding(state, user_id)
         last = user.last_event_ts.isoformat() if user.last_event_ts else None
-        return _json(_served(state, user) | {"dim": len(user.embedding), "embedding": user.embedding,
-                                             "n_support": user.n_support, "last_event_ts": last})
+        return _json(
+            _served(state, user)
+            | {
+                "dim": len(user.embedding),
+                "embedding": user.embedding,
+                "n_support": user.n_support,
+                "last_event_ts": last,
+            }
+        )
 
-    @app.post("/v1/score", response_model=schemas.ScoreResponse, openapi_extra=_request_body(schemas.ScoreRequest),
-              responses={404: {"model": schemas.UnknownItemsResponse, "description": "unknown item ids"}, **ERRORS})
+    @app.post(
+        "/v1/score",
+        response_model=schemas.ScoreResponse,
+        openapi_extra=_request_body(schemas.ScoreRequest),
+        responses={404: {"model": schemas.UnknownItemsResponse, "description": "unknown item ids"}, **ERRORS},
+    )
     async def score(request: Request) -> Response:
         return score_body(await request.body())
 
-    @app.post("/v1/recommend", response_model=schemas.RecommendResponse,
-              openapi_extra=_request_body(schemas.RecommendRequest), responses=ERRORS)
+    @app.post(
+        "/v1/recommend",
+        response_model=schemas.RecommendResponse,
+        openapi_extra=_request_body(schemas.RecommendRequest),
+        responses=ERRORS,
+    )
     async def recommend(request: Request) -> Response:
         return recommend_body(await request.body())
 
@@ -251,16 +292,30 @@ def _routes(app: FastAPI, holder: StateHolder, watching: bool, interval: float) 
 def _info(holder: StateHolder, watching: bool, interval: float) -> dict[str, Any]:
     state, stats = holder.state, holder.stats
     store, scorer = state.store, state.scorer
-    age = store.age_s(dt.datetime.now(dt.timezone.utc))
+    age = store.age_s(dt.datetime.now(dt.UTC))
     return {
-        "model_version": state.model_version, "snapshot": state.snapshot, "as_of": store.meta.as_of.isoformat(),
-        "age_s": age, "stale": store.known_status(dt.datetime.now(dt.timezone.utc), state.max_age_s) == Status.STALE,
-        "max_age_s": state.max_age_s, "embedding_mode": store.meta.embedding_mode, "embedding_dim": store.meta.dim,
+        "model_version": state.model_version,
+        "snapshot": state.snapshot,
+        "as_of": store.meta.as_of.isoformat(),
+        "age_s": age,
+        "stale": store.known_status(dt.datetime.now(dt.UTC), state.max_age_s) == Status.STALE,
+        "max_age_s": state.max_age_s,
+        "embedding_mode": store.meta.embedding_mode,
+        "embedding_dim": store.meta.dim,
         "embedding_dtype": str(store.embeddings.dtype),
-        "counts": {"users_in_snapshot": len(store), "items": scorer.item_count,
-                   "users_with_features": scorer.user_count},
+        "counts": {
+            "users_in_snapshot": len(store),
+            "items": scorer.item_count,
+            "users_with_features": scorer.user_count,
+        },
         "indexes": {"items": state.items_index.factory, "users": state.users_index.factory},
         "loaded_at": state.loaded_at.isoformat(),
-        "reload": {"checks": stats.checks, "swaps": stats.swaps, "failures": stats.failures,
-                   "last_error": stats.last_error, "watching": watching, "interval_s": interval if watching else None},
+        "reload": {
+            "checks": stats.checks,
+            "swaps": stats.swaps,
+            "failures": stats.failures,
+            "last_error": stats.last_error,
+            "watching": watching,
+            "interval_s": interval if watching else None,
+        },
     }

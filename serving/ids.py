@@ -15,9 +15,9 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from meta_embed.tables import unique_ids
-import pyarrow.compute as pc
 
 _SEED = 0xCBF29CE484222325
 _K = 0x9E3779B97F4A7C15  # odd multiplier (golden ratio)
@@ -42,7 +42,7 @@ def hash_id(value: str) -> int:
     data = value.encode("utf-8", "surrogatepass")
     h = _SEED ^ len(data)
     for i in range(0, len(data), 8):
-        h = ((h ^ int.from_bytes(data[i:i + 8], "little")) * _K) & _MASK
+        h = ((h ^ int.from_bytes(data[i : i + 8], "little")) * _K) & _MASK
         h ^= h >> 29
     h ^= h >> 30
     h = (h * _M1) & _MASK
@@ -58,14 +58,17 @@ def hash_ids(ids: pa.Array | pa.ChunkedArray) -> np.ndarray:
         raise ValueError("ids contain nulls; every row needs an id")
     if arr.type not in (pa.string(), pa.large_string()):
         arr = arr.cast(pa.large_string())
-    return np.concatenate([_hash_chunk(arr.slice(s, _CHUNK)) for s in range(0, len(arr), _CHUNK)] or
-                          [np.zeros(0, np.uint64)])
+    return np.concatenate(
+        [_hash_chunk(arr.slice(s, _CHUNK)) for s in range(0, len(arr), _CHUNK)] or [np.zeros(0, np.uint64)]
+    )
 
 
 def _hash_chunk(arr: pa.Array) -> np.ndarray:
     n = len(arr)
     wide = arr.type == pa.large_string()
-    offsets = np.frombuffer(arr.buffers()[1], dtype=np.int64 if wide else np.int32)[arr.offset: arr.offset + n + 1]
+    offsets = np.frombuffer(arr.buffers()[1], dtype=np.int64 if wide else np.int32)[
+        arr.offset : arr.offset + n + 1
+    ]
     offsets = offsets.astype(np.int64)
     data_buf = arr.buffers()[2]
     data = np.frombuffer(data_buf, dtype=np.uint8) if data_buf is not None else np.zeros(0, np.uint8)
@@ -74,7 +77,7 @@ def _hash_chunk(arr: pa.Array) -> np.ndarray:
     padded = np.zeros((n, max(width, 1) * 8), dtype=np.uint8)  # (rows, bytes) zero-padded
     rows = np.repeat(np.arange(n), lengths)
     cols = np.arange(len(rows)) - np.repeat(offsets[:-1] - offsets[0], lengths)
-    padded[rows, cols] = data[offsets[0]: offsets[-1]]
+    padded[rows, cols] = data[offsets[0] : offsets[-1]]
     words = padded.view("<u8")  # (rows, width) little-endian words
     nwords = -(-lengths // 8)
     perm = np.argsort(-nwords, kind="stable")  # longest first: word w touches a prefix of rows
@@ -103,7 +106,7 @@ class IdIndex:
     order: np.ndarray  # (n,) int32/int64: row of hashes[k]
 
     @classmethod
-    def build(cls, ids: pa.Array | pa.ChunkedArray, what: str = "ids") -> "IdIndex":
+    def build(cls, ids: pa.Array | pa.ChunkedArray, what: str = "ids") -> IdIndex:
         """Index `ids`; fails on nulls or on an id listed twice (naming it)."""
         arr = unique_ids(ids, what)
         hashes = hash_ids(arr)
@@ -152,7 +155,7 @@ class IdIndex:
         np.save(directory / f"{prefix}_order.npy", self.order)
 
     @classmethod
-    def open(cls, directory: Path, prefix: str) -> "IdIndex":
+    def open(cls, directory: Path, prefix: str) -> IdIndex:
         """Memory-map an index written by `save` (no copy of the ids or arrays)."""
         source = pa.memory_map(str(directory / f"{prefix}_ids.arrow"), "r")
         column = pa.ipc.open_file(source).read_all().column("id")

@@ -86,8 +86,9 @@ def default_budget(factory: str, cfg: IndexConfig) -> int | None:
     return None
 
 
-def build_index(vectors: np.ndarray, cfg: IndexConfig, approx: ApproxKind = "ivf",
-                factory: str | None = None) -> VectorIndex:
+def build_index(
+    vectors: np.ndarray, cfg: IndexConfig, approx: ApproxKind = "ivf", factory: str | None = None
+) -> VectorIndex:
     """Build an inner-product index over vectors (n, d) (`factory` overrides the choice by size);
     IVF trains its quantizer on a seeded sample."""
     x = np.ascontiguousarray(vectors, dtype=np.float32)

@@ -36,7 +36,9 @@ class ReloadStats:
 class StateHolder:
     """Holds the live `ServingState`; `refresh()` swaps in the snapshot CURRENT names."""
 
-    def __init__(self, state: ServingState, config: ServingConfig | None = None, sources: Sources | None = None):
+    def __init__(
+        self, state: ServingState, config: ServingConfig | None = None, sources: Sources | None = None
+    ):
         self._state = state
         self.config, self.sources = config, sources
         self.stats = ReloadStats()
@@ -44,7 +46,7 @@ class StateHolder:
         self._retry_at: dict[str, float] = {}
 
     @classmethod
-    def open(cls, config: ServingConfig) -> "StateHolder":
+    def open(cls, config: ServingConfig) -> StateHolder:
         sources = Sources.read(config)
         return cls(load_state(config, sources), config, sources)
 
@@ -77,7 +79,9 @@ class StateHolder:
                 return False
             self._retry_at.pop(name, None)
             self.swap(new)
-            if gc.get_freeze_count():  # the app froze its heap at start: collect the old state, freeze the new
+            if (
+                gc.get_freeze_count()
+            ):  # the app froze its heap at start: collect the old state, freeze the new
                 gc.unfreeze()
                 gc.collect()
                 gc.freeze()
@@ -90,8 +94,13 @@ class StateHolder:
         interval = self.config.reload_interval_s if self.config else 10.0
         backoff = min(300.0, max(interval, 1.0) * 2 ** min(self.stats.failures, 8))
         self._retry_at[name] = time.monotonic() + backoff
-        log.error("cannot load snapshot %s; still serving %s; retry in %.0fs: %s",
-                  name, self._state.snapshot, backoff, err)
+        log.error(
+            "cannot load snapshot %s; still serving %s; retry in %.0fs: %s",
+            name,
+            self._state.snapshot,
+            backoff,
+            err,
+        )
 
 
 class Watcher:
@@ -104,7 +113,7 @@ class Watcher:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="snapshot-watcher", daemon=True)
 
-    def start(self) -> "Watcher":
+    def start(self) -> Watcher:
         self._thread.start()
         return self
 

@@ -13,8 +13,9 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
 from serving.serving_config import MAX_ID_LENGTH, MAX_ITEMS_PER_REQUEST, MAX_K
 
-
-Id = Annotated[str, StringConstraints(min_length=1, max_length=MAX_ID_LENGTH)]  # pydantic refuses lone surrogates
+Id = Annotated[
+    str, StringConstraints(min_length=1, max_length=MAX_ID_LENGTH)
+]  # pydantic refuses lone surrogates
 ContextValue = str | int | float | list[str] | None
 Context = dict[str, ContextValue]
 StatusName = Literal["fresh", "stale", "cold", "default"]
@@ -27,7 +28,9 @@ class _Strict(BaseModel):
 class ScoreRequest(_Strict):
     user_id: Id
     item_ids: list[Id] = Field(min_length=1, max_length=MAX_ITEMS_PER_REQUEST)
-    context: Context | None = Field(None, description="context feature values by column name (model-specific)")
+    context: Context | None = Field(
+        None, description="context feature values by column name (model-specific)"
+    )
 
 
 class RecommendRequest(_Strict):
@@ -50,7 +53,9 @@ class Served(BaseModel):
 class EmbeddingResponse(Served):
     dim: int
     embedding: list[float]
-    n_support: int | None = Field(None, description="support events the embedding was adapted on (snapshot users)")
+    n_support: int | None = Field(
+        None, description="support events the embedding was adapted on (snapshot users)"
+    )
     last_event_ts: str | None = None
 
 

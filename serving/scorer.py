@@ -60,7 +60,9 @@ class Catalog:
     """
 
     ids: IdIndex
-    side: ItemSide  # item-tower outputs `side.v` (items, item_dim) and the global block's item terms (no context)
+    side: (
+        ItemSide  # item-tower outputs `side.v` (items, item_dim), the global block's item terms (no context)
+    )
     retrieval: np.ndarray  # (items, R) float32: model.retrieval.item(vectors)
     fingerprint: str  # hash of ids and vectors: keys the FAISS item index
     rows_by_id: dict[str, int] | None  # id -> row for catalogs up to DICT_MAX_ITEMS
@@ -84,8 +86,9 @@ def build_catalog(ckpt: Checkpoint, items: pa.Table) -> Catalog:
     h.update(np.ascontiguousarray(ids.order).tobytes())
     h.update(vectors.numpy().tobytes())
     rows_by_id = {i: r for r, i in enumerate(ids.ids.to_pylist())} if len(ids) <= DICT_MAX_ITEMS else None
-    return Catalog(ids, side, np.ascontiguousarray(retrieval.numpy(), dtype=np.float32), h.hexdigest()[:16],
-                   rows_by_id)
+    return Catalog(
+        ids, side, np.ascontiguousarray(retrieval.numpy(), dtype=np.float32), h.hexdigest()[:16], rows_by_id
+    )
 
 
 class Scorer:
@@ -99,10 +102,15 @@ class Scorer:
         self.dim = ckpt.model_cfg.embedding_dim
         self.catalog = build_catalog(ckpt, items)
         self.item_count = items.num_rows
-        self.users = None if users is None else IdIndex.build(users.column(self.spec.user_key), "users table user_id")
+        self.users = (
+            None if users is None else IdIndex.build(users.column(self.spec.user_key), "users table user_id")
+        )
         # every user's features, then the all-missing row (row len(users)): users without a features row
-        self.user_features = encode_with_default(users, self.spec.user, "users table") if users is not None \
+        self.user_features = (
+            encode_with_default(users, self.spec.user, "users table")
+            if users is not None
             else default_row(self.spec.user)
+        )
         self.default_embedding = self._zero_step(self.user_count)  # (D,)
         with torch.inference_mode():
             self.no_context = self._encode_context({})  # what a request without context scores with
@@ -129,7 +137,9 @@ class Scorer:
         with torch.inference_mode():
             return zero_step(self.model, user_inputs(self.model, self.user_features, torch.tensor([row])))[0]
 
-    def scores(self, e: np.ndarray, rows: np.ndarray, context: Mapping[str, ContextValue] | None = None) -> np.ndarray:
+    def scores(
+        self, e: np.ndarray, rows: np.ndarray, context: Mapping[str, ContextValue] | None = None
+    ) -> np.ndarray:
         """Logits (n,) of embedding e (D,) against catalog rows (n,)."""
         extra = self._context_term(context) if context else self.no_context_term
         return self.served(np.asarray(e, dtype=np.float32), np.asarray(rows, dtype=np.int64), extra)
@@ -156,7 +166,9 @@ class Scorer:
         unknown = sorted(set(context) - {c.name for c in columns})
         if unknown:
             known = [c.name for c in columns]
-            raise ContextError(f"context has unknown keys {unknown}; this model's context columns are {known}")
+            raise ContextError(
+                f"context has unknown keys {unknown}; this model's context columns are {known}"
+            )
         if not columns:
             return None
         table = pa.table({c.name: _context_array(c, context.get(c.name)) for c in columns})

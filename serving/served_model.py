@@ -74,7 +74,19 @@ def convert(block: GlobalBlock, side: ItemSide) -> ServedModel:
         first, pv_t = torch.cat([w["e"], block.project.weight]), w["pv"].T
     else:
         first, pv_t = w["personal"].T, torch.zeros(0, 0)
-    layers = tuple((array(m.weight.T), array(m.bias)) for m in itertools.islice(block.mlp, 2, None)
-                   if isinstance(m, nn.Linear))
-    return ServedModel(block.mode, side.v.detach().numpy(), side.base.detach().numpy(), side.bias.detach().numpy(),
-                       array(first), array(pv_t), layers, block.rank, block.item_dim)
+    layers = tuple(
+        (array(m.weight.T), array(m.bias))
+        for m in itertools.islice(block.mlp, 2, None)
+        if isinstance(m, nn.Linear)
+    )
+    return ServedModel(
+        block.mode,
+        side.v.detach().numpy(),
+        side.base.detach().numpy(),
+        side.bias.detach().numpy(),
+        array(first),
+        array(pv_t),
+        layers,
+        block.rank,
+        block.item_dim,
+    )

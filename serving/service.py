@@ -43,17 +43,22 @@ def user_embedding(state: ServingState, user_id: str, now: dt.datetime | None = 
     store = state.store
     row = store.row(user_id)
     if row >= 0:
-        status = store.known_status(now or dt.datetime.now(dt.timezone.utc), state.max_age_s)
-        return UserEmbedding(user_id, store.embedding(row), status, row, int(store.n_support[row]),
-                             store.last_event(row))
+        status = store.known_status(now or dt.datetime.now(dt.UTC), state.max_age_s)
+        return UserEmbedding(
+            user_id, store.embedding(row), status, row, int(store.n_support[row]), store.last_event(row)
+        )
     cold = state.scorer.cold_embedding(user_id)
     if cold is not None:
         return UserEmbedding(user_id, cold, Status.COLD, -1)
     return UserEmbedding(user_id, state.scorer.default_embedding, Status.DEFAULT, -1)
 
 
-def score(state: ServingState, user_id: str, item_ids: Sequence[str],
-          context: Mapping[str, ContextValue] | None = None) -> tuple[UserEmbedding, np.ndarray]:
+def score(
+    state: ServingState,
+    user_id: str,
+    item_ids: Sequence[str],
+    context: Mapping[str, ContextValue] | None = None,
+) -> tuple[UserEmbedding, np.ndarray]:
     """Logits (n,) of the user against the given items, in request order."""
     rows = state.scorer.item_rows(list(item_ids))
     if (rows < 0).any():
@@ -69,8 +74,13 @@ class Recommendation:
     retrieval_scores: np.ndarray  # (k,) retrieval-head inner products
 
 
-def recommend(state: ServingState, user_id: str, k: int, exclude_item_ids: Sequence[str] = (),
-              context: Mapping[str, ContextValue] | None = None) -> tuple[UserEmbedding, Recommendation]:
+def recommend(
+    state: ServingState,
+    user_id: str,
+    k: int,
+    exclude_item_ids: Sequence[str] = (),
+    context: Mapping[str, ContextValue] | None = None,
+) -> tuple[UserEmbedding, Recommendation]:
     """Top-k items: FAISS candidates by the retrieval head, reranked by the global block.
 
     Unknown ids in `exclude_item_ids` are ignored (there is nothing to exclude).

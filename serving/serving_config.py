@@ -87,7 +87,9 @@ class ServingConfig:
         if self.threads <= 0:
             raise ValueError(f"ServingConfig.threads must be > 0, got {self.threads}")
         if self.reload_interval_s < 0:
-            raise ValueError(f"ServingConfig.reload_interval_s must be >= 0 (0 = off), got {self.reload_interval_s}")
+            raise ValueError(
+                f"ServingConfig.reload_interval_s must be >= 0 (0 = off), got {self.reload_interval_s}"
+            )
         if not 1 <= self.rerank_depth <= 100_000:
             raise ValueError(f"ServingConfig.rerank_depth must be in 1..100000, got {self.rerank_depth}")
         if self.max_body_bytes < 1024:

@@ -34,9 +34,9 @@ import pyarrow as pa
 from meta_embed.checkpoint import Checkpoint, CheckpointError, load
 from meta_embed.config import to_dict, write_config
 from meta_embed.snapshot import MANIFEST, SnapshotError, current_dir
-from serving.serving_config import ServingConfig
 from serving.index import META_JSON, VectorIndex, build_index, load_index, read_meta, save_index, write_meta
 from serving.scorer import Scorer, read_features
+from serving.serving_config import ServingConfig
 from serving.store import EmbeddingStore
 
 MODEL_POINTER = "MODEL"
@@ -50,8 +50,10 @@ class Sources:
     users: pa.Table | None = None
 
     @classmethod
-    def read(cls, cfg: ServingConfig) -> "Sources":
-        return cls(read_features(cfg.items, "items"), read_features(cfg.users, "users") if cfg.users else None)
+    def read(cls, cfg: ServingConfig) -> Sources:
+        return cls(
+            read_features(cfg.items, "items"), read_features(cfg.users, "users") if cfg.users else None
+        )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -84,7 +86,10 @@ def checkpoint_candidates(root: Path, manifest: dict[str, Any], fallback: Path |
     model_version before use, so an extra candidate can never pick the wrong model.
     """
     run_config = manifest.get("config")
-    named = [manifest.get("checkpoint"), run_config.get("checkpoint") if isinstance(run_config, dict) else None]
+    named = [
+        manifest.get("checkpoint"),
+        run_config.get("checkpoint") if isinstance(run_config, dict) else None,
+    ]
     if (root / MODEL_POINTER).is_file():
         named.append((root / MODEL_POINTER).read_text().strip())
     paths: list[Path] = []
@@ -113,14 +118,20 @@ def matching_checkpoint(root: Path, manifest: dict[str, Any], fallback: Path | N
         tried.append(f"{path} (model_version {ckpt.model_version})")
     raise SnapshotError(
         f"{root}: snapshot {manifest.get('name')} needs model_version {want}; no checkpoint found with it "
-        f"(tried: {tried or 'none'}). Put its path in the manifest's 'checkpoint' key or in {root / MODEL_POINTER}, "
+        f"(tried: {tried or 'none'}). Put its path in the manifest's 'checkpoint' key or in "
+        f"{root / MODEL_POINTER}, "
         "or pass --checkpoint."
     )
 
 
 def artifact_key(model_version: str, snapshot: str, items_fingerprint: str, cfg: ServingConfig) -> str:
-    payload = {"model_version": model_version, "snapshot": snapshot, "items": items_fingerprint,
-               "index": to_dict(cfg.index), "fp16": cfg.fp16}
+    payload = {
+        "model_version": model_version,
+        "snapshot": snapshot,
+        "items": items_fingerprint,
+        "index": to_dict(cfg.index),
+        "fp16": cfg.fp16,
+    }
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:12]
 
 
@@ -130,14 +141,18 @@ def user_vectors(embeddings: np.ndarray) -> np.ndarray:
     return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
 
 
-def build_artifacts(snapshot_dir: Path, scorer: Scorer, cfg: ServingConfig, items_from: Path | None = None) -> Path:
+def build_artifacts(
+    snapshot_dir: Path, scorer: Scorer, cfg: ServingConfig, items_from: Path | None = None
+) -> Path:
     """Build the snapshot's store files and FAISS indexes unless present; returns their directory.
 
     `items_from`: an artifact directory built by this process for the same scorer and
     config, whose item index is reused (hard-linked) instead of rebuilt.
     """
     name = snapshot_dir.name
-    final = snapshot_dir / "indexes" / artifact_key(scorer.model_version, name, scorer.catalog.fingerprint, cfg)
+    final = (
+        snapshot_dir / "indexes" / artifact_key(scorer.model_version, name, scorer.catalog.fingerprint, cfg)
+    )
     if (final / META_JSON).is_file():
         return final
     final.parent.mkdir(parents=True, exist_ok=True)
@@ -154,8 +169,9 @@ def build_artifacts(snapshot_dir: Path, scorer: Scorer, cfg: ServingConfig, item
     return final
 
 
-def _write_artifacts(tmp: Path, snapshot_dir: Path, scorer: Scorer, cfg: ServingConfig,
-                     items_from: Path | None) -> None:
+def _write_artifacts(
+    tmp: Path, snapshot_dir: Path, scorer: Scorer, cfg: ServingConfig, items_from: Path | None
+) -> None:
     store = EmbeddingStore.from_snapshot(snapshot_dir, scorer.model_version, cfg.fp16)
     store.save(tmp)
     if items_from is not None and (items_from / "items.faiss").is_file():
@@ -171,10 +187,21 @@ def _write_artifacts(tmp: Path, snapshot_dir: Path, scorer: Scorer, cfg: Serving
     users = build_index(user_vectors(store.embeddings), cfg.index, cfg.index.users_approx)
     save_index(users, tmp / "users.faiss")
     write_config(cfg.index, tmp, "index_config.json")
-    write_meta(tmp, {"model_version": scorer.model_version, "snapshot": snapshot_dir.name,
-                     "items_fingerprint": scorer.catalog.fingerprint, "as_of": store.meta.as_of.isoformat(),
-                     "items_factory": items_factory, "users_factory": users.factory, "items": scorer.item_count,
-                     "users": users.ntotal, "fp16": cfg.fp16, "built_at": dt.datetime.now(dt.timezone.utc).isoformat()})
+    write_meta(
+        tmp,
+        {
+            "model_version": scorer.model_version,
+            "snapshot": snapshot_dir.name,
+            "items_fingerprint": scorer.catalog.fingerprint,
+            "as_of": store.meta.as_of.isoformat(),
+            "items_factory": items_factory,
+            "users_factory": users.factory,
+            "items": scorer.item_count,
+            "users": users.ntotal,
+            "fp16": cfg.fp16,
+            "built_at": dt.datetime.now(dt.UTC).isoformat(),
+        },
+    )
 
 
 def open_state(directory: Path, scorer: Scorer, cfg: ServingConfig) -> ServingState:
@@ -185,10 +212,20 @@ def open_state(directory: Path, scorer: Scorer, cfg: ServingConfig) -> ServingSt
     items = load_index(directory / "items.faiss", meta["items_factory"], cfg.index)
     users = load_index(directory / "users.faiss", meta["users_factory"], cfg.index)
     if items.ntotal != scorer.item_count or users.ntotal != len(store):
-        raise SnapshotError(f"{directory}: index sizes ({items.ntotal} items, {users.ntotal} users) do not "
-                            f"match the catalog ({scorer.item_count}) and store ({len(store)}); rebuild them")
-    return ServingState(scorer, store, items, users, directory, cfg.max_age_s, cfg.rerank_depth,
-                        dt.datetime.now(dt.timezone.utc))
+        raise SnapshotError(
+            f"{directory}: index sizes ({items.ntotal} items, {users.ntotal} users) do not "
+            f"match the catalog ({scorer.item_count}) and store ({len(store)}); rebuild them"
+        )
+    return ServingState(
+        scorer,
+        store,
+        items,
+        users,
+        directory,
+        cfg.max_age_s,
+        cfg.rerank_depth,
+        dt.datetime.now(dt.UTC),
+    )
 
 
 def load_state(cfg: ServingConfig, sources: Sources, previous: ServingState | None = None) -> ServingState:

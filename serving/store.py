@@ -58,7 +58,7 @@ class EmbeddingStore:
     last_event_us: np.ndarray  # (users,) int64 µs since the epoch, NO_TS when unknown
 
     @classmethod
-    def from_snapshot(cls, directory: str | Path, model_version: str, fp16: bool = False) -> "EmbeddingStore":
+    def from_snapshot(cls, directory: str | Path, model_version: str, fp16: bool = False) -> EmbeddingStore:
         """Read a published snapshot directory (Parquet parts + manifest) into memory."""
         table, manifest = read_dir(directory)
         meta = SnapshotMeta.from_dict(manifest)
@@ -67,10 +67,14 @@ class EmbeddingStore:
         if emb.shape[1] != meta.dim:
             raise SnapshotError(f"{directory}: embeddings have dim {emb.shape[1]}, manifest says {meta.dim}")
         ts = table.column("last_event_ts").cast(pa.int64()).fill_null(NO_TS)
-        return cls(meta, str(manifest.get("name", Path(directory).name)),
-                   IdIndex.build(table.column("user_id"), f"{directory}: snapshot user_id"), emb,
-                   table.column("n_support").to_numpy().astype(np.int32),
-                   ts.to_numpy().astype(np.int64))
+        return cls(
+            meta,
+            str(manifest.get("name", Path(directory).name)),
+            IdIndex.build(table.column("user_id"), f"{directory}: snapshot user_id"),
+            emb,
+            table.column("n_support").to_numpy().astype(np.int32),
+            ts.to_numpy().astype(np.int64),
+        )
 
     def save(self, directory: Path) -> None:
         """Write the store's arrays into `directory` (which must exist)."""
@@ -78,20 +82,32 @@ class EmbeddingStore:
         np.save(directory / "embeddings.npy", np.ascontiguousarray(self.embeddings))
         np.save(directory / "n_support.npy", np.ascontiguousarray(self.n_support))
         np.save(directory / "last_event_us.npy", np.ascontiguousarray(self.last_event_us))
-        info = json.loads(self.meta.to_metadata()[b"meta_embed"]) | {"name": self.name, "users": len(self),
-                                                                   "dtype": str(self.embeddings.dtype)}
+        info = json.loads(self.meta.to_metadata()[b"meta_embed"]) | {
+            "name": self.name,
+            "users": len(self),
+            "dtype": str(self.embeddings.dtype),
+        }
         (directory / STORE_JSON).write_text(json.dumps(info, indent=2, sort_keys=True) + "\n")
 
     @classmethod
-    def open(cls, directory: Path, model_version: str) -> "EmbeddingStore":
+    def open(cls, directory: Path, model_version: str) -> EmbeddingStore:
         """Memory-map a store written by `save`; refuses another model_version."""
         info = json.loads((directory / STORE_JSON).read_text())
         meta = SnapshotMeta.from_dict(info)
         check_version(meta, model_version, str(directory))
         emb = mapped(directory / "embeddings.npy")
-        store = cls(meta, info["name"], IdIndex.open(directory, "users"), emb, mapped(directory / "n_support.npy"),
-                    mapped(directory / "last_event_us.npy"))
-        if not (len(store.ids) == emb.shape[0] == len(store.n_support) == info["users"]) or emb.shape[1] != meta.dim:
+        store = cls(
+            meta,
+            info["name"],
+            IdIndex.open(directory, "users"),
+            emb,
+            mapped(directory / "n_support.npy"),
+            mapped(directory / "last_event_us.npy"),
+        )
+        if (
+            not (len(store.ids) == emb.shape[0] == len(store.n_support) == info["users"])
+            or emb.shape[1] != meta.dim
+        ):
             raise SnapshotError(f"{directory}: store files disagree with {STORE_JSON}; rebuild the indexes")
         return store
 
@@ -115,7 +131,7 @@ class EmbeddingStore:
 
     def last_event(self, row: int) -> dt.datetime | None:
         us = int(self.last_event_us[row])
-        return None if us == NO_TS else dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc) + dt.timedelta(microseconds=us)
+        return None if us == NO_TS else dt.datetime(1970, 1, 1, tzinfo=dt.UTC) + dt.timedelta(microseconds=us)
 
     def age_s(self, now: dt.datetime) -> float:
         return (now - self.meta.as_of).total_seconds()

@@ -47,8 +47,10 @@ def _worker(config: dict[str, Any], host: str, port: int, log_level: str) -> Non
 def serve_workers(cfg: ServingConfig, host: str, port: int, workers: int, log_level: str) -> int:
     """Run `workers` server processes until a signal or a worker's exit; returns the exit code."""
     ctx = multiprocessing.get_context("spawn")  # fresh interpreters: no torch/FAISS state forked
-    procs = [ctx.Process(target=_worker, args=(to_dict(cfg), host, port, log_level), name=f"serve-worker-{i}")
-             for i in range(workers)]
+    procs = [
+        ctx.Process(target=_worker, args=(to_dict(cfg), host, port, log_level), name=f"serve-worker-{i}")
+        for i in range(workers)
+    ]
     stopping = False
 
     def stop(*_: Any) -> None:

@@ -11,22 +11,19 @@ import pyarrow as pa
 import torch
 from fastapi.testclient import TestClient
 
-from meta_embed import checkpoint
-from meta_embed import snapshot
-from meta_embed.config import MamlConfig, ModelConfig
+from meta_embed import checkpoint, snapshot
+from meta_embed.config import MamlConfig, ModelConfig, TrainConfig
 from meta_embed.inference import item_vectors
-from meta_embed.tables import ITEMS, USERS
+from meta_embed.tables import ITEMS, USERS, data_table, read_table
 from meta_embed.tasks import FeatureTables
-from meta_embed.config import TrainConfig
-from pipeline.evaluation.evaluation_config import EvalConfig
-from pipeline.evaluation.evaluation_job import evaluate
-from meta_embed.tables import data_table, read_table
-from pipeline.refresh.refresh_config import RefreshConfig
-from pipeline.refresh.refresh_job import refresh
 from pipeline.data.data_config import SynthConfig
 from pipeline.data.synth import synth
-from pipeline.training.training_config import TrainJobConfig
+from pipeline.evaluation.evaluation_config import EvalConfig
+from pipeline.evaluation.evaluation_job import evaluate
+from pipeline.refresh.refresh_config import RefreshConfig
+from pipeline.refresh.refresh_job import refresh
 from pipeline.training.train_job import train
+from pipeline.training.training_config import TrainJobConfig
 from serving.app import create_app
 from serving.serving_config import ServingConfig
 
@@ -37,17 +34,36 @@ def test_train_refresh_serve_evaluate(tmp_path):
     data = tmp_path / "data"
     synth(SynthConfig(n_users=120, n_items=60, events_per_user=20, seed=3, n_shards=2), data)
     small = ModelConfig(meta_dim=8, meta_hidden=16, item_dim=8, global_hidden=(16,), retrieval_dim=8)
-    trained = train(TrainJobConfig(data=str(data), out=str(tmp_path / "ckpt"), model=small,
-                                   maml=MamlConfig(inner_steps=2, max_support=10),
-                                   train=TrainConfig(max_epochs=2, batch_users=32, threads=1, progress=False)))
-    as_of = dt.datetime(2021, 1, 2, tzinfo=dt.timezone.utc)
-    snap = refresh(RefreshConfig(interactions=str(data_table(data, "interactions")), users=str(data / "users.parquet"),
-                                 items=str(data / "items.parquet"), checkpoint=str(trained.checkpoint), as_of=as_of,
-                                 out=str(tmp_path / "snapshots")), LOCAL)
+    trained = train(
+        TrainJobConfig(
+            data=str(data),
+            out=str(tmp_path / "ckpt"),
+            model=small,
+            maml=MamlConfig(inner_steps=2, max_support=10),
+            train=TrainConfig(max_epochs=2, batch_users=32, threads=1, progress=False),
+        )
+    )
+    as_of = dt.datetime(2021, 1, 2, tzinfo=dt.UTC)
+    snap = refresh(
+        RefreshConfig(
+            interactions=str(data_table(data, "interactions")),
+            users=str(data / "users.parquet"),
+            items=str(data / "items.parquet"),
+            checkpoint=str(trained.checkpoint),
+            as_of=as_of,
+            out=str(tmp_path / "snapshots"),
+        ),
+        LOCAL,
+    )
     assert snap.model_version == trained.model_version and snap.counts["users_adapted"] > 0
 
-    cfg = ServingConfig(root=tmp_path / "snapshots", items=data / "items.parquet", users=data / "users.parquet",
-                        checkpoint=trained.checkpoint, reload_interval_s=0)
+    cfg = ServingConfig(
+        root=tmp_path / "snapshots",
+        items=data / "items.parquet",
+        users=data / "users.parquet",
+        checkpoint=trained.checkpoint,
+        reload_interval_s=0,
+    )
     with TestClient(create_app(cfg.root, cfg)) as client:
         info = client.get("/v1/info").json()
         assert info["model_version"] == trained.model_version and info["snapshot"] == snap.name
@@ -59,14 +75,31 @@ def test_train_refresh_serve_evaluate(tmp_path):
 
     # Exactness: the HTTP scores are the global block applied to the stored embedding.
     ckpt = checkpoint.load(trained.checkpoint)
-    tables = FeatureTables.build(ckpt.spec, read_table(str(data / "users.parquet"), USERS),
-                                 read_table(str(data / "items.parquet"), ITEMS))
+    tables = FeatureTables.build(
+        ckpt.spec,
+        read_table(str(data / "users.parquet"), USERS),
+        read_table(str(data / "items.parquet"), ITEMS),
+    )
     with torch.no_grad():
         v = item_vectors(ckpt.model, tables, torch.from_numpy(tables.item_rows(pa.array(items))))
         expected = ckpt.model.global_block(torch.tensor(row["embedding"]).unsqueeze(0), v).numpy()
     np.testing.assert_allclose(answer["scores"], expected, atol=1e-5)
 
-    result = evaluate(EvalConfig(dataset="synthetic", out=str(tmp_path / "report"), days=2, retrain_every=2,
-                                 synth_users=120, meta_epochs=1, wd_lrs=(3e-3,), wd_dims=(8,), wd_max_epochs=1,
-                                 resamples=20, melu=False, weights_arm=False, beam_args=tuple(LOCAL)))
+    result = evaluate(
+        EvalConfig(
+            dataset="synthetic",
+            out=str(tmp_path / "report"),
+            days=2,
+            retrain_every=2,
+            synth_users=120,
+            meta_epochs=1,
+            wd_lrs=(3e-3,),
+            wd_dims=(8,),
+            wd_max_epochs=1,
+            resamples=20,
+            melu=False,
+            weights_arm=False,
+            beam_args=tuple(LOCAL),
+        )
+    )
     assert result.report.is_file() and "GAUC" in result.headline

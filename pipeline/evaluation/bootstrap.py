@@ -13,14 +13,14 @@ W = 1 the functions give the point estimates, which must equal the SQL queries o
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from meta_embed.metrics import grouped_auc
-from pipeline.evaluation.queries import K, METRICS, SLICES
+from pipeline.evaluation.queries import METRICS, SLICES, K
 
 Stat = Callable[[np.ndarray], np.ndarray]
 """W (resamples, users) -> metric value per resample (resamples,)."""
@@ -51,6 +51,7 @@ def _weighted_auc(user: np.ndarray, score: np.ndarray, y: np.ndarray) -> Stat:
         num = (pos * (below + 0.5 * neg)).sum(1)
         with np.errstate(invalid="ignore", divide="ignore"):
             return num / (pos.sum(1) * neg.sum(1))
+
     return stat
 
 
@@ -58,6 +59,7 @@ def _ratio(num: np.ndarray, den: np.ndarray) -> Stat:
     def stat(w: np.ndarray) -> np.ndarray:
         with np.errstate(invalid="ignore", divide="ignore"):
             return (w @ num) / (w @ den)
+
     return stat
 
 
@@ -72,18 +74,24 @@ def _group_auc(key: np.ndarray, score: np.ndarray, y: np.ndarray, n_users: int) 
     return _ratio(by_user(n * np.nan_to_num(auc)), by_user(n))
 
 
-def _stats(user: np.ndarray, day: np.ndarray, y: np.ndarray, score: np.ndarray, rank: np.ndarray,
-           n_users: int) -> dict[str, Stat]:
+def _stats(
+    user: np.ndarray, day: np.ndarray, y: np.ndarray, score: np.ndarray, rank: np.ndarray, n_users: int
+) -> dict[str, Stat]:
     """The metric functions of one (arm, slice): events of users `user` (global indices)."""
     loss = np.maximum(score, 0) + np.log1p(np.exp(-np.abs(score))) - y * score
     pos = y > 0.5
-    ud_key, ud = np.unique(np.stack([user[pos], day[pos]], 1), axis=0, return_inverse=True) if pos.any() \
+    ud_key, ud = (
+        np.unique(np.stack([user[pos], day[pos]], 1), axis=0, return_inverse=True)
+        if pos.any()
         else (np.zeros((0, 2), np.int64), np.zeros(0, np.int64))
+    )
     ud = ud.reshape(-1)
     r = rank[pos]
     npos = np.bincount(ud, minlength=len(ud_key)).astype(np.float64)
     hits = np.bincount(ud, weights=(r < K).astype(np.float64), minlength=len(ud_key))
-    dcg = np.bincount(ud, weights=np.where(r < K, 1.0 / np.log2(np.minimum(r, K) + 2.0), 0.0), minlength=len(ud_key))
+    dcg = np.bincount(
+        ud, weights=np.where(r < K, 1.0 / np.log2(np.minimum(r, K) + 2.0), 0.0), minlength=len(ud_key)
+    )
     ideal = np.cumsum(1.0 / np.log2(np.arange(K) + 2.0))[np.minimum(npos, K).astype(np.int64) - 1]
     day_user = ud_key[:, 0].astype(np.int64)
     per_user = lambda v: np.bincount(day_user, weights=v, minlength=n_users)  # noqa: E731
@@ -92,7 +100,9 @@ def _stats(user: np.ndarray, day: np.ndarray, y: np.ndarray, score: np.ndarray, 
         "auc": _weighted_auc(user, score, y),
         "gauc": _group_auc(user[:, None], score, y, n_users),
         "gauc_day": _group_auc(np.stack([user, day], 1), score, y, n_users),
-        "logloss": _ratio(np.bincount(user, weights=loss, minlength=n_users), np.bincount(user, minlength=n_users)),
+        "logloss": _ratio(
+            np.bincount(user, weights=loss, minlength=n_users), np.bincount(user, minlength=n_users)
+        ),
         "ndcg_at_10": _ratio(per_user(dcg / ideal), days),
         "recall_at_10": _ratio(per_user(hits / np.maximum(npos, 1.0)), days),
     }
@@ -112,12 +122,19 @@ def stat_functions(table: pa.Table) -> Prepared:
     arm, arms = _codes(table, "arm")
     y = _col(table, "label").astype(np.float64)
     score = _col(table, "score").astype(np.float64)
-    rank = table.column("rank").fill_null(np.iinfo(np.int32).max).to_numpy(zero_copy_only=False).astype(np.int64)
+    rank = (
+        table.column("rank").fill_null(np.iinfo(np.int32).max).to_numpy(zero_copy_only=False).astype(np.int64)
+    )
     day = _col(table, "day").astype(np.int64)
     stats: dict[tuple[str, str], dict[str, Stat]] = {}
     for name, column, values in SLICES:
-        in_slice = np.ones(table.num_rows, bool) if column is None else \
-            np.asarray(pc.is_in(table.column(column), value_set=pa.array(values, pa.string())), dtype=bool)
+        in_slice = (
+            np.ones(table.num_rows, bool)
+            if column is None
+            else np.asarray(
+                pc.is_in(table.column(column), value_set=pa.array(values, pa.string())), dtype=bool
+            )
+        )
         for a, arm_name in enumerate(arms):
             m = in_slice & (arm == a)
             if m.any():
@@ -128,8 +145,11 @@ def stat_functions(table: pa.Table) -> Prepared:
 def point_estimates(prep: Prepared) -> pa.Table:
     """(metric, arm, slice, value) with every user weighted once: the NumPy twin of the SQL."""
     ones = np.ones((1, len(prep.users)))
-    rows = [{"metric": m, "arm": a, "slice": s, "value": float(f[m](ones)[0])}
-            for (a, s), f in prep.stats.items() for m in METRICS]
+    rows = [
+        {"metric": m, "arm": a, "slice": s, "value": float(f[m](ones)[0])}
+        for (a, s), f in prep.stats.items()
+        for m in METRICS
+    ]
     return pa.Table.from_pylist(rows)
 
 
@@ -139,7 +159,9 @@ def _draws(rng: np.random.Generator, b: int, n_users: int) -> np.ndarray:
     return np.stack([np.bincount(p, minlength=n_users) for p in picks]).astype(np.float64)
 
 
-def resample(prep: Prepared, resamples: int, seed: int, chunk: int = 50) -> dict[tuple[str, str, str], np.ndarray]:
+def resample(
+    prep: Prepared, resamples: int, seed: int, chunk: int = 50
+) -> dict[tuple[str, str, str], np.ndarray]:
     """(arm, slice, metric) -> values over `resamples` user-clustered resamples, the same
     draws for every arm and slice."""
     if resamples <= 0:
@@ -162,7 +184,9 @@ def _interval(values: np.ndarray) -> tuple[float, float]:
     return float(lo), float(hi)
 
 
-def bootstrap(table: pa.Table, references: tuple[str, ...], resamples: int = 1000, seed: int = 0) -> tuple[pa.Table, pa.Table]:
+def bootstrap(
+    table: pa.Table, references: tuple[str, ...], resamples: int = 1000, seed: int = 0
+) -> tuple[pa.Table, pa.Table]:
     """(intervals, differences) of a PREDICTIONS table.
 
     intervals: metric, arm, slice, value, lo, hi (95% percentile interval of the arm's metric).
@@ -172,8 +196,16 @@ def bootstrap(table: pa.Table, references: tuple[str, ...], resamples: int = 100
     prep = stat_functions(table)
     point = {(r["arm"], r["slice"], r["metric"]): r["value"] for r in point_estimates(prep).to_pylist()}
     draws = resample(prep, resamples, seed)
-    intervals = [{"metric": m, "arm": a, "slice": s, "value": point[(a, s, m)],
-                  **dict(zip(("lo", "hi"), _interval(v)))} for (a, s, m), v in draws.items()]
+    intervals = [
+        {
+            "metric": m,
+            "arm": a,
+            "slice": s,
+            "value": point[(a, s, m)],
+            **dict(zip(("lo", "hi"), _interval(v))),
+        }
+        for (a, s, m), v in draws.items()
+    ]
     diffs = []
     for (a, s, m), v in draws.items():
         for ref in references:
@@ -182,7 +214,16 @@ def bootstrap(table: pa.Table, references: tuple[str, ...], resamples: int = 100
             d = v - draws[(ref, s, m)]
             lo, hi = _interval(d)
             ok = d[~np.isnan(d)]
-            diffs.append({"metric": m, "slice": s, "arm": a, "reference": ref,
-                          "diff": point[(a, s, m)] - point[(ref, s, m)], "lo": lo, "hi": hi,
-                          "p_le_0": float((ok <= 0).mean()) if len(ok) else float("nan")})
+            diffs.append(
+                {
+                    "metric": m,
+                    "slice": s,
+                    "arm": a,
+                    "reference": ref,
+                    "diff": point[(a, s, m)] - point[(ref, s, m)],
+                    "lo": lo,
+                    "hi": hi,
+                    "p_le_0": float((ok <= 0).mean()) if len(ok) else float("nan"),
+                }
+            )
     return pa.Table.from_pylist(intervals), pa.Table.from_pylist(diffs)

@@ -39,21 +39,45 @@ class EvalConfig:
         for name in ("wd_lrs", "wd_dims", "melu_steps", "beam_args"):
             object.__setattr__(self, name, tuple(getattr(self, name)))
         if self.dataset not in DATASETS and not Path(self.dataset).is_dir():
-            raise ValueError(f"EvalConfig.dataset must be one of {DATASETS} or a prepared data folder, got {self.dataset!r}")
+            raise ValueError(
+                f"EvalConfig.dataset must be one of {DATASETS} or a prepared data folder, got "
+                f"{self.dataset!r}"
+            )
         if not 0 < self.valid_quantile < self.t0_quantile < 1:
-            raise ValueError(f"EvalConfig: need 0 < valid_quantile < t0_quantile < 1, got "
-                             f"{self.valid_quantile}, {self.t0_quantile}")
-        for name in ("days", "retrain_every", "meta_epochs", "wd_max_epochs", "resamples", "synth_users", "torch_threads"):
+            raise ValueError(
+                f"EvalConfig: need 0 < valid_quantile < t0_quantile < 1, got "
+                f"{self.valid_quantile}, {self.t0_quantile}"
+            )
+        for name in (
+            "days",
+            "retrain_every",
+            "meta_epochs",
+            "wd_max_epochs",
+            "resamples",
+            "synth_users",
+            "torch_threads",
+        ):
             if getattr(self, name) <= 0:
                 raise ValueError(f"EvalConfig.{name} must be > 0, got {getattr(self, name)}")
         if not self.wd_lrs or not self.wd_dims or any(v <= 0 for v in self.wd_lrs + self.wd_dims):
-            raise ValueError(f"EvalConfig.wd_lrs and wd_dims must be non-empty positive grids, got {self.wd_lrs}, {self.wd_dims}")
+            raise ValueError(
+                f"EvalConfig.wd_lrs and wd_dims must be non-empty positive grids, got {self.wd_lrs}, "
+                f"{self.wd_dims}"
+            )
         if self.melu and (not self.melu_steps or min(self.melu_steps) < 1):
             raise ValueError(f"EvalConfig.melu_steps must be inner-step counts >= 1, got {self.melu_steps}")
 
 
 def quick_config(out: str = "reports/ml-100k-quick") -> EvalConfig:
     """The demo: MovieLens-100K, two weeks of nightly refreshes, a small grid, no MeLU table."""
-    return EvalConfig(dataset="movielens-100k", out=out, days=14, meta_epochs=10, wd_lrs=(3e-3,), wd_dims=(16, 32),
-                      wd_max_epochs=6, melu=False,
-                      note="Quick demo: MovieLens-100K with a 14-day test period (not 8 weeks) and a reduced W&D grid.")
+    return EvalConfig(
+        dataset="movielens-100k",
+        out=out,
+        days=14,
+        meta_epochs=10,
+        wd_lrs=(3e-3,),
+        wd_dims=(16, 32),
+        wd_max_epochs=6,
+        melu=False,
+        note="Quick demo: MovieLens-100K with a 14-day test period (not 8 weeks) and a reduced W&D grid.",
+    )

@@ -27,19 +27,17 @@ import pyarrow.parquet as pq
 import torch
 from tqdm import tqdm
 
-from meta_embed.config import WideDeepConfig
-from meta_embed.config import ModelConfig, write_config
+from meta_embed.config import ModelConfig, TrainConfig, WideDeepConfig, write_config
 from meta_embed.features import fit_spec, movielens_template
 from meta_embed.tables import TS_TYPE
-from meta_embed.config import TrainConfig
 from pipeline.evaluation import bootstrap, melu, report, wd_tuning
 from pipeline.evaluation.evaluation_config import DATASETS, REFERENCES, EvalConfig
-from pipeline.evaluation.replay import ARMS
-from pipeline.evaluation.report import SLICE_NAMES
 from pipeline.evaluation.queries import compute_metrics
-from pipeline.evaluation.replay import ReplaySetup, before, make_period, replay, replay_events
+from pipeline.evaluation.replay import ARMS, ReplaySetup, before, make_period, replay, replay_events
+from pipeline.evaluation.report import SLICE_NAMES
 from pipeline.training.train_job import load_data, train
 from pipeline.training.training_config import TrainJobConfig
+
 
 @dataclasses.dataclass(frozen=True)
 class EvalResult:
@@ -65,7 +63,9 @@ class EvalResult:
         for sl in slices:
             lines.append(f"{sl:<18}" + "".join(f" {cell(iv.get((a, sl))):>{width}}" for a in arms))
         for t in self.targets:
-            lines.append(f"[{ {True: 'met', False: 'MISSED', None: 'n/a'}[t['met']] }] {t['target']}: {t['measured']}")
+            lines.append(
+                f"[{ {True: 'met', False: 'MISSED', None: 'n/a'}[t['met']] }] {t['target']}: {t['measured']}"
+            )
         return "\n".join(lines)
 
 
@@ -83,10 +83,22 @@ def dataset_folder(cfg: EvalConfig, work: Path) -> Path:
     if cfg.dataset == "synthetic":
         from pipeline.data.data_config import SynthConfig
         from pipeline.data.synth import synth
-        synth(SynthConfig(n_users=cfg.synth_users, n_items=150, events_per_user=40, seed=cfg.seed, n_shards=1,
-                          start="2020-01-01T00:00:00+00:00", end="2020-07-01T00:00:00+00:00"), target)
+
+        synth(
+            SynthConfig(
+                n_users=cfg.synth_users,
+                n_items=150,
+                events_per_user=40,
+                seed=cfg.seed,
+                n_shards=1,
+                start="2020-01-01T00:00:00+00:00",
+                end="2020-07-01T00:00:00+00:00",
+            ),
+            target,
+        )
     else:
         from pipeline.data.prepare import prepare
+
         prepare(cfg.dataset, target, cfg.cache_dir)
     return target
 
@@ -96,11 +108,21 @@ def train_meta(cfg: EvalConfig, data: Path, work: Path, t0_iso: str) -> dict[str
     out = {}
     for mode in ("activation", "weights") if cfg.weights_arm else ("activation",):
         _say(f"meta-training ({mode} mode) on events before T0")
-        job = TrainJobConfig(str(data), str(work / f"ckpt-{mode}"), until=t0_iso, model=ModelConfig(embedding_mode=mode),
-                             train=TrainConfig(seed=cfg.seed, max_epochs=cfg.meta_epochs, threads=cfg.torch_threads))
+        job = TrainJobConfig(
+            str(data),
+            str(work / f"ckpt-{mode}"),
+            until=t0_iso,
+            model=ModelConfig(embedding_mode=mode),
+            train=TrainConfig(seed=cfg.seed, max_epochs=cfg.meta_epochs, threads=cfg.torch_threads),
+        )
         result = train(job)
-        out[mode] = {"checkpoint": str(result.checkpoint), "seconds": result.seconds, "val_auc": result.best_metric,
-                     "best_epoch": result.best_epoch, "embedding_dim": job.model.embedding_dim}
+        out[mode] = {
+            "checkpoint": str(result.checkpoint),
+            "seconds": result.seconds,
+            "val_auc": result.best_metric,
+            "best_epoch": result.best_epoch,
+            "embedding_dim": job.model.embedding_dim,
+        }
     return out
 
 
@@ -108,18 +130,25 @@ def _write_json(path: Path, payload: dict) -> None:
     path.write_text(json.dumps(payload, indent=2, sort_keys=True, default=str) + "\n")
 
 
-def _models_at_t0(cfg: EvalConfig, data: Path, work: Path, tables, period) -> tuple[dict, object, object, object]:
+def _models_at_t0(
+    cfg: EvalConfig, data: Path, work: Path, tables, period
+) -> tuple[dict, object, object, object]:
     """Meta checkpoints, the tuned W&D configuration, the W&D fitted at T0 and the spec."""
     inter, users, items = tables.interactions, tables.users, tables.items
     meta = train_meta(cfg, data, work, period.t0.isoformat())
     spec = fit_spec(movielens_template(), users, items)
     base = WideDeepConfig(max_epochs=cfg.wd_max_epochs, seed=cfg.seed)
     train_wd = before(inter, period.valid_start)
-    valid_wd = before(inter, period.t0).filter(pc.greater_equal(pc.field("ts"), pa.scalar(period.valid_start, TS_TYPE)))
+    valid_wd = before(inter, period.t0).filter(
+        pc.greater_equal(pc.field("ts"), pa.scalar(period.valid_start, TS_TYPE))
+    )
     tuned = wd_tuning.tune(base, spec, users, items, train_wd, valid_wd, cfg.wd_lrs, cfg.wd_dims, _say)
     wd_static = wd_tuning.refit(tuned, spec, users, items, before(inter, period.t0))
-    _say(f"W&D: chose lr={tuned.cfg.lr:g} dim={tuned.cfg.embedding_dim} (validation AUC {tuned.val_score:.4f}); "
-         f"refit on events before T0 in {wd_static.seconds:.0f}s")
+    _say(
+        f"W&D: chose lr={tuned.cfg.lr:g} dim={tuned.cfg.embedding_dim} (validation AUC "
+        f"{tuned.val_score:.4f}); "
+        f"refit on events before T0 in {wd_static.seconds:.0f}s"
+    )
     return meta, tuned, wd_static, spec
 
 
@@ -140,35 +169,79 @@ def evaluate(cfg: EvalConfig) -> EvalResult:
         tables = load_data(data)
         inter, users, items = tables.interactions, tables.users, tables.items
         period = make_period(inter, cfg.days, cfg.t0_quantile, cfg.valid_quantile)
-        _say(f"T0 {period.t0.isoformat()}, validation from {period.valid_start.isoformat()}, "
-             f"{len(period.points)} refresh points until {period.end.isoformat()}")
+        _say(
+            f"T0 {period.t0.isoformat()}, validation from {period.valid_start.isoformat()}, "
+            f"{len(period.points)} refresh points until {period.end.isoformat()}"
+        )
         meta, tuned, wd_static, spec = _models_at_t0(cfg, data, work, tables, period)
-        setup = ReplaySetup(data, inter, users, items, period, {m: v["checkpoint"] for m, v in meta.items()},
-                            wd_static.model, lambda events: wd_tuning.refit(tuned, spec, users, items, events),
-                            work, cfg.beam_args, cfg.retrain_every)
+        setup = ReplaySetup(
+            data,
+            inter,
+            users,
+            items,
+            period,
+            {m: v["checkpoint"] for m, v in meta.items()},
+            wd_static.model,
+            lambda events: wd_tuning.refit(tuned, spec, users, items, events),
+            work,
+            cfg.beam_args,
+            cfg.retrain_every,
+        )
         test = replay_events(inter, period)
         bar = tqdm(total=len(period.points), desc="replay", unit="day", file=sys.stderr)
-        preds, log = replay(setup, test, lambda d, info: (bar.update(1), bar.set_postfix(info, refresh=False)))
+        preds, log = replay(
+            setup, test, lambda d, info: (bar.update(1), bar.set_postfix(info, refresh=False))
+        )
         bar.close()
         pq.write_table(preds, out / "predictions.parquet")
-        summary = {"period": dataclasses.asdict(period), "costs": report.costs(meta, tuned, wd_static, log, period, test),
-                   "tuned": dataclasses.asdict(tuned), "meta": meta, "replay_log": dataclasses.asdict(log)}
+        summary = {
+            "period": dataclasses.asdict(period),
+            "costs": report.costs(meta, tuned, wd_static, log, period, test),
+            "tuned": dataclasses.asdict(tuned),
+            "meta": meta,
+            "replay_log": dataclasses.asdict(log),
+        }
         _write_json(out / "summary.json", summary)
-        _say(f"{preds.num_rows} predictions written; computing metrics and {cfg.resamples} bootstrap resamples")
+        _say(
+            f"{preds.num_rows} predictions written; computing metrics and {cfg.resamples} bootstrap resamples"
+        )
         metrics = compute_metrics(out / "predictions.parquet")
         intervals, diffs = bootstrap.bootstrap(preds, REFERENCES, cfg.resamples, cfg.seed)
         for name, table in (("metrics", metrics), ("intervals", intervals), ("differences", diffs)):
             pq.write_table(table, out / f"{name}.parquet")
         if cfg.melu:
             _say("MeLU protocol: regression on the four-scenario split")
-            res = melu.run_melu(inter, users, items, work / "melu", spec, tuned.cfg, cfg.melu_steps,
-                                     TrainConfig(seed=cfg.seed, max_epochs=cfg.meta_epochs, progress=False,
-                                                 threads=cfg.torch_threads), cfg.seed, _say)
-            summary |= {"melu": list(res.rows), "melu_info": {"train_seconds": res.train_seconds, "counts": res.counts}}
+            res = melu.run_melu(
+                inter,
+                users,
+                items,
+                work / "melu",
+                spec,
+                tuned.cfg,
+                cfg.melu_steps,
+                TrainConfig(
+                    seed=cfg.seed, max_epochs=cfg.meta_epochs, progress=False, threads=cfg.torch_threads
+                ),
+                cfg.seed,
+                _say,
+            )
+            summary |= {
+                "melu": list(res.rows),
+                "melu_info": {"train_seconds": res.train_seconds, "counts": res.counts},
+            }
             _write_json(out / "summary.json", summary)
     finally:
         torch.set_num_threads(threads)
     report_path, rendered = report.render(out)
     _say(f"report written to {report_path}")
-    return EvalResult(out, report_path, metrics, intervals, diffs, summary["costs"], tuple(summary.get("melu", ())),
-                      rendered.targets(), time.perf_counter() - start)
+    return EvalResult(
+        out,
+        report_path,
+        metrics,
+        intervals,
+        diffs,
+        summary["costs"],
+        tuple(summary.get("melu", ())),
+        rendered.targets(),
+        time.perf_counter() - start,
+    )

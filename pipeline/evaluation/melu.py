@@ -26,25 +26,40 @@ import pyarrow.parquet as pq
 
 from meta_embed import baseline
 from meta_embed.checkpoint import load
-from meta_embed.config import MamlConfig, ModelConfig
+from meta_embed.config import MamlConfig, ModelConfig, TrainConfig
 from meta_embed.features import FeatureSpec
 from meta_embed.tasks import FeatureTables, build_tasks
-from meta_embed.config import TrainConfig
 from meta_embed.train import predict_query
 from pipeline.evaluation.splits import SCENARIOS, MeluSplit, melu_split
-from pipeline.training.training_config import TrainJobConfig
 from pipeline.training.train_job import train
+from pipeline.training.training_config import TrainJobConfig
 
 PUBLISHED = {  # MeLU (KDD 2019), MovieLens-1M: (MAE, nDCG@1, nDCG@3)
-    "Wide&Deep": {"warm_state": (.9047, .9090, .9117), "user_cold_state": (1.0694, .8559, .8639),
-                  "item_cold_state": (1.2655, .7420, .7721), "user_and_item_cold_state": (1.3114, .7680, .7874)},
-    "MeLU-1": {"warm_state": (.7661, .8866, .8904), "user_cold_state": (.7884, .8799, .8810),
-               "item_cold_state": (.9361, .7715, .7990), "user_and_item_cold_state": (.9299, .7760, .8011)},
-    "MeLU-5": {"warm_state": (.7567, .8870, .8919), "user_cold_state": (.7854, .8803, .8812),
-               "item_cold_state": (.9275, .7697, .8005), "user_and_item_cold_state": (.9235, .7752, .8008)},
+    "Wide&Deep": {
+        "warm_state": (0.9047, 0.9090, 0.9117),
+        "user_cold_state": (1.0694, 0.8559, 0.8639),
+        "item_cold_state": (1.2655, 0.7420, 0.7721),
+        "user_and_item_cold_state": (1.3114, 0.7680, 0.7874),
+    },
+    "MeLU-1": {
+        "warm_state": (0.7661, 0.8866, 0.8904),
+        "user_cold_state": (0.7884, 0.8799, 0.8810),
+        "item_cold_state": (0.9361, 0.7715, 0.7990),
+        "user_and_item_cold_state": (0.9299, 0.7760, 0.8011),
+    },
+    "MeLU-5": {
+        "warm_state": (0.7567, 0.8870, 0.8919),
+        "user_cold_state": (0.7854, 0.8803, 0.8812),
+        "item_cold_state": (0.9275, 0.7697, 0.8005),
+        "user_and_item_cold_state": (0.9235, 0.7752, 0.8008),
+    },
 }
-SCENARIO_NAMES = {"warm_state": "existing items, existing users", "user_cold_state": "existing items, new users",
-                  "item_cold_state": "new items, existing users", "user_and_item_cold_state": "new items, new users"}
+SCENARIO_NAMES = {
+    "warm_state": "existing items, existing users",
+    "user_cold_state": "existing items, new users",
+    "item_cold_state": "new items, existing users",
+    "user_and_item_cold_state": "new items, new users",
+}
 MIN_NDCG_ITEMS = 3
 
 
@@ -72,8 +87,13 @@ def scenario_metrics(split: MeluSplit, pred: np.ndarray) -> dict[str, dict]:
         m = split.scenario_mask(s)
         n1, users = ndcg(pred[m], rating[m], task[m], 1)
         n3, _ = ndcg(pred[m], rating[m], task[m], 3)
-        out[s] = {"mae": float(np.abs(pred[m] - rating[m]).mean()) if m.any() else float("nan"),
-                  "ndcg_at_1": n1, "ndcg_at_3": n3, "n_ratings": int(m.sum()), "n_users": users}
+        out[s] = {
+            "mae": float(np.abs(pred[m] - rating[m]).mean()) if m.any() else float("nan"),
+            "ndcg_at_1": n1,
+            "ndcg_at_3": n3,
+            "n_ratings": int(m.sum()),
+            "n_users": users,
+        }
     return out
 
 
@@ -97,8 +117,15 @@ def meta_predictions(checkpoint: Path, split: MeluSplit, users: pa.Table, items:
     """Each test user adapted on its support ratings, scored on its query items."""
     ckpt = load(checkpoint)
     tables = FeatureTables.build(ckpt.spec, users, items)
-    tasks = build_tasks(split.tasks.support, split.tasks.query, tables, ckpt.spec, target="rating",
-                        max_support=ckpt.maml_cfg.max_support, user_ids=split.tasks.user_id)
+    tasks = build_tasks(
+        split.tasks.support,
+        split.tasks.query,
+        tables,
+        ckpt.spec,
+        target="rating",
+        max_support=ckpt.maml_cfg.max_support,
+        user_ids=split.tasks.user_id,
+    )
     pred = predict_query(ckpt.model, tables, tasks, ckpt.maml_cfg)
     # build_tasks orders each user's query events oldest first: re-key them to the split's rows
     order = np.lexsort((split.tasks.query.column("ts").cast(pa.int64()).to_numpy(), split.tasks.query_task()))
@@ -114,9 +141,18 @@ class MeluResult:
     counts: dict[str, int]
 
 
-def run_melu(interactions: pa.Table, users: pa.Table, items: pa.Table, workdir: Path, spec: FeatureSpec,
-             wd_cfg: baseline.WideDeepConfig, steps: tuple[int, ...], train_cfg: TrainConfig, seed: int = 0,
-             log=print) -> MeluResult:
+def run_melu(
+    interactions: pa.Table,
+    users: pa.Table,
+    items: pa.Table,
+    workdir: Path,
+    spec: FeatureSpec,
+    wd_cfg: baseline.WideDeepConfig,
+    steps: tuple[int, ...],
+    train_cfg: TrainConfig,
+    seed: int = 0,
+    log=print,
+) -> MeluResult:
     """Train the regression models on the MeLU split and score the four scenarios."""
     split = melu_split(interactions.filter(pc.is_valid(interactions.column("rating"))), items, seed)
     ratings = training_ratings(split, items)
@@ -126,8 +162,13 @@ def run_melu(interactions: pa.Table, users: pa.Table, items: pa.Table, workdir: 
         pq.write_table(table, data / f"{name}.parquet")
     rows, seconds = [], {}
     for k in steps:
-        cfg = TrainJobConfig(str(data), str(workdir / f"meta-{k}"), model=ModelConfig(objective="regression"),
-                             maml=MamlConfig(inner_steps=k), train=dataclasses.replace(train_cfg, seed=seed))
+        cfg = TrainJobConfig(
+            str(data),
+            str(workdir / f"meta-{k}"),
+            model=ModelConfig(objective="regression"),
+            maml=MamlConfig(inner_steps=k),
+            train=dataclasses.replace(train_cfg, seed=seed),
+        )
         result = train(cfg)
         seconds[f"meta-{k}"] = result.seconds
         pred = meta_predictions(result.checkpoint, split, users, items)
@@ -136,11 +177,21 @@ def run_melu(interactions: pa.Table, users: pa.Table, items: pa.Table, workdir: 
     rng = np.random.default_rng(seed)
     held = rng.random(ratings.num_rows) < 0.1  # early-stopping ratings, drawn from the training ratings
     start = time.perf_counter()
-    wd = baseline.fit(dataclasses.replace(wd_cfg, objective="regression"), spec, users, items,
-                      ratings.filter(pa.array(~held)), ratings.filter(pa.array(held)))
+    wd = baseline.fit(
+        dataclasses.replace(wd_cfg, objective="regression"),
+        spec,
+        users,
+        items,
+        ratings.filter(pa.array(~held)),
+        ratings.filter(pa.array(held)),
+    )
     seconds["wide_deep"] = time.perf_counter() - start
     pred = baseline.predict(wd.model, baseline.index_events(wd.model, split.tasks.query))
     rows += [{"model": "wide_deep", "scenario": s, **v} for s, v in scenario_metrics(split, pred).items()]
-    counts = {"users": len(split.tasks), "new_users": int(split.user_is_new.sum()), "training_ratings": ratings.num_rows,
-              "query_ratings": split.tasks.query.num_rows}
+    counts = {
+        "users": len(split.tasks),
+        "new_users": int(split.user_is_new.sum()),
+        "training_ratings": ratings.num_rows,
+        "query_ratings": split.tasks.query.num_rows,
+    }
     return MeluResult(tuple(rows), seconds, counts)

@@ -51,8 +51,14 @@ def by_day(daily: pa.Table, metric: str, path: Path) -> Path:
     for arm in ARMS:
         rows = sorted(_rows(daily, arm=arm, metric=metric), key=lambda r: r["slice"])
         if rows:
-            ax.plot([int(r["slice"].split()[1]) for r in rows], [r["value"] for r in rows], marker=".", lw=1,
-                    color=COLORS[arm], label=arm)
+            ax.plot(
+                [int(r["slice"].split()[1]) for r in rows],
+                [r["value"] for r in rows],
+                marker=".",
+                lw=1,
+                color=COLORS[arm],
+                label=arm,
+            )
     ax.set_xlabel("refresh point (day of the test period)")
     ax.set_ylabel(metric.upper())
     ax.set_title(f"{metric.upper()} of each day's events, scored with that night's models")
@@ -71,8 +77,15 @@ def calibration(cal: pa.Table, path: Path) -> Path:
     for arm in ARMS:
         rows = _rows(cal, arm=arm)
         if rows:
-            ax.plot([r["predicted"] for r in rows], [r["observed"] for r in rows], marker="o", ms=3, lw=1,
-                    color=COLORS[arm], label=arm)
+            ax.plot(
+                [r["predicted"] for r in rows],
+                [r["observed"] for r in rows],
+                marker="o",
+                ms=3,
+                lw=1,
+                color=COLORS[arm],
+                label=arm,
+            )
     ax.set_xlabel("mean predicted P(label = 1)")
     ax.set_ylabel("observed positive rate")
     ax.set_title("Calibration (10 probability bins)")

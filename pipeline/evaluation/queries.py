@@ -23,23 +23,29 @@ import pyarrow as pa
 
 from meta_embed.tables import TS_TYPE
 
-PREDICTIONS = pa.schema([
-    pa.field("user_id", pa.string(), nullable=False),
-    pa.field("item_id", pa.string(), nullable=False),
-    pa.field("ts", TS_TYPE, nullable=False),
-    pa.field("label", pa.float32(), nullable=False),
-    pa.field("arm", pa.string(), nullable=False),
-    pa.field("segment", pa.string(), nullable=False),
-    pa.field("cohort", pa.string(), nullable=False),
-    pa.field("refresh_point", TS_TYPE, nullable=False),
-    pa.field("day", pa.int32(), nullable=False),
-    pa.field("score", pa.float32(), nullable=False),
-    pa.field("rank", pa.int32(), nullable=True),
-    pa.field("n_candidates", pa.int32(), nullable=True),
-])
+PREDICTIONS = pa.schema(
+    [
+        pa.field("user_id", pa.string(), nullable=False),
+        pa.field("item_id", pa.string(), nullable=False),
+        pa.field("ts", TS_TYPE, nullable=False),
+        pa.field("label", pa.float32(), nullable=False),
+        pa.field("arm", pa.string(), nullable=False),
+        pa.field("segment", pa.string(), nullable=False),
+        pa.field("cohort", pa.string(), nullable=False),
+        pa.field("refresh_point", TS_TYPE, nullable=False),
+        pa.field("day", pa.int32(), nullable=False),
+        pa.field("score", pa.float32(), nullable=False),
+        pa.field("rank", pa.int32(), nullable=True),
+        pa.field("n_candidates", pa.int32(), nullable=True),
+    ]
+)
 
 BUCKETS: tuple[tuple[str, int, int | None], ...] = (
-    ("0", 0, 0), ("1-5", 1, 5), ("6-20", 6, 20), ("21-100", 21, 100), (">100", 101, None),
+    ("0", 0, 0),
+    ("1-5", 1, 5),
+    ("6-20", 6, 20),
+    ("21-100", 21, 100),
+    (">100", 101, None),
 )
 """Activity buckets: (name, lowest, highest or None) events before the refresh point."""
 
@@ -83,7 +89,8 @@ aucs AS (
     FROM groups)"""
 
 _WEIGHTED_MEAN = """
-SELECT arm, slice, sum(n * auc) FILTER (WHERE auc IS NOT NULL) / sum(n) FILTER (WHERE auc IS NOT NULL) AS value,
+SELECT arm, slice,
+       sum(n * auc) FILTER (WHERE auc IS NOT NULL) / sum(n) FILTER (WHERE auc IS NOT NULL) AS value,
        sum(n) FILTER (WHERE auc IS NOT NULL) AS n_events,
        count(DISTINCT user_id) FILTER (WHERE auc IS NOT NULL) AS n_users
 FROM aucs GROUP BY ALL"""
@@ -91,14 +98,19 @@ FROM aucs GROUP BY ALL"""
 
 QUERIES: dict[str, str] = {
     # Mann-Whitney AUC over all events of the slice; tied scores share their average rank.
-    "auc": "WITH" + _AUC_PARTS.format(by="arm, slice", key="") + """
+    "auc": "WITH"
+    + _AUC_PARTS.format(by="arm, slice", key="")
+    + """
 SELECT a.arm, a.slice, a.auc AS value, a.n AS n_events, u.n_users
-FROM aucs a JOIN (SELECT arm, slice, count(DISTINCT user_id) AS n_users FROM sliced GROUP BY ALL) u USING (arm, slice)""",
+FROM aucs a
+JOIN (SELECT arm, slice, count(DISTINCT user_id) AS n_users FROM sliced GROUP BY ALL) u USING (arm, slice)""",
     # Per-user AUC averaged with weights = the user's events, over users with both classes.
     "gauc": "WITH" + _AUC_PARTS.format(by="arm, slice, user_id", key="user_id,") + _WEIGHTED_MEAN,
     # The same per user-day (user x refresh point), weighted by the user-day's events: only
     # items scored by one snapshot are compared, as in one served ranking.
-    "gauc_day": "WITH" + _AUC_PARTS.format(by="arm, slice, user_id, day", key="user_id, day,") + _WEIGHTED_MEAN,
+    "gauc_day": "WITH"
+    + _AUC_PARTS.format(by="arm, slice, user_id, day", key="user_id, day,")
+    + _WEIGHTED_MEAN,
     # Mean binary cross-entropy of sigmoid(score), in the stable form softplus(s) - y s.
     "logloss": """
 SELECT arm, slice, avg(greatest(score, 0) + ln(1 + exp(-abs(score))) - label * score) AS value,
@@ -110,7 +122,8 @@ WITH days AS (
     SELECT arm, slice, user_id, day, count(*) FILTER (WHERE label > 0.5) AS npos,
            coalesce(sum(1 / log2(rank + 2)) FILTER (WHERE label > 0.5 AND rank < {K}), 0) AS dcg
     FROM sliced GROUP BY ALL HAVING npos > 0)
-SELECT arm, slice, avg(dcg / list_sum(list_transform(range(least(npos, {K})), lambda j: 1 / log2(j + 2)))) AS value,
+SELECT arm, slice,
+       avg(dcg / list_sum(list_transform(range(least(npos, {K})), lambda j: 1 / log2(j + 2)))) AS value,
        sum(npos) AS n_events, count(DISTINCT user_id) AS n_users
 FROM days GROUP BY ALL""",
     # Per user-day with >= 1 positive: the share of its positives ranked in the top K.
@@ -125,8 +138,16 @@ FROM days GROUP BY ALL""",
 """Named metric queries over the `sliced` view; each returns arm, slice, value, n_events, n_users."""
 
 METRICS = tuple(QUERIES)
-METRICS_SCHEMA = pa.schema([("metric", pa.string()), ("arm", pa.string()), ("slice", pa.string()),
-                            ("value", pa.float64()), ("n_events", pa.int64()), ("n_users", pa.int64())])
+METRICS_SCHEMA = pa.schema(
+    [
+        ("metric", pa.string()),
+        ("arm", pa.string()),
+        ("slice", pa.string()),
+        ("value", pa.float64()),
+        ("n_events", pa.int64()),
+        ("n_users", pa.int64()),
+    ]
+)
 
 SEGMENTS_SQL = """
 WITH points AS (
@@ -142,9 +163,14 @@ SELECT t.*, c.n_before,
        CASE WHEN f.first_ts IS NOT NULL AND f.first_ts < $t0 THEN 'existing_at_T0'
             WHEN c.n_before = 0 THEN 'joined_first_day' ELSE 'joined_later_days' END AS cohort
 FROM test t JOIN counts c USING (user_id, refresh_point) LEFT JOIN first f USING (user_id)
-""".format(buckets=" ".join(
-    f"WHEN c.n_before >= {lo}" + (f" AND c.n_before <= {hi}" if hi is not None else "") + f" THEN '{name}'"
-    for name, lo, hi in BUCKETS))
+""".format(
+    buckets=" ".join(
+        f"WHEN c.n_before >= {lo}"
+        + (f" AND c.n_before <= {hi}" if hi is not None else "")
+        + f" THEN '{name}'"
+        for name, lo, hi in BUCKETS
+    )
+)
 """Segments of test events: `test` (user_id, refresh_point, ...) and `history` (user_id, ts:
 every event, test period included) -> test + n_before, segment, cohort. `$t0` is T0."""
 
@@ -153,7 +179,9 @@ def connect() -> duckdb.DuckDBPyConnection:
     con = duckdb.connect()
     con.execute("SET TimeZone = 'UTC'")
     con.execute("SET enable_progress_bar = false")
-    con.execute("SET threads = 1")  # one thread: float sums in one order, so a rerun gives bit-identical metrics
+    con.execute(
+        "SET threads = 1"
+    )  # one thread: float sums in one order, so a rerun gives bit-identical metrics
     return con
 
 
@@ -167,12 +195,13 @@ def assign_segments(test: pa.Table, history: pa.Table, t0) -> pa.Table:
 
 CALIBRATION_SQL = """
 WITH p AS (SELECT arm, label, 1 / (1 + exp(-score)) AS prob FROM predictions)
-SELECT arm, least(floor(prob * $bins), $bins - 1)::INTEGER AS bin, avg(prob) AS predicted, avg(label) AS observed,
-       count(*) AS n_events
+SELECT arm, least(floor(prob * $bins), $bins - 1)::INTEGER AS bin,
+       avg(prob) AS predicted, avg(label) AS observed, count(*) AS n_events
 FROM p GROUP BY ALL ORDER BY arm, bin"""
 """Reliability of sigmoid(score): per arm and probability bin, mean prediction and positive rate."""
 
-DAILY_VIEW_SQL = "CREATE OR REPLACE TEMP VIEW sliced AS SELECT 'day ' || lpad(day::VARCHAR, 3, '0') AS slice, * FROM predictions"
+DAILY_VIEW_SQL = """CREATE OR REPLACE TEMP VIEW sliced AS
+SELECT 'day ' || lpad(day::VARCHAR, 3, '0') AS slice, * FROM predictions"""
 """Slices by refresh point instead of by segment (metrics across refresh points)."""
 
 
@@ -190,8 +219,9 @@ def calibration(predictions: pa.Table | str | Path, bins: int = 10) -> pa.Table:
     return _open(predictions).sql(CALIBRATION_SQL, params={"bins": bins}).to_arrow_table()
 
 
-def compute_metrics(predictions: pa.Table | str | Path, metrics: tuple[str, ...] = METRICS,
-                    by_day: bool = False) -> pa.Table:
+def compute_metrics(
+    predictions: pa.Table | str | Path, metrics: tuple[str, ...] = METRICS, by_day: bool = False
+) -> pa.Table:
     """Tidy table (metric, arm, slice, value, n_events, n_users) of the named queries;
     slices are SLICES, or one per refresh point ('day 000', ...) with `by_day`."""
     con = _open(predictions)

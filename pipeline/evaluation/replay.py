@@ -21,16 +21,15 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import torch
 
-from meta_embed import baseline
-from meta_embed import snapshot
+from meta_embed import baseline, snapshot
 from meta_embed.checkpoint import load
 from meta_embed.inference import catalog_vectors, user_inputs, zero_step
 from meta_embed.tables import TS_TYPE, data_table
@@ -39,8 +38,16 @@ from pipeline.evaluation.queries import PREDICTIONS, assign_segments
 from pipeline.refresh.refresh_config import RefreshConfig
 from pipeline.refresh.refresh_job import refresh
 
-UTC = dt.timezone.utc
-ARMS = ("popularity", "wd_static", "wd_retrained", "meta_refresh", "meta_static", "meta_init", "meta_refresh_weights")
+UTC = dt.UTC
+ARMS = (
+    "popularity",
+    "wd_static",
+    "wd_retrained",
+    "meta_refresh",
+    "meta_static",
+    "meta_init",
+    "meta_refresh_weights",
+)
 """The arms the replay scores every test event with, in the order reports list them."""
 
 
@@ -62,7 +69,9 @@ def _ts(table: pa.Table) -> np.ndarray:
     return table.column("ts").cast(pa.int64()).to_numpy(zero_copy_only=False)
 
 
-def make_period(interactions: pa.Table, days: int, t0_quantile: float = 0.8, valid_quantile: float = 0.7) -> Period:
+def make_period(
+    interactions: pa.Table, days: int, t0_quantile: float = 0.8, valid_quantile: float = 0.7
+) -> Period:
     """T0 and the validation start are timestamps of events (discrete quantiles)."""
     ts = _ts(interactions)
     q = np.quantile(ts, [valid_quantile, t0_quantile], method="inverted_cdf")
@@ -91,7 +100,9 @@ def replay_events(interactions: pa.Table, period: Period) -> pa.Table:
     test = test.append_column("refresh_point", pa.array(points[day], pa.int64()).cast(TS_TYPE))
     test = test.append_column("day", pa.array(day.astype(np.int32)))
     out = assign_segments(test, interactions, period.t0)
-    return out.sort_by([("day", "ascending"), ("user_id", "ascending"), ("ts", "ascending"), ("item_id", "ascending")])
+    return out.sort_by(
+        [("day", "ascending"), ("user_id", "ascending"), ("ts", "ascending"), ("item_id", "ascending")]
+    )
 
 
 class MetaScorer:
@@ -124,19 +135,23 @@ class MetaScorer:
         parts = []
         with torch.no_grad():
             for s in range(0, len(e), chunk):
-                eb = torch.from_numpy(e[s:s + chunk]).unsqueeze(1)  # (u, 1, D)
+                eb = torch.from_numpy(e[s : s + chunk]).unsqueeze(1)  # (u, 1, D)
                 v = self.v.unsqueeze(0).expand(eb.shape[0], *self.v.shape)  # (u, I, item_dim)
                 parts.append(self.model.global_block(eb, v).numpy())
         return np.concatenate(parts) if parts else np.zeros((0, self.v.shape[0]), np.float32)
 
 
-def wd_matrix(model: baseline.WideDeep, user_ids: pa.Array, catalog: pa.Array, chunk: int = 1 << 16) -> np.ndarray:
+def wd_matrix(
+    model: baseline.WideDeep, user_ids: pa.Array, catalog: pa.Array, chunk: int = 1 << 16
+) -> np.ndarray:
     """(users, catalog) logits of the wide-and-deep model (unknown ids -> OOV)."""
     u_idx, u_row = model.users.index(user_ids), model.tables.user_rows(user_ids)
     i_idx, i_row = model.items.index(catalog), model.tables.item_rows(catalog)
-    U, I = len(user_ids), len(catalog)
-    pairs = baseline.EventIndex(np.repeat(u_idx, I), np.tile(i_idx, U), np.repeat(u_row, I), np.tile(i_row, U))
-    return baseline.predict(model, pairs, chunk).reshape(U, I)
+    n_users, n_items = len(user_ids), len(catalog)
+    pairs = baseline.EventIndex(
+        np.repeat(u_idx, n_items), np.tile(i_idx, n_users), np.repeat(u_row, n_items), np.tile(i_row, n_users)
+    )
+    return baseline.predict(model, pairs, chunk).reshape(n_users, n_items)
 
 
 def popularity_logits(events: pa.Table, catalog: pa.Array, smoothing: float = 10.0) -> np.ndarray:
@@ -144,7 +159,9 @@ def popularity_logits(events: pa.Table, catalog: pa.Array, smoothing: float = 10
     `smoothing` pseudo-events: the sanity reference that a real model must beat."""
     y = events.column("label").to_numpy(zero_copy_only=False).astype(np.float64)
     prior = float(y.mean()) if len(y) else 0.5
-    idx = pc.index_in(events.column("item_id"), value_set=catalog).fill_null(-1).to_numpy(zero_copy_only=False)
+    idx = (
+        pc.index_in(events.column("item_id"), value_set=catalog).fill_null(-1).to_numpy(zero_copy_only=False)
+    )
     ok = idx >= 0
     pos = np.bincount(idx[ok], weights=y[ok], minlength=len(catalog))
     n = np.bincount(idx[ok], minlength=len(catalog))
@@ -152,7 +169,9 @@ def popularity_logits(events: pa.Table, catalog: pa.Array, smoothing: float = 10
     return np.log(rate / (1 - rate)).astype(np.float32)
 
 
-def rank_in_catalog(scores: np.ndarray, seen: np.ndarray, row: np.ndarray, col: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def rank_in_catalog(
+    scores: np.ndarray, seen: np.ndarray, row: np.ndarray, col: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
     """0-based rank of each event's item (row = user-day, col = catalog item) among the
     candidates of its row (items not seen before; the event's own item always counts),
     ties counted against the item; and the number of candidates."""
@@ -191,12 +210,28 @@ class ReplayLog:
 
 def _refresh(setup: ReplaySetup, mode: str, point: dt.datetime, log: ReplayLog, day: int) -> pa.Table:
     d = setup.data_dir
-    cfg = RefreshConfig(interactions=str(data_table(d, "interactions")), users=str(data_table(d, "users")),
-                        items=str(data_table(d, "items")), checkpoint=str(setup.checkpoints[mode]), as_of=point,
-                        out=str(setup.workdir / f"snapshots-{mode}"), incremental=True, keep=2)
+    cfg = RefreshConfig(
+        interactions=str(data_table(d, "interactions")),
+        users=str(data_table(d, "users")),
+        items=str(data_table(d, "items")),
+        checkpoint=str(setup.checkpoints[mode]),
+        as_of=point,
+        out=str(setup.workdir / f"snapshots-{mode}"),
+        incremental=True,
+        keep=2,
+    )
     result = refresh(cfg, list(setup.beam_args))
-    log.refreshes.append({"mode": mode, "day": day, "as_of": point.isoformat(), "run": result.mode,
-                          "seconds": result.seconds, "runner": result.runner, **result.counts})
+    log.refreshes.append(
+        {
+            "mode": mode,
+            "day": day,
+            "as_of": point.isoformat(),
+            "run": result.mode,
+            "seconds": result.seconds,
+            "runner": result.runner,
+            **result.counts,
+        }
+    )
     return snapshot.read_dir(result.snapshot_dir, memory_map=False)[0]
 
 
@@ -211,17 +246,26 @@ def _seen(interactions: pa.Table, point: dt.datetime, users: pa.Array, catalog: 
     return seen
 
 
-def _day_rows(events: pa.Table, arm: str, scores: np.ndarray, seen: np.ndarray, row: np.ndarray,
-              col: np.ndarray) -> pa.Table:
+def _day_rows(
+    events: pa.Table, arm: str, scores: np.ndarray, seen: np.ndarray, row: np.ndarray, col: np.ndarray
+) -> pa.Table:
     rank, n_cand = rank_in_catalog(scores, seen, row, col)
-    cols = {name: events.column(name) for name in ("user_id", "item_id", "ts", "label", "segment", "cohort",
-                                                   "refresh_point", "day")}
-    cols |= {"arm": pa.array([arm] * events.num_rows, pa.string()), "score": pa.array(scores[row, col], pa.float32()),
-             "rank": pa.array(rank), "n_candidates": pa.array(n_cand)}
+    cols = {
+        name: events.column(name)
+        for name in ("user_id", "item_id", "ts", "label", "segment", "cohort", "refresh_point", "day")
+    }
+    cols |= {
+        "arm": pa.array([arm] * events.num_rows, pa.string()),
+        "score": pa.array(scores[row, col], pa.float32()),
+        "rank": pa.array(rank),
+        "n_candidates": pa.array(n_cand),
+    }
     return pa.table({f.name: cols[f.name] for f in PREDICTIONS}).cast(PREDICTIONS)
 
 
-def _day_models(setup: ReplaySetup, d: int, point: dt.datetime, log: ReplayLog, state: dict) -> dict[str, pa.Table]:
+def _day_models(
+    setup: ReplaySetup, d: int, point: dt.datetime, log: ReplayLog, state: dict
+) -> dict[str, pa.Table]:
     """Refresh every meta checkpoint at `point`, retrain W&D when due; returns the snapshots."""
     snaps = {mode: _refresh(setup, mode, point, log, d) for mode in setup.checkpoints}
     if d == 0:
@@ -230,16 +274,30 @@ def _day_models(setup: ReplaySetup, d: int, point: dt.datetime, log: ReplayLog, 
     elif d % setup.retrain_every == 0:
         fit = setup.retrain(before(setup.interactions, point))
         state["wd_retrained"] = fit.model
-        log.retrains.append({"day": d, "as_of": point.isoformat(), "seconds": fit.seconds, "epochs": fit.epochs,
-                             "events": before(setup.interactions, point).num_rows})
+        log.retrains.append(
+            {
+                "day": d,
+                "as_of": point.isoformat(),
+                "seconds": fit.seconds,
+                "epochs": fit.epochs,
+                "events": before(setup.interactions, point).num_rows,
+            }
+        )
     return snaps
 
 
-def replay(setup: ReplaySetup, test: pa.Table, progress: Callable[[int, dict], None] | None = None,
-           ) -> tuple[pa.Table, ReplayLog]:
+def replay(
+    setup: ReplaySetup,
+    test: pa.Table,
+    progress: Callable[[int, dict], None] | None = None,
+) -> tuple[pa.Table, ReplayLog]:
     """Score every test event with every arm, day by day; returns (PREDICTIONS table, costs)."""
-    catalog = pc.unique(pa.chunked_array(setup.items.column("item_id").chunks + test.column("item_id").chunks))
-    scorers = {mode: MetaScorer(path, setup.users, setup.items, catalog) for mode, path in setup.checkpoints.items()}
+    catalog = pc.unique(
+        pa.chunked_array(setup.items.column("item_id").chunks + test.column("item_id").chunks)
+    )
+    scorers = {
+        mode: MetaScorer(path, setup.users, setup.items, catalog) for mode, path in setup.checkpoints.items()
+    }
     log, state, parts = ReplayLog(), {}, []
     popular = popularity_logits(before(setup.interactions, setup.period.t0), catalog)
     days = test.column("day").to_numpy()
@@ -263,7 +321,9 @@ def replay(setup: ReplaySetup, test: pa.Table, progress: Callable[[int, dict], N
             "meta_init": act.matrix(act.zero_step(users)),
         }
         if "weights" in scorers:
-            matrices["meta_refresh_weights"] = scorers["weights"].matrix(scorers["weights"].lookup(snaps["weights"], users))
+            matrices["meta_refresh_weights"] = scorers["weights"].matrix(
+                scorers["weights"].lookup(snaps["weights"], users)
+            )
         parts += [_day_rows(events, arm, m, seen, row, col) for arm, m in matrices.items()]
         log.scoring_seconds += time.perf_counter() - start
         if progress is not None:

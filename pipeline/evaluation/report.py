@@ -18,11 +18,10 @@ import pyarrow.parquet as pq
 
 from meta_embed.baseline import FitResult
 from pipeline.evaluation import plots
-from pipeline.evaluation.wd_tuning import Tuned
 from pipeline.evaluation.melu import PUBLISHED, SCENARIO_NAMES
 from pipeline.evaluation.queries import METRICS, SLICES, calibration, compute_metrics
-from pipeline.evaluation.replay import ARMS
-from pipeline.evaluation.replay import Period, ReplayLog
+from pipeline.evaluation.replay import ARMS, Period, ReplayLog
+from pipeline.evaluation.wd_tuning import Tuned
 
 SLICE_NAMES = [s for s, _, _ in SLICES]
 
@@ -31,34 +30,62 @@ def _mean(values: list[float]) -> float:
     return float(np.mean(values)) if values else float("nan")
 
 
-def costs(meta: dict, tuned: Tuned, wd: FitResult, log: ReplayLog, period: Period, test: pa.Table) -> dict[str, dict]:
+def costs(
+    meta: dict, tuned: Tuned, wd: FitResult, log: ReplayLog, period: Period, test: pa.Table
+) -> dict[str, dict]:
     """Training time, refresh time (per 1k users) and serving bytes per user, per arm."""
+
     def refresh_costs(mode: str) -> dict:
         runs = [r for r in log.refreshes if r["mode"] == mode]
         full, nightly = runs[0], runs[1:]
-        return {"refresh_full_s": full["seconds"], "refresh_full_users": full["users_adapted"],
-                "refresh_full_s_per_1k_users": 1000 * full["seconds"] / max(full["users"], 1),
-                "nightly_refresh_mean_s": _mean([r["seconds"] for r in nightly]),
-                "nightly_users_adapted_mean": _mean([r["users_adapted"] for r in nightly]),
-                "nightly_refresh_s_per_1k_users": _mean([1000 * r["seconds"] / max(r["users"], 1) for r in nightly]),
-                "nightly_refreshes": len(nightly), "runner": full["runner"]}
+        return {
+            "refresh_full_s": full["seconds"],
+            "refresh_full_users": full["users_adapted"],
+            "refresh_full_s_per_1k_users": 1000 * full["seconds"] / max(full["users"], 1),
+            "nightly_refresh_mean_s": _mean([r["seconds"] for r in nightly]),
+            "nightly_users_adapted_mean": _mean([r["users_adapted"] for r in nightly]),
+            "nightly_refresh_s_per_1k_users": _mean(
+                [1000 * r["seconds"] / max(r["users"], 1) for r in nightly]
+            ),
+            "nightly_refreshes": len(nightly),
+            "runner": full["runner"],
+        }
+
     wd_train = tuned.seconds + wd.seconds
-    out = {"wd_static": {"training_s": wd_train, "tuning_s": tuned.seconds, "fit_s": wd.seconds,
-                         "serving_bytes_per_user": wd.model.user_bytes()}}
+    out = {
+        "wd_static": {
+            "training_s": wd_train,
+            "tuning_s": tuned.seconds,
+            "fit_s": wd.seconds,
+            "serving_bytes_per_user": wd.model.user_bytes(),
+        }
+    }
     retrains = [r["seconds"] for r in log.retrains]
-    out["wd_retrained"] = out["wd_static"] | {"retrains": len(retrains), "retrain_mean_s": _mean(retrains),
-                                              "retrain_total_s": float(sum(retrains)),
-                                              "nightly_equivalent_s": _mean(retrains) * len(period.points)}
+    out["wd_retrained"] = out["wd_static"] | {
+        "retrains": len(retrains),
+        "retrain_mean_s": _mean(retrains),
+        "retrain_total_s": float(sum(retrains)),
+        "nightly_equivalent_s": _mean(retrains) * len(period.points),
+    }
     act = meta["activation"]
     bytes_act = 4 * act["embedding_dim"]
-    out["meta_refresh"] = {"training_s": act["seconds"], "serving_bytes_per_user": bytes_act, **refresh_costs("activation")}
-    out["meta_static"] = {"training_s": act["seconds"], "serving_bytes_per_user": bytes_act,
-                          "refresh_full_s": out["meta_refresh"]["refresh_full_s"]}
+    out["meta_refresh"] = {
+        "training_s": act["seconds"],
+        "serving_bytes_per_user": bytes_act,
+        **refresh_costs("activation"),
+    }
+    out["meta_static"] = {
+        "training_s": act["seconds"],
+        "serving_bytes_per_user": bytes_act,
+        "refresh_full_s": out["meta_refresh"]["refresh_full_s"],
+    }
     out["meta_init"] = {"training_s": act["seconds"], "serving_bytes_per_user": bytes_act}
     if "weights" in meta:
-        out["meta_refresh_weights"] = {"training_s": meta["weights"]["seconds"],
-                                       "serving_bytes_per_user": 4 * meta["weights"]["embedding_dim"],
-                                       **refresh_costs("weights")}
+        out["meta_refresh_weights"] = {
+            "training_s": meta["weights"]["seconds"],
+            "serving_bytes_per_user": 4 * meta["weights"]["embedding_dim"],
+            **refresh_costs("weights"),
+        }
     out["popularity"] = {"training_s": 0.0, "serving_bytes_per_user": 0}
     out["_scoring"] = {"scoring_s": log.scoring_seconds, "test_events": test.num_rows}
     return out
@@ -103,44 +130,76 @@ class Summary:
 
     def targets(self) -> tuple[dict, ...]:
         """The evaluation's targets, each with the measured numbers and whether it is met."""
+
         def check(text: str, row: dict | None, ok) -> dict:
             if row is None:
                 return {"target": text, "measured": "not measured (slice empty)", "met": None}
-            return {"target": text, "measured": f"{row['diff']:+.4f} [{row['lo']:+.4f}, {row['hi']:+.4f}]",
-                    "met": bool(ok(row))}
+            return {
+                "target": text,
+                "measured": f"{row['diff']:+.4f} [{row['lo']:+.4f}, {row['hi']:+.4f}]",
+                "met": bool(ok(row)),
+            }
+
         out = [
-            check("meta_refresh - wd_static, GAUC overall: 95% interval above 0",
-                  self.diff("meta_refresh", "wd_static", "overall"), lambda r: r["lo"] > 0),
-            check("meta_refresh - wd_static, GAUC joined_later_days: >= 0.02, interval above 0",
-                  self.diff("meta_refresh", "wd_static", "joined_later_days"), lambda r: r["diff"] >= 0.02 and r["lo"] > 0),
-            check("meta_refresh - wd_retrained, GAUC overall: interval includes or exceeds 0",
-                  self.diff("meta_refresh", "wd_retrained", "overall"), lambda r: r["hi"] >= 0),
-            check("meta_refresh - wd_retrained, GAUC joined_later_days: interval above 0",
-                  self.diff("meta_refresh", "wd_retrained", "joined_later_days"), lambda r: r["lo"] > 0),
+            check(
+                "meta_refresh - wd_static, GAUC overall: 95% interval above 0",
+                self.diff("meta_refresh", "wd_static", "overall"),
+                lambda r: r["lo"] > 0,
+            ),
+            check(
+                "meta_refresh - wd_static, GAUC joined_later_days: >= 0.02, interval above 0",
+                self.diff("meta_refresh", "wd_static", "joined_later_days"),
+                lambda r: r["diff"] >= 0.02 and r["lo"] > 0,
+            ),
+            check(
+                "meta_refresh - wd_retrained, GAUC overall: interval includes or exceeds 0",
+                self.diff("meta_refresh", "wd_retrained", "overall"),
+                lambda r: r["hi"] >= 0,
+            ),
+            check(
+                "meta_refresh - wd_retrained, GAUC joined_later_days: interval above 0",
+                self.diff("meta_refresh", "wd_retrained", "joined_later_days"),
+                lambda r: r["lo"] > 0,
+            ),
         ]
         if self.melu:
             steps = max(int(r["model"].split("-")[1]) for r in self.melu if r["model"].startswith("meta-"))
             for s in ("user_cold_state", "user_and_item_cold_state"):
-                mae = next(r["mae"] for r in self.melu if r["model"] == f"meta-{steps}" and r["scenario"] == s)
+                mae = next(
+                    r["mae"] for r in self.melu if r["model"] == f"meta-{steps}" and r["scenario"] == s
+                )
                 ref = PUBLISHED["MeLU-5"][s][0]
-                out.append({"target": f"MeLU protocol, {SCENARIO_NAMES[s]}: MAE (meta-{steps}) <= MeLU-5's {ref}",
-                            "measured": f"{mae:.4f}", "met": bool(mae <= ref)})
+                out.append(
+                    {
+                        "target": f"MeLU protocol, {SCENARIO_NAMES[s]}: MAE (meta-{steps}) <= MeLU-5's {ref}",
+                        "measured": f"{mae:.4f}",
+                        "met": bool(mae <= ref),
+                    }
+                )
         return tuple(out)
 
 
 def _table(header: list[str], rows: list[list[str]]) -> list[str]:
-    return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] + ["| " + " | ".join(r) + " |" for r in rows]
+    return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] + [
+        "| " + " | ".join(r) + " |" for r in rows
+    ]
 
 
 def _metric_table(s: Summary, metric: str, arms: list[str]) -> list[str]:
     iv = {(r["arm"], r["slice"]): r for r in s.intervals.to_pylist() if r["metric"] == metric}
-    n = {r["slice"]: (r["n_users"], r["n_events"]) for r in s.metrics.to_pylist()
-         if r["metric"] == metric and r["arm"] == "wd_static"}
+    n = {
+        r["slice"]: (r["n_users"], r["n_events"])
+        for r in s.metrics.to_pylist()
+        if r["metric"] == metric and r["arm"] == "wd_static"
+    }
     rows = []
     for sl in SLICE_NAMES:
         if sl not in n:
             continue
-        cells = [_ci(iv[(a, sl)]["value"], iv[(a, sl)]["lo"], iv[(a, sl)]["hi"]) if (a, sl) in iv else "n/a" for a in arms]
+        cells = [
+            _ci(iv[(a, sl)]["value"], iv[(a, sl)]["lo"], iv[(a, sl)]["hi"]) if (a, sl) in iv else "n/a"
+            for a in arms
+        ]
         rows.append([sl, str(n[sl][0]), str(n[sl][1])] + cells)
     return _table(["slice", "users", "events"] + arms, rows)
 
@@ -161,17 +220,24 @@ def _diff_table(s: Summary, metric: str, arms: list[str]) -> list[str]:
 def _per_day_lines(s: Summary) -> list[str]:
     """The targets' GAUC differences again per user-day (`gauc_day`), as a second reading."""
     cells = []
-    for ref, slice_ in (("wd_static", "overall"), ("wd_static", "joined_later_days"), ("wd_retrained", "overall"),
-                        ("wd_retrained", "joined_later_days")):
+    for ref, slice_ in (
+        ("wd_static", "overall"),
+        ("wd_static", "joined_later_days"),
+        ("wd_retrained", "overall"),
+        ("wd_retrained", "joined_later_days"),
+    ):
         d = s.diff("meta_refresh", ref, slice_, "gauc_day")
         if d is not None:
             cells.append(f"vs {ref}, {slice_}: {_ci(d['diff'], d['lo'], d['hi'], signed=True)}")
     if not cells:
         return []
-    return ["GAUC pools each user's events over the whole test period, so for an arm whose scores change from "
-            "night to night it also compares items scored by different snapshots, which no served ranking does. "
-            "The same differences per user-day (`gauc_day`: items compared only within one user's day; "
-            "not the targets' metric): meta_refresh " + "; ".join(cells) + ".", ""]
+    return [
+        "GAUC pools each user's events over the whole test period, so for an arm whose scores change from "
+        "night to night it also compares items scored by different snapshots, which no served ranking does. "
+        "The same differences per user-day (`gauc_day`: items compared only within one user's day; "
+        "not the targets' metric): meta_refresh " + "; ".join(cells) + ".",
+        "",
+    ]
 
 
 def _setup_lines(s: Summary) -> list[str]:
@@ -179,10 +245,13 @@ def _setup_lines(s: Summary) -> list[str]:
     new = pc.sum(pc.not_equal(t.column("cohort"), "existing_at_T0")).as_py() or 0
     days = len(s.period.points)
     return [
-        f"- Dataset: `{s.cfg.dataset}`; T0 = {s.period.t0.isoformat()} (the {s.cfg.t0_quantile:.0%} quantile of event "
-        f"times); W&D validation period [{s.period.valid_start.isoformat()}, T0) (from the {s.cfg.valid_quantile:.0%} quantile).",
+        f"- Dataset: `{s.cfg.dataset}`; T0 = {s.period.t0.isoformat()} (the {s.cfg.t0_quantile:.0%} quantile "
+        "of event "
+        f"times); W&D validation period [{s.period.valid_start.isoformat()}, T0) (from the "
+        f"{s.cfg.valid_quantile:.0%} quantile).",
         f"- Test period [T0, {s.period.end.isoformat()}): {days} refresh points (T0, then every 00:00 UTC), "
-        f"{t.num_rows} events from {len(pc.unique(t.column('user_id')))} users; {new / max(t.num_rows, 1):.1%} of the "
+        f"{t.num_rows} events from {len(pc.unique(t.column('user_id')))} users; "
+        f"{new / max(t.num_rows, 1):.1%} of the "
         "events come from users with no event before T0.",
         f"- Intervals: paired, user-clustered bootstrap, {s.cfg.resamples} resamples, seed {s.cfg.seed}; "
         "95% percentile intervals.",
@@ -197,26 +266,39 @@ def _cost_lines(s: Summary) -> list[str]:
             continue
         refresh = "—"
         if "nightly_refresh_mean_s" in c:
-            refresh = (f"full at T0: {c['refresh_full_s']:.1f}s ({c['refresh_full_s_per_1k_users']:.2f}s per 1k users); "
-                       f"nightly: {c['nightly_refresh_mean_s']:.1f}s for {c['nightly_users_adapted_mean']:.0f} adapted users "
-                       f"({c['nightly_refresh_s_per_1k_users']:.2f}s per 1k users in the snapshot)")
+            refresh = (
+                f"full at T0: {c['refresh_full_s']:.1f}s ({c['refresh_full_s_per_1k_users']:.2f}s per 1k "
+                "users); "
+                f"nightly: {c['nightly_refresh_mean_s']:.1f}s for {c['nightly_users_adapted_mean']:.0f} "
+                "adapted users "
+                f"({c['nightly_refresh_s_per_1k_users']:.2f}s per 1k users in the snapshot)"
+            )
         elif "refresh_full_s" in c:
             refresh = f"once at T0: {c['refresh_full_s']:.1f}s"
         if "retrain_mean_s" in c:
-            refresh = (f"{c['retrains']} weekly retrains, {c['retrain_mean_s']:.0f}s each "
-                       f"(nightly would be ~{c['nightly_equivalent_s']:.0f}s over the period)")
+            refresh = (
+                f"{c['retrains']} weekly retrains, {c['retrain_mean_s']:.0f}s each "
+                f"(nightly would be ~{c['nightly_equivalent_s']:.0f}s over the period)"
+            )
         rows.append([arm, f"{c['training_s']:.0f}s", refresh, str(c["serving_bytes_per_user"])])
     return _table(["arm", "training (at T0)", "refresh / retrain", "serving bytes per user"], rows)
 
 
 def _melu_lines(s: Summary) -> list[str]:
     ours = sorted({r["model"] for r in s.melu})
-    header = ["scenario"] + [f"published {m}" for m in PUBLISHED] + [f"ours: {m}" for m in ours] + ["test ratings / users"]
+    header = (
+        ["scenario"]
+        + [f"published {m}" for m in PUBLISHED]
+        + [f"ours: {m}" for m in ours]
+        + ["test ratings / users"]
+    )
     rows = []
     for sc, name in SCENARIO_NAMES.items():
         got = {r["model"]: r for r in s.melu if r["scenario"] == sc}
         cells = ["/".join(f"{v:.4f}" for v in PUBLISHED[m][sc]) for m in PUBLISHED]
-        cells += [f"{_fmt(got[m]['mae'])}/{_fmt(got[m]['ndcg_at_1'])}/{_fmt(got[m]['ndcg_at_3'])}" for m in ours]
+        cells += [
+            f"{_fmt(got[m]['mae'])}/{_fmt(got[m]['ndcg_at_1'])}/{_fmt(got[m]['ndcg_at_3'])}" for m in ours
+        ]
         first = got[ours[0]]
         rows.append([name] + cells + [f"{first['n_ratings']} / {first['n_users']}"])
     return _table(header, rows)
@@ -234,9 +316,18 @@ def write(s: Summary, out: Path) -> Path:
     if s.cfg.note:
         lines += [f"> {s.cfg.note}", ""]
     lines += ["## Setup", ""] + _setup_lines(s) + [""]
-    lines += ["## Targets", ""] + _table(["target", "measured (diff [95% interval])", "met"],
-                                         [[t["target"], t["measured"], {True: "yes", False: "**no**", None: "n/a"}[t["met"]]]
-                                          for t in s.targets()]) + [""] + _per_day_lines(s)
+    lines += (
+        ["## Targets", ""]
+        + _table(
+            ["target", "measured (diff [95% interval])", "met"],
+            [
+                [t["target"], t["measured"], {True: "yes", False: "**no**", None: "n/a"}[t["met"]]]
+                for t in s.targets()
+            ],
+        )
+        + [""]
+        + _per_day_lines(s)
+    )
     lines += ["## GAUC by slice (95% intervals)", ""] + _metric_table(s, "gauc", arms) + [""]
     lines += ["![GAUC by slice](gauc_by_slice.png)", "", "## GAUC differences against the baselines", ""]
     lines += _diff_table(s, "gauc", arms) + [""]
@@ -246,18 +337,34 @@ def write(s: Summary, out: Path) -> Path:
         lines += [f"## {metric} by slice", ""] + _metric_table(s, metric, arms) + [""]
         lines += [f"Differences ({metric}):", ""] + _diff_table(s, metric, arms) + [""]
     lines += ["![AUC by slice](auc_by_slice.png)", "", "![NDCG@10 by slice](ndcg_at_10_by_slice.png)", ""]
-    lines += ["## Across refresh points", "", "![GAUC by day](gauc_by_day.png)", "", "## Calibration", "",
-              "![calibration](calibration.png)", ""]
+    lines += [
+        "## Across refresh points",
+        "",
+        "![GAUC by day](gauc_by_day.png)",
+        "",
+        "## Calibration",
+        "",
+        "![calibration](calibration.png)",
+        "",
+    ]
     lines += ["## Wide & deep baseline", ""] + _wd_lines(s) + [""]
     lines += ["## Cost", ""] + _cost_lines(s) + [""]
     if s.melu:
         lines += ["## MeLU protocol (MovieLens regression, four scenarios): MAE / nDCG@1 / nDCG@3", ""]
         lines += _melu_lines(s) + ["", MELU_NOTE.format(**s.melu_info.get("counts", {})), ""]
-    lines += ["## Models at T0", ""] + [f"- meta ({m}): validation AUC {v['val_auc']:.4f} (held-out users before T0), "
-                                       f"best epoch {v['best_epoch']}, {v['seconds']:.0f}s" for m, v in s.meta.items()]
-    lines += ["", "How to read this report, the protocol, and what was tried where a target is missed: "
-              "`docs/evaluation.md`.", "",
-              f"Generated {dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC; config: `config.json`.", ""]
+    lines += ["## Models at T0", ""] + [
+        f"- meta ({m}): validation AUC {v['val_auc']:.4f} (held-out users before T0), "
+        f"best epoch {v['best_epoch']}, {v['seconds']:.0f}s"
+        for m, v in s.meta.items()
+    ]
+    lines += [
+        "",
+        "How to read this report, the protocol, and what was tried where a target is missed: "
+        "`docs/evaluation.md`.",
+        "",
+        f"Generated {dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC; config: `config.json`.",
+        "",
+    ]
     path = out / "report.md"
     path.write_text("\n".join(lines))
     return path
@@ -265,13 +372,30 @@ def write(s: Summary, out: Path) -> Path:
 
 def _wd_lines(s: Summary) -> list[str]:
     t, c = s.tuned, s.tuned["cfg"]
-    lines = [f"Chosen on the validation period: lr={c['lr']:g}, embedding_dim={c['embedding_dim']}, {t['epochs']} epochs; "
-             f"validation AUC **{t['val_score']:.4f}**. Cost: tuning {t['seconds']:.0f}s, refit on all events before T0 "
-             f"{s.costs['wd_static']['fit_s']:.0f}s. Other settings: hidden {c['hidden']}, crosses {c['crosses']}, "
-             f"init_std {c['init_std']}, oov_rate {c['oov_rate']}, batch {c['batch_size']}, patience {c['patience']}.", ""]
-    return lines + _table(["lr", "embedding_dim", "validation AUC", "best epoch", "seconds"],
-                          [[f"{r['lr']:g}", str(r["embedding_dim"]), f"{r['val_score']:.4f}", str(r["epochs"]),
-                            f"{r['seconds']:.0f}"] for r in t["trials"]])
+    lines = [
+        f"Chosen on the validation period: lr={c['lr']:g}, embedding_dim={c['embedding_dim']}, {t['epochs']} "
+        "epochs; "
+        f"validation AUC **{t['val_score']:.4f}**. Cost: tuning {t['seconds']:.0f}s, refit on all events "
+        "before T0 "
+        f"{s.costs['wd_static']['fit_s']:.0f}s. Other settings: hidden {c['hidden']}, crosses "
+        f"{c['crosses']}, "
+        f"init_std {c['init_std']}, oov_rate {c['oov_rate']}, batch {c['batch_size']}, patience "
+        f"{c['patience']}.",
+        "",
+    ]
+    return lines + _table(
+        ["lr", "embedding_dim", "validation AUC", "best epoch", "seconds"],
+        [
+            [
+                f"{r['lr']:g}",
+                str(r["embedding_dim"]),
+                f"{r['val_score']:.4f}",
+                str(r["epochs"]),
+                f"{r['seconds']:.0f}",
+            ]
+            for r in t["trials"]
+        ],
+    )
 
 
 def _period(d: dict) -> Period:
@@ -286,16 +410,32 @@ def render(out: str | Path) -> tuple[Path, Summary]:
     saved = json.loads((out / "summary.json").read_text())
     preds = out / "predictions.parquet"
     test = pq.read_table(preds, columns=["user_id", "cohort", "arm"], filters=[("arm", "=", "wd_static")])
-    summary = Summary(cfg, _period(saved["period"]), test, pq.read_table(out / "metrics.parquet"),
-                      pq.read_table(out / "intervals.parquet"), pq.read_table(out / "differences.parquet"),
-                      saved["costs"], tuple(saved.get("melu", ())), saved.get("melu_info", {}), saved["tuned"],
-                      saved["meta"], compute_metrics(preds, ("gauc",), by_day=True), calibration(preds))
+    summary = Summary(
+        cfg,
+        _period(saved["period"]),
+        test,
+        pq.read_table(out / "metrics.parquet"),
+        pq.read_table(out / "intervals.parquet"),
+        pq.read_table(out / "differences.parquet"),
+        saved["costs"],
+        tuple(saved.get("melu", ())),
+        saved.get("melu_info", {}),
+        saved["tuned"],
+        saved["meta"],
+        compute_metrics(preds, ("gauc",), by_day=True),
+        calibration(preds),
+    )
     return write(summary, out), summary
 
 
 MELU_NOTE = (
-    "Published numbers are MeLU's (KDD 2019) MovieLens-1M table; ours use the same protocol shape on the files "
-    "available here ({users} users with 13-100 ratings, {new_users} of them new; {training_ratings} training ratings; "
-    "{query_ratings} query ratings). MeLU also used director and actor features that these files lack, and its "
-    "scenario query sets were built per scenario; ours assign each of a user's 10 random query ratings to the "
-    "scenario of its item, and nDCG averages users with at least 3 query items in the scenario.")
+    "Published numbers are MeLU's (KDD 2019) MovieLens-1M table; ours use the same protocol shape on the "
+    "files "
+    "available here ({users} users with 13-100 ratings, {new_users} of them new; {training_ratings} training "
+    "ratings; "
+    "{query_ratings} query ratings). MeLU also used director and actor features that these files lack, and "
+    "its "
+    "scenario query sets were built per scenario; ours assign each of a user's 10 random query ratings to "
+    "the "
+    "scenario of its item, and nDCG averages users with at least 3 query items in the scenario."
+)

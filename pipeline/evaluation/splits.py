@@ -1,6 +1,5 @@
-"""Train/evaluation splits as pure functions on Arrow tables: a global time split, per-user
-meta-learning tasks (support before a time, query after it), and MeLU's MovieLens
-protocol with its four cold-start scenarios.
+"""MeLU's MovieLens protocol as a pure function on Arrow tables: per-user support and
+query sets, new users and new items, and the four cold-start scenarios.
 
 Tasks are columnar: one flat table of support events and one of query events, grouped
 by user, with offsets (CSR-style), never a Python object per event.
@@ -9,13 +8,10 @@ by user, with offsets (CSR-style), never a Python object per event.
 from __future__ import annotations
 
 import dataclasses
-import datetime as dt
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-
-from meta_embed.tables import TS_TYPE
 
 SCENARIOS: tuple[str, ...] = ("warm_state", "user_cold_state", "item_cold_state", "user_and_item_cold_state")
 """MeLU's scenarios: (existing user, existing item), (new, existing), (existing, new), (new, new)."""
@@ -39,10 +35,14 @@ class Tasks:
     query_offsets: np.ndarray  # (n_tasks + 1,) int64
 
     def __post_init__(self) -> None:
-        for name, table, offsets in (("support", self.support, self.support_offsets),
-                                     ("query", self.query, self.query_offsets)):
+        for name, table, offsets in (
+            ("support", self.support, self.support_offsets),
+            ("query", self.query, self.query_offsets),
+        ):
             if len(offsets) != len(self.user_id) + 1 or offsets[0] != 0 or offsets[-1] != table.num_rows:
-                raise ValueError(f"Tasks.{name}_offsets must have n_tasks + 1 entries from 0 to {table.num_rows}")
+                raise ValueError(
+                    f"Tasks.{name}_offsets must have n_tasks + 1 entries from 0 to {table.num_rows}"
+                )
 
     def __len__(self) -> int:
         return len(self.user_id)
@@ -65,69 +65,35 @@ class Tasks:
         """(n_query_rows,) task index of each query row."""
         return np.repeat(np.arange(len(self)), self.n_query)
 
-    def task(self, k: int) -> tuple[pa.Table, pa.Table]:
-        """(support, query) of task k."""
-        s, q = self.support_offsets, self.query_offsets
-        return self.support.slice(s[k], s[k + 1] - s[k]), self.query.slice(q[k], q[k + 1] - q[k])
-
-    def take(self, tasks: np.ndarray) -> Tasks:
-        """The tasks at indices `tasks` (e.g. a training batch), in that order."""
-        idx = np.asarray(tasks, dtype=np.int64)
-        sup_rows, sup_off = _gather(self.support_offsets, idx)
-        q_rows, q_off = _gather(self.query_offsets, idx)
-        return Tasks(self.user_id.take(pa.array(idx)), self.support.take(pa.array(sup_rows)), sup_off,
-                     self.query.take(pa.array(q_rows)), q_off)
-
-
-def _gather(offsets: np.ndarray, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Row indices of the groups `idx` of a CSR layout, and their new offsets."""
-    lengths = offsets[idx + 1] - offsets[idx]
-    new_offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
-    rows = np.repeat(offsets[idx] - new_offsets[:-1], lengths) + np.arange(new_offsets[-1])
-    return rows.astype(np.int64), new_offsets
-
-
-def to_ts(value: dt.datetime | str | int | float | pa.Scalar | np.datetime64) -> pa.TimestampScalar:
-    """A timestamp[us, UTC] scalar from a datetime (naive = UTC), ISO-8601 text, epoch
-    seconds, numpy datetime64 or an Arrow scalar."""
-    if isinstance(value, pa.Scalar):
-        return pc.cast(value, TS_TYPE)
-    if isinstance(value, np.datetime64):
-        value = value.astype("datetime64[us]").astype(dt.datetime)
-    if isinstance(value, str):
-        value = dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        value = dt.datetime.fromtimestamp(value, tz=dt.timezone.utc)
-    if isinstance(value, dt.datetime):
-        if value.tzinfo is None:
-            value = value.replace(tzinfo=dt.timezone.utc)
-        return pa.scalar(value, TS_TYPE)
-    raise TypeError(f"cannot read a timestamp from {value!r} ({type(value).__name__})")
-
 
 def _ts_micros(table: pa.Table) -> np.ndarray:
     return np.asarray(pc.cast(table["ts"], pa.int64()), dtype=np.int64)
-
-
-def time_split(interactions: pa.Table, cutoff) -> tuple[pa.Table, pa.Table]:
-    """(events with ts < cutoff, events with ts >= cutoff)."""
-    cut = to_ts(cutoff)
-    ts = interactions["ts"]
-    return interactions.filter(pc.less(ts, cut)), interactions.filter(pc.greater_equal(ts, cut))
 
 
 def _by_user(interactions: pa.Table) -> tuple[pa.Table, np.ndarray, np.ndarray]:
     """Rows sorted by (user_id, ts, item_id); the group index of each row and group starts."""
     table = interactions.sort_by([("user_id", "ascending"), ("ts", "ascending"), ("item_id", "ascending")])
     users = table["user_id"].combine_chunks()
-    change = np.asarray(pc.not_equal(users[1:], users[:-1]), dtype=bool) if len(users) > 1 else np.zeros(0, bool)
+    change = (
+        np.asarray(pc.not_equal(users[1:], users[:-1]), dtype=bool) if len(users) > 1 else np.zeros(0, bool)
+    )
     group = np.concatenate([[0], np.cumsum(change)]).astype(np.int64) if len(users) else np.zeros(0, np.int64)
-    starts = np.concatenate([[0], np.flatnonzero(change) + 1]).astype(np.int64) if len(users) else np.zeros(0, np.int64)
+    starts = (
+        np.concatenate([[0], np.flatnonzero(change) + 1]).astype(np.int64)
+        if len(users)
+        else np.zeros(0, np.int64)
+    )
     return table, group, starts
 
 
-def _tasks(table: pa.Table, group: np.ndarray, starts: np.ndarray, in_support: np.ndarray,
-           in_query: np.ndarray, include: np.ndarray) -> Tasks:
+def _tasks(
+    table: pa.Table,
+    group: np.ndarray,
+    starts: np.ndarray,
+    in_support: np.ndarray,
+    in_query: np.ndarray,
+    include: np.ndarray,
+) -> Tasks:
     """Tasks from row masks over a `_by_user` table; `include` selects groups."""
     n_groups = len(starts)
     sup = in_support & include[group]
@@ -136,39 +102,12 @@ def _tasks(table: pa.Table, group: np.ndarray, starts: np.ndarray, in_support: n
     qry_n = np.bincount(group[qry], minlength=n_groups)[include]
     users = table["user_id"].combine_chunks().take(pa.array(starts[include]))
     return Tasks(
-        users, table.take(pa.array(np.flatnonzero(sup))), np.concatenate([[0], np.cumsum(sup_n)]).astype(np.int64),
-        table.take(pa.array(np.flatnonzero(qry))), np.concatenate([[0], np.cumsum(qry_n)]).astype(np.int64),
+        users,
+        table.take(pa.array(np.flatnonzero(sup))),
+        np.concatenate([[0], np.cumsum(sup_n)]).astype(np.int64),
+        table.take(pa.array(np.flatnonzero(qry))),
+        np.concatenate([[0], np.cumsum(qry_n)]).astype(np.int64),
     )
-
-
-def user_tasks(interactions: pa.Table, t, max_support: int | None, end=None,
-               min_support: int = 0, min_query: int = 0) -> Tasks:
-    """One task per user: support = the user's `max_support` most recent events with
-    ts < t (all of them if None), query = events with t <= ts (< end if given).
-
-    Users are kept when they have >= min_support support and >= min_query query events;
-    with the defaults every user with an event before `end` is kept (cold users have an
-    empty support set, users with nothing after t an empty query set).
-    """
-    if max_support is not None and max_support <= 0:
-        raise ValueError(f"max_support must be > 0 or None, got {max_support}")
-    if min_support < 0 or min_query < 0:
-        raise ValueError(f"min_support and min_query must be >= 0, got {min_support}, {min_query}")
-    t_us = to_ts(t).value
-    if end is not None:
-        end_ts = to_ts(end)
-        if end_ts.value <= t_us:
-            raise ValueError(f"end {end_ts} must be after t {to_ts(t)}")
-        interactions = interactions.filter(pc.less(interactions["ts"], end_ts))
-    table, group, starts = _by_user(interactions)
-    before = _ts_micros(table) < t_us
-    n_before = np.bincount(group[before], minlength=len(starts))  # a prefix of each group (sorted by ts)
-    cap = n_before if max_support is None else np.minimum(n_before, max_support)
-    pos = np.arange(table.num_rows) - starts[group]
-    in_support = before & (pos >= (n_before - cap)[group])
-    n_after = np.bincount(group, minlength=len(starts)) - n_before
-    include = (cap >= min_support) & (n_after >= min_query)
-    return _tasks(table, group, starts, in_support, ~before, include)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -187,9 +126,17 @@ class MeluSplit:
         return np.asarray(pc.equal(self.query_scenario, scenario), dtype=bool)
 
 
-def melu_split(interactions: pa.Table, items: pa.Table, seed: int, min_ratings: int = 13,
-               max_ratings: int = 100, n_query: int = 10, new_user_fraction: float = 0.2,
-               new_item_year: int = 1998, new_users_by: str = "joined") -> MeluSplit:
+def melu_split(
+    interactions: pa.Table,
+    items: pa.Table,
+    seed: int,
+    min_ratings: int = 13,
+    max_ratings: int = 100,
+    n_query: int = 10,
+    new_user_fraction: float = 0.2,
+    new_item_year: int = 1998,
+    new_users_by: str = "joined",
+) -> MeluSplit:
     """MeLU's MovieLens protocol.
 
     Users with min_ratings..max_ratings ratings are kept; each gets `n_query` query events
@@ -199,7 +146,9 @@ def melu_split(interactions: pa.Table, items: pa.Table, seed: int, min_ratings: 
     existing). Each query event gets the scenario of (user, item) in SCENARIOS.
     """
     if not 0 < n_query < min_ratings <= max_ratings:
-        raise ValueError(f"need 0 < n_query < min_ratings <= max_ratings, got {n_query}, {min_ratings}, {max_ratings}")
+        raise ValueError(
+            f"need 0 < n_query < min_ratings <= max_ratings, got {n_query}, {min_ratings}, {max_ratings}"
+        )
     if not 0 <= new_user_fraction <= 1:
         raise ValueError(f"new_user_fraction must be in [0, 1], got {new_user_fraction}")
     if new_users_by not in ("joined", "random"):

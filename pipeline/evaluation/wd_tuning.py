@@ -12,12 +12,12 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import time
-from typing import Callable
+from collections.abc import Callable
 
 import pyarrow as pa
 
-from meta_embed.config import WideDeepConfig
 from meta_embed.baseline import FitResult, fit
+from meta_embed.config import WideDeepConfig
 from meta_embed.features import FeatureSpec
 
 
@@ -32,19 +32,36 @@ class Tuned:
     seconds: float
 
 
-def tune(base: WideDeepConfig, spec: FeatureSpec, users: pa.Table, items: pa.Table, train: pa.Table,
-         valid: pa.Table, lrs: tuple[float, ...], dims: tuple[int, ...],
-         log: Callable[[str], None] | None = None) -> Tuned:
+def tune(
+    base: WideDeepConfig,
+    spec: FeatureSpec,
+    users: pa.Table,
+    items: pa.Table,
+    train: pa.Table,
+    valid: pa.Table,
+    lrs: tuple[float, ...],
+    dims: tuple[int, ...],
+    log: Callable[[str], None] | None = None,
+) -> Tuned:
     """Grid search over (lr, embedding_dim) with early stopping on `valid`."""
     start, trials, best = time.perf_counter(), [], None
     for lr, dim in itertools.product(lrs, dims):
         cfg = dataclasses.replace(base, lr=lr, embedding_dim=dim)
         result = fit(cfg, spec, users, items, train, valid)
-        trials.append({"lr": lr, "embedding_dim": dim, "val_score": result.val_score, "epochs": result.epochs,
-                       "seconds": result.seconds})
+        trials.append(
+            {
+                "lr": lr,
+                "embedding_dim": dim,
+                "val_score": result.val_score,
+                "epochs": result.epochs,
+                "seconds": result.seconds,
+            }
+        )
         if log is not None:
-            log(f"W&D lr={lr:g} dim={dim}: validation {result.val_score:.4f} at epoch {result.epochs} "
-                f"({result.seconds:.0f}s)")
+            log(
+                f"W&D lr={lr:g} dim={dim}: validation {result.val_score:.4f} at epoch {result.epochs} "
+                f"({result.seconds:.0f}s)"
+            )
         if best is None or result.val_score > best[2]:
             best = (cfg, result.epochs, result.val_score)
     assert best is not None, "empty grid"

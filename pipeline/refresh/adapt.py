@@ -72,8 +72,10 @@ def load_adapt_state(settings: AdaptSettings) -> AdaptState:
     """Load the checkpoint and precompute item vectors; refuses a checkpoint that does not match."""
     ckpt = load(Path(settings.checkpoint), expect_spec_hash=settings.spec_hash)
     if ckpt.model_version != settings.model_version:
-        raise CheckpointError(f"{settings.checkpoint}: model_version is now {ckpt.model_version}, but the job "
-                              f"started with {settings.model_version}; the checkpoint changed during the run. Re-run.")
+        raise CheckpointError(
+            f"{settings.checkpoint}: model_version is now {ckpt.model_version}, but the job "
+            f"started with {settings.model_version}; the checkpoint changed during the run. Re-run."
+        )
     spec = ckpt.spec
     items = read_all(settings.item_files, [spec.item_key] + [c.name for c in spec.item])
     return AdaptState(ckpt, catalog_vectors(ckpt.model, encode_with_default(items, spec.item, "items")))
@@ -88,11 +90,18 @@ def _event_block(state: AdaptState, events: pa.Table) -> EventBlock:
     spec = state.ckpt.spec
     ctx = encode(events, spec.context, "interactions") if spec.context else None
     _, offsets = user_runs(events)
-    return EventBlock(offsets, events.column("item_row").to_numpy().astype(np.int64),
-                      events.column("y").to_numpy().astype(np.float32), events.column("ts").to_numpy(), ctx)
+    return EventBlock(
+        offsets,
+        events.column("item_row").to_numpy().astype(np.int64),
+        events.column("y").to_numpy().astype(np.float32),
+        events.column("ts").to_numpy(),
+        ctx,
+    )
 
 
-def _carried(previous: pa.Table | None, users: pa.Array, n_support: np.ndarray, last_ts: pa.Array) -> np.ndarray:
+def _carried(
+    previous: pa.Table | None, users: pa.Array, n_support: np.ndarray, last_ts: pa.Array
+) -> np.ndarray:
     """Row of `previous` to carry forward for each user, or -1: same support size and newest event."""
     if previous is None or previous.num_rows == 0:
         return np.full(len(users), -1, dtype=np.int64)
@@ -106,20 +115,29 @@ def _carried(previous: pa.Table | None, users: pa.Array, n_support: np.ndarray, 
     return np.where(found & same_n & same_ts, prev, -1)
 
 
-def adapt_bucket(state: AdaptState, settings: AdaptSettings, events: pa.Table, users: pa.Table,
-                 previous: pa.Table | None = None) -> tuple[pa.Table, BucketCounts]:
+def adapt_bucket(
+    state: AdaptState,
+    settings: AdaptSettings,
+    events: pa.Table,
+    users: pa.Table,
+    previous: pa.Table | None = None,
+) -> tuple[pa.Table, BucketCounts]:
     """Snapshot rows (sorted by user_id) of one bucket and what happened to its users."""
     key = state.ckpt.spec.user_key
     events = oldest_first(events)
     ev_users, offsets = user_runs(events)
-    feature_ids = unique_ids(users.column(key), f"users table '{key}'") if users.num_rows else pa.array([], pa.string())
+    feature_ids = (
+        unique_ids(users.column(key), f"users table '{key}'") if users.num_rows else pa.array([], pa.string())
+    )
     everyone = pa.concat_arrays([ev_users, feature_ids]) if settings.cold_users else ev_users
     ids = pc.unique(everyone)
     ids = ids.take(pc.sort_indices(ids))
     ev = _index(ids, ev_users)  # (users,) row in the event block or -1
     feat = _index(ids, feature_ids)
     rows = np.where(feat >= 0, feat, len(feature_ids))  # missing features -> default row
-    n_support = np.where(ev >= 0, np.diff(offsets)[np.maximum(ev, 0)] if len(ev_users) else 0, 0).astype(np.int32)
+    n_support = np.where(ev >= 0, np.diff(offsets)[np.maximum(ev, 0)] if len(ev_users) else 0, 0).astype(
+        np.int32
+    )
     ts = events.column("ts").to_numpy()
     last = ts[offsets[1:][np.maximum(ev, 0)] - 1] if len(ev_users) else np.zeros(len(ids), np.int64)
     last_ts = pa.array(last, pa.int64(), mask=ev < 0).cast(TS_TYPE)
@@ -127,17 +145,32 @@ def adapt_bucket(state: AdaptState, settings: AdaptSettings, events: pa.Table, u
     todo = carry < 0
     model = state.ckpt.model
     with torch.no_grad():
-        x = user_inputs(model, encode_with_default(users, state.ckpt.spec.user, "users"), torch.from_numpy(rows))
+        x = user_inputs(
+            model, encode_with_default(users, state.ckpt.spec.user, "users"), torch.from_numpy(rows)
+        )
     emb = np.zeros((len(ids), model.cfg.embedding_dim), dtype=np.float32)
     hot = np.flatnonzero(todo & (ev >= 0))
     if len(hot):
-        emb[hot] = adapt_users(model, state.ckpt.maml_cfg, x[hot], _event_block(state, events), ev[hot],
-                               state.catalog, settings.batch_size)
+        emb[hot] = adapt_users(
+            model,
+            state.ckpt.maml_cfg,
+            x[hot],
+            _event_block(state, events),
+            ev[hot],
+            state.catalog,
+            settings.batch_size,
+        )
     cold = np.flatnonzero(todo & (ev < 0))
     emb[cold] = zero_step(model, x[cold], settings.batch_size)
     kept = np.flatnonzero(~todo)
     if len(kept):
         emb[kept] = snapshot.embeddings_of(previous)[carry[kept]]
-    counts = BucketCounts(int((ev >= 0).sum()), len(hot), len(kept), int((ev < 0).sum()),
-                          int(((ev >= 0) & (feat < 0)).sum()), len(cold))
+    counts = BucketCounts(
+        int((ev >= 0).sum()),
+        len(hot),
+        len(kept),
+        int((ev < 0).sum()),
+        int(((ev >= 0) & (feat < 0)).sum()),
+        len(cold),
+    )
     return snapshot.to_table(settings.meta, ids, emb, n_support, last_ts), counts

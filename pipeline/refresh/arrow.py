@@ -23,8 +23,12 @@ EVENT_COLUMNS = ("user_id", "item_row", "ts", "y")
 
 
 def event_schema(context: pa.Schema | None = None) -> pa.Schema:
-    fields = [pa.field("user_id", pa.string()), pa.field("item_row", pa.int32()),
-              pa.field("ts", pa.int64()), pa.field("y", pa.float32())]
+    fields = [
+        pa.field("user_id", pa.string()),
+        pa.field("item_row", pa.int32()),
+        pa.field("ts", pa.int64()),
+        pa.field("y", pa.float32()),
+    ]
     return pa.schema(fields + (list(context) if context is not None else []))
 
 
@@ -38,13 +42,21 @@ def _string_hash(values: pa.Array) -> np.ndarray:
     n = len(arr)
     if n == 0:
         return np.zeros(0, dtype=np.uint64)
-    offsets = np.frombuffer(arr.buffers()[1], dtype=np.int32)[arr.offset: arr.offset + n + 1].astype(np.int64)
-    data = np.frombuffer(arr.buffers()[2], dtype=np.uint8) if arr.buffers()[2] is not None else np.zeros(0, np.uint8)
-    data = data[offsets[0]: offsets[-1]].astype(np.uint64)
+    offsets = np.frombuffer(arr.buffers()[1], dtype=np.int32)[arr.offset : arr.offset + n + 1].astype(
+        np.int64
+    )
+    data = (
+        np.frombuffer(arr.buffers()[2], dtype=np.uint8)
+        if arr.buffers()[2] is not None
+        else np.zeros(0, np.uint8)
+    )
+    data = data[offsets[0] : offsets[-1]].astype(np.uint64)
     starts, lengths = offsets[:-1] - offsets[0], np.diff(offsets)
     pos = np.arange(len(data), dtype=np.int64) - np.repeat(starts, lengths)
     with np.errstate(over="ignore"):
-        powers = np.cumprod(np.concatenate([[np.uint64(1)], np.full(max(int(lengths.max()), 1), _P)]))  # P^0, P^1..
+        powers = np.cumprod(
+            np.concatenate([[np.uint64(1)], np.full(max(int(lengths.max()), 1), _P)])
+        )  # P^0, P^1..
         sums = np.concatenate([[np.uint64(0)], np.cumsum(data * powers[pos], dtype=np.uint64)])
         h = sums[starts + lengths] - sums[starts] + lengths.astype(np.uint64)
         for mix in _MIX:
@@ -110,7 +122,9 @@ def unpack(data: bytes) -> pa.Table:
 
 def _tie_breakers(events: pa.Table) -> list[str]:
     """Columns other than user_id/ts that order and distinguish events (nested ones cannot)."""
-    return [f.name for f in events.schema if f.name not in ("user_id", "ts") and not pa.types.is_nested(f.type)]
+    return [
+        f.name for f in events.schema if f.name not in ("user_id", "ts") and not pa.types.is_nested(f.type)
+    ]
 
 
 def top_n(events: pa.Table, n: int) -> pa.Table:
@@ -122,7 +136,9 @@ def top_n(events: pa.Table, n: int) -> pa.Table:
     """
     if events.num_rows == 0:
         return events
-    keys = [("user_id", "ascending"), ("ts", "descending")] + [(c, "ascending") for c in _tie_breakers(events)]
+    keys = [("user_id", "ascending"), ("ts", "descending")] + [
+        (c, "ascending") for c in _tie_breakers(events)
+    ]
     rows = events.sort_by(keys)
     same = np.ones(rows.num_rows, dtype=bool)
     for name in ["user_id", "ts", *_tie_breakers(rows)]:

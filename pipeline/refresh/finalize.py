@@ -17,8 +17,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from meta_embed import snapshot
-from meta_embed.tables import DEAD_LETTER
-from meta_embed.tables import write_dead_letter
+from meta_embed.tables import DEAD_LETTER, write_dead_letter
 
 DEAD_LETTER_FILE = "dead_letter.parquet"
 DEAD_LETTER_PARTS = "_dead_letter"
@@ -32,7 +31,9 @@ class Previous:
     reason: str
 
 
-def plan_previous(root: str | Path, meta: snapshot.SnapshotMeta, inputs: dict[str, str], max_support: int) -> Previous:
+def plan_previous(
+    root: str | Path, meta: snapshot.SnapshotMeta, inputs: dict[str, str], max_support: int
+) -> Previous:
     """The CURRENT snapshot if its rows can be carried forward to `meta`; else None with the reason."""
     name = snapshot.current_name(root)
     if name is None:
@@ -40,12 +41,18 @@ def plan_previous(root: str | Path, meta: snapshot.SnapshotMeta, inputs: dict[st
     directory = Path(root) / "snapshots" / name
     manifest = snapshot.read_dir(directory)[1]
     checks = [
-        (manifest.get("model_version") != meta.model_version,
-         f"model_version changed ({manifest.get('model_version')} -> {meta.model_version})"),
-        (manifest.get("max_support") != max_support,
-         f"max_support changed ({manifest.get('max_support')} -> {max_support})"),
-        (snapshot.SnapshotMeta.from_dict(manifest).as_of > meta.as_of,
-         f"previous as_of {manifest.get('as_of')} is later than this as_of"),
+        (
+            manifest.get("model_version") != meta.model_version,
+            f"model_version changed ({manifest.get('model_version')} -> {meta.model_version})",
+        ),
+        (
+            manifest.get("max_support") != max_support,
+            f"max_support changed ({manifest.get('max_support')} -> {max_support})",
+        ),
+        (
+            snapshot.SnapshotMeta.from_dict(manifest).as_of > meta.as_of,
+            f"previous as_of {manifest.get('as_of')} is later than this as_of",
+        ),
         (manifest.get("inputs", {}).get("users") != inputs["users"], "the users table changed"),
         (manifest.get("inputs", {}).get("items") != inputs["items"], "the items table changed"),
     ]
@@ -67,18 +74,23 @@ def merge_dead_letters(staged: Path) -> int:
     return table.num_rows
 
 
-def check_rows(table: pa.Table, counts: dict[str, int], max_support: int, meta: snapshot.SnapshotMeta,
-               cold_users: bool) -> None:
+def check_rows(
+    table: pa.Table, counts: dict[str, int], max_support: int, meta: snapshot.SnapshotMeta, cold_users: bool
+) -> None:
     """Refuse staged rows that disagree with what the pipeline counted or with the run's bounds."""
     n_support = table.column("n_support").to_numpy()
     with_events = int((n_support > 0).sum())
     if "users_with_events" in counts and with_events != counts["users_with_events"]:
-        raise snapshot.SnapshotError(f"staged snapshot has {with_events} users with events, but the pipeline "
-                                     f"counted {counts['users_with_events']}; some buckets were lost or written twice")
+        raise snapshot.SnapshotError(
+            f"staged snapshot has {with_events} users with events, but the pipeline "
+            f"counted {counts['users_with_events']}; some buckets were lost or written twice"
+        )
     parts = ("users_adapted", "users_zero_step", "users_carried_forward")
     if all(k in counts for k in parts) and sum(counts[k] for k in parts) != table.num_rows:
-        raise snapshot.SnapshotError(f"staged snapshot has {table.num_rows} rows, but adapt emitted "
-                                     f"{sum(counts[k] for k in parts)}; some buckets were lost or written twice")
+        raise snapshot.SnapshotError(
+            f"staged snapshot has {table.num_rows} rows, but adapt emitted "
+            f"{sum(counts[k] for k in parts)}; some buckets were lost or written twice"
+        )
     if n_support.size and (n_support.max() > max_support or n_support.min() < 0):
         raise snapshot.SnapshotError(f"n_support outside [0, {max_support}]")
     if not cold_users and with_events != table.num_rows:
@@ -91,13 +103,23 @@ def check_rows(table: pa.Table, counts: dict[str, int], max_support: int, meta: 
         raise snapshot.SnapshotError("last_event_ts must be set exactly for the users with events")
 
 
-def finalize(root: str | Path, staged: Path, meta: snapshot.SnapshotMeta, counts: dict[str, int],
-             manifest: dict[str, Any], max_support: int, keep: int, cold_users: bool) -> Path:
+def finalize(
+    root: str | Path,
+    staged: Path,
+    meta: snapshot.SnapshotMeta,
+    counts: dict[str, int],
+    manifest: dict[str, Any],
+    max_support: int,
+    keep: int,
+    cold_users: bool,
+) -> Path:
     """Validate the staged run, write its manifest and publish it; returns the snapshot directory."""
     counts = dict(counts)
     counts["dead_lettered"] = merge_dead_letters(staged)
     files = sorted(staged.glob("part-*.parquet"))
-    table = pa.concat_tables([pq.read_table(f) for f in files]) if files else snapshot.schema(meta).empty_table()
+    table = (
+        pa.concat_tables([pq.read_table(f) for f in files]) if files else snapshot.schema(meta).empty_table()
+    )
     check_rows(table, counts, max_support, meta, cold_users)
     counts["users"] = table.num_rows
     expected = None

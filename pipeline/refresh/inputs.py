@@ -12,14 +12,14 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import os
-from typing import Sequence
+from collections.abc import Sequence
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 from apache_beam.io.filesystems import FileSystems
 
-from meta_embed.features import FeatureSpec
 from meta_embed import tables
+from meta_embed.features import FeatureSpec
 from meta_embed.tables import INTERACTIONS, ITEMS, USERS, SchemaError, check_schema, list_parquet_files
 
 
@@ -41,7 +41,11 @@ def list_files(path: str) -> list[str]:
     """The Parquet files of a file, directory or glob, sorted."""
     if not _remote(path):
         return list_parquet_files(path)
-    pattern = path.rstrip("/") + "/*.parquet" if not any(ch in path for ch in "*?[") and path.endswith("/") else path
+    pattern = (
+        path.rstrip("/") + "/*.parquet"
+        if not any(ch in path for ch in "*?[") and path.endswith("/")
+        else path
+    )
     found = sorted(m.path for r in FileSystems.match([pattern]) for m in r.metadata_list)
     if not found:
         raise FileNotFoundError(f"{path}: matched no Parquet files (expected *.parquet shards)")
@@ -71,8 +75,10 @@ def check_file(path: str, schema: pa.Schema) -> pq.ParquetFile:
     check_schema(actual, typed, path)
     for field in schema:
         if actual.get_field_index(field.name) < 0:
-            raise SchemaError(f"{path}: missing column '{field.name}'; found columns {actual.names}. "
-                              "Fix the input or the feature spec.")
+            raise SchemaError(
+                f"{path}: missing column '{field.name}'; found columns {actual.names}. "
+                "Fix the input or the feature spec."
+            )
     return pf
 
 

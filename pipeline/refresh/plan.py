@@ -46,21 +46,51 @@ def plan(cfg: RefreshConfig) -> Plan:
     files = {k: inputs.list_files(getattr(cfg, k)) for k in ("interactions", "users", "items")}
     event_chunks = inputs.chunks(files["interactions"], inputs.interaction_schema(spec))
     user_chunks = inputs.chunks(files["users"], inputs.user_schema(spec))
-    items = inputs.read_all([c.path for c in inputs.chunks(files["items"], inputs.item_schema(spec))], [spec.item_key])
+    items = inputs.read_all(
+        [c.path for c in inputs.chunks(files["items"], inputs.item_schema(spec))], [spec.item_key]
+    )
     unique_ids(items.column(spec.item_key), f"{cfg.items}: '{spec.item_key}'")
     max_support = cfg.max_support or ckpt.maml_cfg.max_support
-    meta = snapshot.SnapshotMeta(ckpt.model_version, spec.hash, ckpt.model_cfg.embedding_mode,
-                                 ckpt.model_cfg.embedding_dim, cfg.as_of.astimezone(dt.timezone.utc))
+    meta = snapshot.SnapshotMeta(
+        ckpt.model_version,
+        spec.hash,
+        ckpt.model_cfg.embedding_mode,
+        ckpt.model_cfg.embedding_dim,
+        cfg.as_of.astimezone(dt.UTC),
+    )
     fingerprints = {k: inputs.fingerprint(v) for k, v in files.items()}
-    previous = plan_previous(cfg.out, meta, fingerprints, max_support) if cfg.incremental \
+    previous = (
+        plan_previous(cfg.out, meta, fingerprints, max_support)
+        if cfg.incremental
         else Previous(None, "full recompute (not incremental)")
-    prev_files = sorted(str(p) for p in previous.directory.glob("part-*.parquet")) if previous.directory else []
+    )
+    prev_files = (
+        sorted(str(p) for p in previous.directory.glob("part-*.parquet")) if previous.directory else []
+    )
     prev_chunks = inputs.chunks(prev_files, snapshot.schema(meta)) if prev_files else []
     context = inputs.open_parquet(files["interactions"][0]).schema_arrow
     users = sum(c.rows for c in user_chunks) + sum(c.rows for c in event_chunks) // 30
-    settings = AdaptSettings(str(cfg.checkpoint), spec.hash, ckpt.model_version, tuple(files["items"]), meta,
-                             max_support, cfg.batch_size, cfg.cold_users, cfg.torch_threads)
-    return Plan(meta, settings, event_chunks, user_chunks, prev_chunks, previous, spec,
-                pa.schema([context.field(c.name) for c in spec.context]),
-                "label" if ckpt.model_cfg.objective == "binary" else "rating",
-                cfg.buckets or max(8, math.ceil(users / USERS_PER_BUCKET)), fingerprints)
+    settings = AdaptSettings(
+        str(cfg.checkpoint),
+        spec.hash,
+        ckpt.model_version,
+        tuple(files["items"]),
+        meta,
+        max_support,
+        cfg.batch_size,
+        cfg.cold_users,
+        cfg.torch_threads,
+    )
+    return Plan(
+        meta,
+        settings,
+        event_chunks,
+        user_chunks,
+        prev_chunks,
+        previous,
+        spec,
+        pa.schema([context.field(c.name) for c in spec.context]),
+        "label" if ckpt.model_cfg.objective == "binary" else "rating",
+        cfg.buckets or max(8, math.ceil(users / USERS_PER_BUCKET)),
+        fingerprints,
+    )

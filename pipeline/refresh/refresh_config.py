@@ -26,29 +26,42 @@ class RefreshConfig:
     as_of: dt.datetime = dataclasses.field(metadata=flag("use events with ts < this time (ISO-8601)"))
     out: str = dataclasses.field(metadata=flag("snapshot root (CURRENT, snapshots/, staging/)"))
     max_support: int | None = dataclasses.field(
-        default=None, metadata=flag("most recent events per user (default: the checkpoint's)"))
+        default=None, metadata=flag("most recent events per user (default: the checkpoint's)")
+    )
     incremental: bool = dataclasses.field(
-        default=False, metadata=flag("re-adapt only users with new events since CURRENT"))
+        default=False, metadata=flag("re-adapt only users with new events since CURRENT")
+    )
     keep: int = dataclasses.field(default=3, metadata=flag("snapshots to keep"))
     batch_size: int = dataclasses.field(default=64, metadata=flag("users per inner-loop batch"))
     buckets: int | None = dataclasses.field(
-        default=None, metadata=flag("user buckets (default: about 4,000 users each)"))
+        default=None, metadata=flag("user buckets (default: about 4,000 users each)")
+    )
     cold_users: bool = dataclasses.field(
-        default=True, metadata=flag("write zero-step embeddings for users without events"))
+        default=True, metadata=flag("write zero-step embeddings for users without events")
+    )
     expect_spec_hash: str | None = dataclasses.field(
-        default=None, metadata=flag("refuse a checkpoint whose feature spec has another hash"))
+        default=None, metadata=flag("refuse a checkpoint whose feature spec has another hash")
+    )
     torch_threads: int = dataclasses.field(default=1, metadata=flag("torch threads per Beam worker process"))
-    read_batch_rows: int = dataclasses.field(default=1 << 18, metadata=flag("rows per Arrow batch when reading"))
-    shuffle: str = dataclasses.field(default="auto", metadata=flag(
-        "event exchange: Beam's shuffle, spill files in staging/, or auto (files on local runners)",
-        choices=SHUFFLES))
+    read_batch_rows: int = dataclasses.field(
+        default=1 << 18, metadata=flag("rows per Arrow batch when reading")
+    )
+    shuffle: str = dataclasses.field(
+        default="auto",
+        metadata=flag(
+            "event exchange: Beam's shuffle, spill files in staging/, or auto (files on local runners)",
+            choices=SHUFFLES,
+        ),
+    )
 
     def __post_init__(self) -> None:
         for name in ("interactions", "users", "items", "checkpoint", "out"):
             if not getattr(self, name):
                 raise ValueError(f"RefreshConfig.{name} must be a path, got {getattr(self, name)!r}")
         if not isinstance(self.as_of, dt.datetime) or self.as_of.tzinfo is None:
-            raise ValueError(f"RefreshConfig.as_of must be a timezone-aware datetime (UTC), got {self.as_of!r}")
+            raise ValueError(
+                f"RefreshConfig.as_of must be a timezone-aware datetime (UTC), got {self.as_of!r}"
+            )
         for name in ("keep", "batch_size", "torch_threads", "read_batch_rows"):
             if getattr(self, name) < 1:
                 raise ValueError(f"RefreshConfig.{name} must be >= 1, got {getattr(self, name)}")

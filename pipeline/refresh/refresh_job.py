@@ -2,11 +2,12 @@
 recent interactions before `as_of`, on Apache Beam, and publish it as a snapshot.
 
 RefreshSnapshot, one composite transform:
-      NewestEvents: row groups ──ReadEvents──> (bucket, newest N per user of each batch) ──┐ (packed bytes,
-                    one empty seed per bucket ───────────────────────────────────────────────┤  or spill files
-                    GroupByKey ──> TopNCombineFn ──> (bucket, newest N per user)  <─────────┘  on local runners)
-      ──> AdaptUsers (users, previous snapshot: per-bucket side inputs) ──> WriteParts (staging)
-      dead letters ──> WriteDeadLetters
+    NewestEvents:
+      row groups ──ReadEvents──> (bucket, newest N per user of each batch) ──┐   (packed bytes, or
+      one empty seed per bucket ──────────────────────────────────────────────┤    spill files on
+        GroupByKey ──> TopNCombineFn ──> (bucket, newest N per user)  <────────┘    local runners)
+    ──> AdaptUsers (users, previous snapshot: per-bucket side inputs) ──> WriteParts (staging)
+    dead letters ──> WriteDeadLetters
 
 All checks that need no data (checkpoint and its feature spec, every input file's
 schema) run before the pipeline starts (`plan.py`). The pipeline writes into a private
@@ -43,8 +44,19 @@ from pipeline.refresh.plan import Plan
 from pipeline.refresh.plan import plan as make_plan
 from pipeline.refresh.refresh_config import RefreshConfig
 from pipeline.refresh.shuffle import SHUFFLE_DIR
-from pipeline.refresh.transforms import (DEAD, NS, AdaptUsers, CountUsers, Keyed, Packed, ReadEvents, ReadKeyed,
-                                         TopNCombineFn, WriteDeadLetters, WriteParts)
+from pipeline.refresh.transforms import (
+    DEAD,
+    NS,
+    AdaptUsers,
+    CountUsers,
+    Keyed,
+    Packed,
+    ReadEvents,
+    ReadKeyed,
+    TopNCombineFn,
+    WriteDeadLetters,
+    WriteParts,
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -76,12 +88,18 @@ class NewestEvents(beam.PTransform):
         self.read, self.buckets, self.max_support, self.empty = read, buckets, max_support, empty
 
     def expand(self, chunks: beam.PCollection) -> dict[str, beam.PCollection]:
-        read = chunks | "ReadEvents" >> beam.ParDo(self.read).with_output_types(Packed).with_outputs(DEAD, main="events")
-        seeds = (chunks.pipeline | "Buckets" >> beam.Create([(b, self.empty) for b in range(self.buckets)])
-                 .with_output_types(Packed))
-        events = ((read.events, seeds) | "AllBuckets" >> beam.Flatten()
-                  | "GroupBuckets" >> beam.GroupByKey()  # not CombinePerKey: see TopNCombineFn on lifting
-                  | "TopN" >> beam.CombineValues(TopNCombineFn(self.max_support)).with_output_types(Keyed))
+        read = chunks | "ReadEvents" >> beam.ParDo(self.read).with_output_types(Packed).with_outputs(
+            DEAD, main="events"
+        )
+        seeds = chunks.pipeline | "Buckets" >> beam.Create(
+            [(b, self.empty) for b in range(self.buckets)]
+        ).with_output_types(Packed)
+        events = (
+            (read.events, seeds)
+            | "AllBuckets" >> beam.Flatten()
+            | "GroupBuckets" >> beam.GroupByKey()  # not CombinePerKey: see TopNCombineFn on lifting
+            | "TopN" >> beam.CombineValues(TopNCombineFn(self.max_support)).with_output_types(Keyed)
+        )
         return {"events": events, DEAD: read[DEAD]}
 
 
@@ -93,34 +111,66 @@ class RefreshSnapshot(beam.PTransform):
     staged/_shuffle: see shuffle.py). Returns the written paths: `parts`, `dead_letters`.
     """
 
-    def __init__(self, plan: Plan, staged: str, read_batch_rows: int, spill: bool = False,
-                 fail_after_users: int | None = None):
+    def __init__(
+        self,
+        plan: Plan,
+        staged: str,
+        read_batch_rows: int,
+        spill: bool = False,
+        fail_after_users: int | None = None,
+    ):
         super().__init__()
         self.plan, self.staged, self.read_batch_rows = plan, staged, read_batch_rows
         self.spill, self.fail_after_users = spill, fail_after_users
 
     def expand(self, pbegin: beam.pvalue.PBegin) -> dict[str, beam.PCollection]:
         plan, key = self.plan, self.plan.spec.user_key
-        read = ReadEvents(plan.settings.item_files, plan.spec.item_key, int(plan.meta.as_of.timestamp() * 1_000_000),
-                          plan.target, tuple(plan.context.names), plan.settings.max_support, plan.buckets,
-                          self.read_batch_rows, os.path.join(self.staged, SHUFFLE_DIR) if self.spill else None)
-        newest = (pbegin | "EventChunks" >> beam.Create(plan.event_chunks)
-                  | "NewestEvents" >> NewestEvents(read, plan.buckets, plan.settings.max_support,
-                                                   pack(event_schema(plan.context).empty_table())))
+        read = ReadEvents(
+            plan.settings.item_files,
+            plan.spec.item_key,
+            int(plan.meta.as_of.timestamp() * 1_000_000),
+            plan.target,
+            tuple(plan.context.names),
+            plan.settings.max_support,
+            plan.buckets,
+            self.read_batch_rows,
+            os.path.join(self.staged, SHUFFLE_DIR) if self.spill else None,
+        )
+        newest = (
+            pbegin
+            | "EventChunks" >> beam.Create(plan.event_chunks)
+            | "NewestEvents"
+            >> NewestEvents(
+                read, plan.buckets, plan.settings.max_support, pack(event_schema(plan.context).empty_table())
+            )
+        )
         user_cols = tuple([key] + [c.name for c in plan.spec.user])
-        users = (pbegin | "UserChunks" >> beam.Create(plan.user_chunks)
-                 | "ReadUsers" >> beam.ParDo(ReadKeyed(user_cols, key, plan.buckets)).with_output_types(Keyed))
+        users = (
+            pbegin
+            | "UserChunks" >> beam.Create(plan.user_chunks)
+            | "ReadUsers" >> beam.ParDo(ReadKeyed(user_cols, key, plan.buckets)).with_output_types(Keyed)
+        )
         prev_cols = tuple(snapshot.schema(plan.meta).names)
-        previous = (pbegin | "PreviousChunks" >> beam.Create(plan.previous_chunks)
-                    | "ReadPrevious" >> beam.ParDo(ReadKeyed(prev_cols, "user_id", plan.buckets))
-                    .with_output_types(Keyed))
-        rows = (newest["events"] | "CountUsers" >> beam.ParDo(CountUsers())
-                | "Adapt" >> beam.ParDo(AdaptUsers(plan.settings, self.fail_after_users),
-                                        users=beam.pvalue.AsMultiMap(users),
-                                        previous=beam.pvalue.AsMultiMap(previous)))
+        previous = (
+            pbegin
+            | "PreviousChunks" >> beam.Create(plan.previous_chunks)
+            | "ReadPrevious"
+            >> beam.ParDo(ReadKeyed(prev_cols, "user_id", plan.buckets)).with_output_types(Keyed)
+        )
+        rows = (
+            newest["events"]
+            | "CountUsers" >> beam.ParDo(CountUsers())
+            | "Adapt"
+            >> beam.ParDo(
+                AdaptUsers(plan.settings, self.fail_after_users),
+                users=beam.pvalue.AsMultiMap(users),
+                previous=beam.pvalue.AsMultiMap(previous),
+            )
+        )
         parts = rows | "WriteParts" >> beam.ParDo(WriteParts(self.staged))
         dead = newest[DEAD] | "WriteDeadLetters" >> beam.ParDo(
-            WriteDeadLetters(os.path.join(self.staged, DEAD_LETTER_PARTS)))
+            WriteDeadLetters(os.path.join(self.staged, DEAD_LETTER_PARTS))
+        )
         return {"parts": parts, "dead_letters": dead}
 
 
@@ -144,15 +194,30 @@ def _run(p: beam.Pipeline, transform: RefreshSnapshot) -> dict[str, int]:
 
 def _manifest(cfg: RefreshConfig, plan: Plan, runner: str, seconds: float, spill: bool, run_id: str) -> dict:
     """What the manifest records besides counts (publish adds the snapshot meta and the files)."""
-    return {"as_of": plan.meta.as_of.isoformat(), "inputs": plan.fingerprints, "runner": runner,
-            "duration_s": round(seconds, 3), "mode": "incremental" if plan.previous.directory else "full",
-            "reason": plan.previous.reason, "max_support": plan.settings.max_support, "buckets": plan.buckets,
-            "cold_users": cfg.cold_users, "shuffle": "files" if spill else "beam", "run_id": run_id,
-            "checkpoint": str(Path(cfg.checkpoint).resolve()), "config": to_dict(cfg)}
+    return {
+        "as_of": plan.meta.as_of.isoformat(),
+        "inputs": plan.fingerprints,
+        "runner": runner,
+        "duration_s": round(seconds, 3),
+        "mode": "incremental" if plan.previous.directory else "full",
+        "reason": plan.previous.reason,
+        "max_support": plan.settings.max_support,
+        "buckets": plan.buckets,
+        "cold_users": cfg.cold_users,
+        "shuffle": "files" if spill else "beam",
+        "run_id": run_id,
+        "checkpoint": str(Path(cfg.checkpoint).resolve()),
+        "config": to_dict(cfg),
+    }
 
 
-def refresh(cfg: RefreshConfig, pipeline_options: Sequence[str] | None = None, *,
-            pipeline: beam.Pipeline | None = None, fail_after_users: int | None = None) -> RefreshResult:
+def refresh(
+    cfg: RefreshConfig,
+    pipeline_options: Sequence[str] | None = None,
+    *,
+    pipeline: beam.Pipeline | None = None,
+    fail_after_users: int | None = None,
+) -> RefreshResult:
     """Run the refresh job and publish its snapshot under cfg.out; returns what it did.
 
     `pipeline_options` are Beam arguments (default: local FnApiRunner, 2 processes);
@@ -167,7 +232,7 @@ def refresh(cfg: RefreshConfig, pipeline_options: Sequence[str] | None = None, *
     if local:
         runners.limit_heap_retention()
     spill = cfg.shuffle == "files" or (cfg.shuffle == "auto" and local)
-    run_id = f"{dt.datetime.now(dt.timezone.utc):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:8]}"
+    run_id = f"{dt.datetime.now(dt.UTC):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:8]}"
     staged = snapshot.staging_dir(cfg.out, plan.meta, run_id)
     try:
         transform = RefreshSnapshot(plan, str(staged), cfg.read_batch_rows, spill, fail_after_users)
@@ -178,37 +243,65 @@ def refresh(cfg: RefreshConfig, pipeline_options: Sequence[str] | None = None, *
         stage_ms = {k: v for k, v in counters.items() if k.endswith("_ms")}
         counts = {k: v for k, v in counters.items() if not k.endswith("_ms")}
         manifest = _manifest(cfg, plan, runners.runner_name(opts), time.perf_counter() - start, spill, run_id)
-        final = finalize(cfg.out, staged, plan.meta, counts, manifest, plan.settings.max_support, cfg.keep,
-                         cfg.cold_users)
+        final = finalize(
+            cfg.out, staged, plan.meta, counts, manifest, plan.settings.max_support, cfg.keep, cfg.cold_users
+        )
     except BaseException:
         shutil.rmtree(staged, ignore_errors=True)
         raise
     phase["finalize"] = time.perf_counter() - start - phase["plan"] - phase["pipeline"]
     published = json.loads((final / snapshot.MANIFEST).read_text())
     seconds = time.perf_counter() - start
-    return RefreshResult(final, final.name, manifest["mode"], plan.previous.reason, plan.meta.as_of,
-                         plan.meta.model_version, published["counts"], stage_ms,
-                         {k: round(v, 3) for k, v in phase.items()}, seconds,
-                         published["counts"]["users"] / seconds if seconds else 0.0, manifest["runner"])
+    return RefreshResult(
+        final,
+        final.name,
+        manifest["mode"],
+        plan.previous.reason,
+        plan.meta.as_of,
+        plan.meta.model_version,
+        published["counts"],
+        stage_ms,
+        {k: round(v, 3) for k, v in phase.items()},
+        seconds,
+        published["counts"]["users"] / seconds if seconds else 0.0,
+        manifest["runner"],
+    )
 
 
 def run(argv: Sequence[str] | None = None, pipeline: beam.Pipeline | None = None) -> RefreshResult:
     """`python -m pipeline.refresh.refresh_job --interactions ... [Beam options]`: the job's
     own flags (those of `RefreshConfig`), then Beam pipeline options; a flag neither knows is
     refused before any work. `meta-embed refresh` is the same job behind the project's CLI."""
-    parser = argparse.ArgumentParser(prog="python -m pipeline.refresh.refresh_job", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m pipeline.refresh.refresh_job",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     for spec in flag_specs(RefreshConfig):
         if spec.parse is None:
-            parser.add_argument(spec.flag, dest=spec.field, action="store_false" if spec.default else "store_true",
-                                help=spec.help)
+            parser.add_argument(
+                spec.flag,
+                dest=spec.field,
+                default=spec.default,
+                help=spec.help,
+                action=argparse.BooleanOptionalAction if spec.default else "store_true",
+            )
         else:
-            parser.add_argument(spec.flag, dest=spec.field, type=spec.parse, default=spec.default,
-                                required=spec.required, choices=spec.choices, help=spec.help)
+            parser.add_argument(
+                spec.flag,
+                dest=spec.field,
+                type=spec.parse,
+                default=spec.default,
+                required=spec.required,
+                choices=spec.choices,
+                help=spec.help,
+            )
     known, pipeline_args = parser.parse_known_args(argv)
     unknown = runners.unknown_options(pipeline_args)
     if unknown:
-        parser.error(f"unrecognized arguments: {' '.join(unknown)} (neither a flag of this job nor a Beam option)")
+        parser.error(
+            f"unrecognized arguments: {' '.join(unknown)} (neither flags of this job nor Beam options)"
+        )
     result = refresh(RefreshConfig(**vars(known)), pipeline_args, pipeline=pipeline)
     print(summary(result))
     return result
@@ -217,18 +310,22 @@ def run(argv: Sequence[str] | None = None, pipeline: beam.Pipeline | None = None
 def summary(result: RefreshResult) -> str:
     """What a run did, for a terminal: the snapshot, where its users came from, counts and speed."""
     c = result.counts
-    return "\n".join([
-        f"refresh: published {result.snapshot_dir}",
-        f"  mode {result.mode} ({result.reason}); as_of {result.as_of.isoformat()}; "
-        f"model_version {result.model_version}; runner {result.runner}",
-        f"  users {c['users']} = adapted {c.get('users_adapted', 0)} + zero-step {c.get('users_zero_step', 0)} "
-        f"+ carried forward {c.get('users_carried_forward', 0)}; cold (no events) {c.get('cold_users', 0)}, "
-        f"without features {c.get('users_without_features', 0)}",
-        f"  events read {c.get('events_read', 0)}, used {c.get('events_used', 0)}, "
-        f"dead-lettered {c.get('dead_lettered', 0)}",
-        f"  stage time (ms, summed over workers): {result.stage_ms}",
-        f"  {result.seconds:.1f} s, {result.users_per_s:,.0f} users/s",
-    ])
+    return "\n".join(
+        [
+            f"refresh: published {result.snapshot_dir}",
+            f"  mode {result.mode} ({result.reason}); as_of {result.as_of.isoformat()}; "
+            f"model_version {result.model_version}; runner {result.runner}",
+            f"  users {c['users']} = adapted {c.get('users_adapted', 0)} + zero-step "
+            f"{c.get('users_zero_step', 0)} "
+            f"+ carried forward {c.get('users_carried_forward', 0)}; cold (no events) "
+            f"{c.get('cold_users', 0)}, "
+            f"without features {c.get('users_without_features', 0)}",
+            f"  events read {c.get('events_read', 0)}, used {c.get('events_used', 0)}, "
+            f"dead-lettered {c.get('dead_lettered', 0)}",
+            f"  stage time (ms, summed over workers): {result.stage_ms}",
+            f"  {result.seconds:.1f} s, {result.users_per_s:,.0f} users/s",
+        ]
+    )
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import ctypes
+import functools
 import platform
 from collections.abc import Iterator, Sequence
 
@@ -41,14 +42,25 @@ def _option_classes(base: type = PipelineOptions) -> Iterator[type]:
         yield from _option_classes(cls)
 
 
-def unknown_options(args: Sequence[str]) -> list[str]:
-    """The flags in `args` that no registered Beam pipeline option takes (Beam's own
-    parser would drop them with a log line); the values that follow them are not listed."""
+@functools.cache
+def _beam_parser() -> argparse.ArgumentParser:
+    """A parser of every registered Beam pipeline option, built the way Beam builds its own
+    (PipelineOptions.get_all_options)."""
     parser = argparse.ArgumentParser(allow_abbrev=False, add_help=False)
     for cls in set(_option_classes()):
-        cls._add_argparse_args(parser)  # how Beam builds its own parser (PipelineOptions.get_all_options)
-    _, unknown = parser.parse_known_args(list(args))
-    return [a for a in unknown if a.startswith("-")]
+        cls._add_argparse_args(parser)
+    return parser
+
+
+def unknown_options(args: Sequence[str]) -> list[str]:
+    """The arguments in `args` that no registered Beam pipeline option takes (Beam's own
+    parser would drop them with a log line): unknown flags, and the values after them."""
+    return _beam_parser().parse_known_args(list(args))[1]
+
+
+def beam_flags() -> list[str]:
+    """Every `--flag` of the registered Beam pipeline options."""
+    return sorted(o for o in _beam_parser()._option_string_actions if o.startswith("--"))
 
 
 def options(args: Sequence[str] | None) -> PipelineOptions:
@@ -64,11 +76,9 @@ def runner_name(opts: PipelineOptions) -> str:
     return name
 
 
-
 def is_local(opts: PipelineOptions) -> bool:
     """Whether this process itself runs the pipeline (the local FnApiRunner or DirectRunner)."""
     return (opts.view_as(StandardOptions).runner or LOCAL_RUNNER) in ("FnApiRunner", "DirectRunner")
-
 
 
 def _glibc() -> ctypes.CDLL | None:

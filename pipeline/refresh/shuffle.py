@@ -62,8 +62,10 @@ def read_spilled(path: str) -> list[bytes]:
     while pos < len(data):
         (n,) = _LEN.unpack_from(data, pos)
         if pos + _LEN.size + n > len(data):
-            raise ValueError(f"{path}: truncated shuffle file (record at byte {pos} needs {n} bytes); re-run the job")
-        blobs.append(data[pos + _LEN.size: pos + _LEN.size + n])
+            raise ValueError(
+                f"{path}: truncated shuffle file (record at byte {pos} needs {n} bytes); re-run the job"
+            )
+        blobs.append(data[pos + _LEN.size : pos + _LEN.size + n])
         pos += _LEN.size + n
     return blobs
 

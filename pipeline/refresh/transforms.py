@@ -13,9 +13,8 @@ from __future__ import annotations
 
 import hashlib
 import time
-import typing
 import uuid
-from typing import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 
 import apache_beam as beam
 import numpy as np
@@ -27,14 +26,13 @@ from apache_beam.metrics import Metrics
 from apache_beam.transforms.window import GlobalWindows
 from apache_beam.utils.windowed_value import WindowedValue
 
-from meta_embed.tables import TS_TYPE
-from meta_embed.tables import decode_error
+from meta_embed.tables import TS_TYPE, decode_error
 from pipeline.data.validate import validate_interactions
 from pipeline.refresh.adapt import AdaptSettings, adapt_bucket, load_adapt_state
 from pipeline.refresh.arrow import event_schema, pack, split_by_bucket, top_n, unpack, user_runs
 from pipeline.refresh.inputs import Chunk, open_parquet, read_all
-from pipeline.refresh.shuffle import Spill, tables_of
 from pipeline.refresh.runners import release_memory
+from pipeline.refresh.shuffle import Spill, tables_of
 
 NS = "refresh"
 DEAD = "dead_letter"
@@ -56,9 +54,11 @@ class ArrowTableCoder(beam.coders.Coder):
         return pa.Table
 
 
-beam.coders.registry.register_coder(pa.Table, ArrowTableCoder)  # used where a PCollection is hinted with pa.Table
-Keyed = typing.Tuple[int, pa.Table]
-Packed = typing.Tuple[int, typing.Union[bytes, str]]  # a bucket's events: `pack`ed bytes or a spill file
+beam.coders.registry.register_coder(
+    pa.Table, ArrowTableCoder
+)  # used where a PCollection is hinted with pa.Table
+Keyed = tuple[int, pa.Table]
+Packed = tuple[int, bytes | str]  # a bucket's events: `pack`ed bytes or a spill file
 
 
 def _counter(name: str):
@@ -89,11 +89,25 @@ class ReadEvents(beam.DoFn):
     Invalid rows go to the `dead_letter` output as (name, DEAD_LETTER table).
     """
 
-    def __init__(self, item_files: tuple[str, ...], item_key: str, as_of_us: int, target: str,
-                 context: tuple[str, ...], max_support: int, buckets: int, batch_rows: int = 1 << 18,
-                 spill_dir: str | None = None):
+    def __init__(
+        self,
+        item_files: tuple[str, ...],
+        item_key: str,
+        as_of_us: int,
+        target: str,
+        context: tuple[str, ...],
+        max_support: int,
+        buckets: int,
+        batch_rows: int = 1 << 18,
+        spill_dir: str | None = None,
+    ):
         self.item_files, self.item_key, self.as_of_us, self.target = item_files, item_key, as_of_us, target
-        self.context, self.max_support, self.buckets, self.batch_rows = context, max_support, buckets, batch_rows
+        self.context, self.max_support, self.buckets, self.batch_rows = (
+            context,
+            max_support,
+            buckets,
+            batch_rows,
+        )
         self.spill_dir = spill_dir  # set: emit (bucket, spill file path) instead of (bucket, packed bytes)
 
     def setup(self) -> None:
@@ -206,11 +220,18 @@ class AdaptUsers(beam.DoFn):
         self._state = load_adapt_state(self.settings)
         self._done = 0
 
-    def process(self, element: tuple[int, pa.Table], users: Mapping[int, Iterable[pa.Table]],
-                previous: Mapping[int, Iterable[pa.Table]]) -> Iterable[tuple[int, pa.Table]]:
+    def process(
+        self,
+        element: tuple[int, pa.Table],
+        users: Mapping[int, Iterable[pa.Table]],
+        previous: Mapping[int, Iterable[pa.Table]],
+    ) -> Iterable[tuple[int, pa.Table]]:
         start = time.perf_counter()
         bucket, events = element
-        users, previous = list(users[bucket]), list(previous[bucket])  # multimap side inputs: this bucket's rows
+        users, previous = (
+            list(users[bucket]),
+            list(previous[bucket]),
+        )  # multimap side inputs: this bucket's rows
         user_table = pa.concat_tables(users) if users else _empty_users(self._state)
         prev = pa.concat_tables(previous) if previous else None
         rows, counts = adapt_bucket(self._state, self.settings, events, user_table, prev)
@@ -221,15 +242,28 @@ class AdaptUsers(beam.DoFn):
         _counter("adapt_ms").inc(_ms(start))
         self._done += rows.num_rows
         if self.fail_after_users is not None and self._done >= self.fail_after_users:
-            raise RuntimeError(f"injected fault after {self._done} users (fail_after_users={self.fail_after_users})")
+            raise RuntimeError(
+                f"injected fault after {self._done} users (fail_after_users={self.fail_after_users})"
+            )
         yield bucket, rows
 
 
 def _empty_users(state) -> pa.Table:
     spec = state.ckpt.spec
-    return pa.table({spec.user_key: pa.array([], pa.string()),
-                     **{c.name: pa.array([], pa.list_(pa.string()) if c.kind == "bag" else
-                                         (pa.float64() if c.kind == "bucket" else pa.string())) for c in spec.user}})
+    return pa.table(
+        {
+            spec.user_key: pa.array([], pa.string()),
+            **{
+                c.name: pa.array(
+                    [],
+                    pa.list_(pa.string())
+                    if c.kind == "bag"
+                    else (pa.float64() if c.kind == "bucket" else pa.string()),
+                )
+                for c in spec.user
+            },
+        }
+    )
 
 
 def write_parquet(table: pa.Table, path: str) -> str:

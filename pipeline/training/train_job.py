@@ -20,13 +20,12 @@ import pyarrow.parquet as pq
 import torch
 
 from meta_embed import checkpoint
-from meta_embed.config import to_dict, write_config
+from meta_embed.config import parse_time, to_dict, write_config
 from meta_embed.features import fit_spec, movielens_template
-from meta_embed.tables import INTERACTIONS, ITEMS, USERS, data_table, read_table
+from meta_embed.tables import INTERACTIONS, ITEMS, TS_TYPE, USERS, data_table, read_table
 from meta_embed.tasks import FeatureTables
 from meta_embed.train import meta_train, timelines
 from pipeline.training.training_config import TrainJobConfig
-from pipeline.evaluation.splits import to_ts
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,8 +51,10 @@ def load_data(data: str | Path, until: str | None = None) -> Data:
     data = Path(data)
     events = read_table(data_table(data, "interactions"), INTERACTIONS)
     if until is not None:
-        events = events.filter(pc.less(events["ts"], to_ts(until)))
-    return Data(read_table(data_table(data, "users"), USERS), read_table(data_table(data, "items"), ITEMS), events)
+        events = events.filter(pc.less(events["ts"], pa.scalar(parse_time(until), TS_TYPE)))
+    return Data(
+        read_table(data_table(data, "users"), USERS), read_table(data_table(data, "items"), ITEMS), events
+    )
 
 
 def _unknown(ids: pa.ChunkedArray, known: pa.ChunkedArray) -> int:
@@ -88,14 +89,22 @@ def train(cfg: TrainJobConfig) -> TrainJobResult:
     write_config(cfg, out)
     pq.write_table(pa.table({"user_id": result.val_user_ids}), out / "validation_users.parquet")
     summary = {
-        "model_version": version, "feature_spec_hash": spec.hash, "metric": result.metric,
-        "best_metric": result.best_metric, "best_epoch": result.best_epoch, "train_seconds": result.seconds,
-        "seconds": time.perf_counter() - start, "n_users": len(history), "n_events": int(len(history.support.target)),
+        "model_version": version,
+        "feature_spec_hash": spec.hash,
+        "metric": result.metric,
+        "best_metric": result.best_metric,
+        "best_epoch": result.best_epoch,
+        "train_seconds": result.seconds,
+        "seconds": time.perf_counter() - start,
+        "n_users": len(history),
+        "n_events": int(len(history.support.target)),
         "n_validation_users": len(result.val_user_ids),
         "events_with_unknown_user": _unknown(data.interactions["user_id"], data.users["user_id"]),
         "events_with_unknown_item": _unknown(data.interactions["item_id"], data.items["item_id"]),
-        "history": result.history, "config": to_dict(cfg),
+        "history": result.history,
+        "config": to_dict(cfg),
     }
     (out / "train_summary.json").write_text(json.dumps(_json_safe(summary), indent=2, sort_keys=True) + "\n")
-    return TrainJobResult(out, version, result.metric, result.best_metric, result.best_epoch,
-                          summary["seconds"], summary)
+    return TrainJobResult(
+        out, version, result.metric, result.best_metric, result.best_epoch, summary["seconds"], summary
+    )

@@ -48,4 +48,6 @@ class EvidenceJobConfig:
 
     def __post_init__(self) -> None:
         if self.k <= 0 or self.query <= 0:
-            raise ValueError(f"EvidenceJobConfig: k and query must be > 0, got k={self.k}, query={self.query}")
+            raise ValueError(
+                f"EvidenceJobConfig: k and query must be > 0, got k={self.k}, query={self.query}"
+            )

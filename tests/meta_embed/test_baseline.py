@@ -11,13 +11,13 @@ import pyarrow as pa
 import pytest
 
 from meta_embed import baseline
-from meta_embed.config import WideDeepConfig
 from meta_embed.baseline import IdVocab, fit, index_events, predict
-from meta_embed.metrics import auc
+from meta_embed.config import WideDeepConfig
 from meta_embed.features import fit_spec, movielens_template
+from meta_embed.metrics import auc
 from meta_embed.tables import TS_TYPE
 
-T = dt.datetime(2020, 1, 1, tzinfo=dt.timezone.utc)
+T = dt.datetime(2020, 1, 1, tzinfo=dt.UTC)
 
 
 def world(n_users: int = 200, n_items: int = 40, per_user: int = 40, seed: int = 0):
@@ -27,13 +27,32 @@ def world(n_users: int = 200, n_items: int = 40, per_user: int = 40, seed: int =
     u = np.repeat(np.arange(n_users), per_user)
     i = rng.integers(0, n_items, len(u))
     y = (rng.random(len(u)) < 1 / (1 + np.exp(-2.5 * (taste[u] * latent[i]).sum(1)))).astype(np.float32)
-    events = pa.table({"user_id": [f"u{k}" for k in u], "item_id": [f"i{k}" for k in i],
-                       "ts": pa.array([T + dt.timedelta(minutes=int(k)) for k in range(len(u))], TS_TYPE),
-                       "label": y, "rating": pa.array(np.where(y > 0, 5.0, 2.0), pa.float32())})
-    users = pa.table({"user_id": [f"u{k}" for k in range(n_users)], "age": pa.array([25] * n_users, pa.int32()),
-                      "gender": ["F"] * n_users, "occupation": ["x"] * n_users, "zip_prefix": ["123"] * n_users})
-    items = pa.table({"item_id": [f"i{k}" for k in range(n_items)], "title": ["t"] * n_items,
-                      "year": pa.array([1990] * n_items, pa.int32()), "genres": [["Drama"]] * n_items})
+    events = pa.table(
+        {
+            "user_id": [f"u{k}" for k in u],
+            "item_id": [f"i{k}" for k in i],
+            "ts": pa.array([T + dt.timedelta(minutes=int(k)) for k in range(len(u))], TS_TYPE),
+            "label": y,
+            "rating": pa.array(np.where(y > 0, 5.0, 2.0), pa.float32()),
+        }
+    )
+    users = pa.table(
+        {
+            "user_id": [f"u{k}" for k in range(n_users)],
+            "age": pa.array([25] * n_users, pa.int32()),
+            "gender": ["F"] * n_users,
+            "occupation": ["x"] * n_users,
+            "zip_prefix": ["123"] * n_users,
+        }
+    )
+    items = pa.table(
+        {
+            "item_id": [f"i{k}" for k in range(n_items)],
+            "title": ["t"] * n_items,
+            "year": pa.array([1990] * n_items, pa.int32()),
+            "genres": [["Drama"]] * n_items,
+        }
+    )
     return events, users, items, fit_spec(movielens_template(), users, items)
 
 
@@ -45,7 +64,12 @@ def split(events: pa.Table, seed: int = 1):
 def popularity(train: pa.Table, test: pa.Table, k: float = 10.0) -> np.ndarray:
     g = train.group_by("item_id").aggregate([("label", "sum"), ("label", "count")])
     mean = float(np.mean(train["label"].to_numpy()))
-    rate = dict(zip(g["item_id"].to_pylist(), (g["label_sum"].to_numpy() + k * mean) / (g["label_count"].to_numpy() + k)))
+    rate = dict(
+        zip(
+            g["item_id"].to_pylist(),
+            (g["label_sum"].to_numpy() + k * mean) / (g["label_count"].to_numpy() + k),
+        )
+    )
     return np.array([rate.get(i, mean) for i in test["item_id"].to_pylist()])
 
 
@@ -84,7 +108,9 @@ def test_unseen_users_score_through_the_oov_bucket():
     assert np.all(ev.user == 0) and np.all(ev.item > 0)
     # u1 (seen in training, same features) pushed through the OOV bucket scores exactly like u0
     row_u1 = result.model.tables.user_rows(pa.array(["u1"]))[0]
-    stranger = dataclasses.replace(ev, user=np.zeros_like(ev.user), user_row=np.full_like(ev.user_row, row_u1))
+    stranger = dataclasses.replace(
+        ev, user=np.zeros_like(ev.user), user_row=np.full_like(ev.user_row, row_u1)
+    )
     got, other = predict(result.model, ev), predict(result.model, stranger)
     assert np.isfinite(got).all()
     np.testing.assert_allclose(got, other, atol=1e-6)
@@ -109,7 +135,9 @@ def test_early_stopping_keeps_the_best_epoch():
 def test_regression_objective_predicts_ratings():
     events, users, items, spec = world()
     train, valid = split(events)
-    cfg = WideDeepConfig(objective="regression", lr=1e-2, embedding_dim=8, max_epochs=8, batch_size=512, oov_rate=0.0)
+    cfg = WideDeepConfig(
+        objective="regression", lr=1e-2, embedding_dim=8, max_epochs=8, batch_size=512, oov_rate=0.0
+    )
     result = fit(cfg, spec, users, items, train, valid)
     target = valid["rating"].to_numpy()
     mae = np.abs(predict(result.model, index_events(result.model, valid)) - target).mean()
@@ -118,10 +146,16 @@ def test_regression_objective_predicts_ratings():
     assert result.val_score == pytest.approx(-mae, abs=1e-5)
 
 
-@pytest.mark.parametrize("bad, match", [
-    ({"objective": "ranking"}, "objective"), ({"embedding_dim": 0}, "embedding_dim"),
-    ({"oov_rate": 1.0}, "oov_rate"), ({"lr": 0.0}, "lr > 0"), ({"crosses": (("user_id",),)}, "pairs"),
-])
+@pytest.mark.parametrize(
+    "bad, match",
+    [
+        ({"objective": "ranking"}, "objective"),
+        ({"embedding_dim": 0}, "embedding_dim"),
+        ({"oov_rate": 1.0}, "oov_rate"),
+        ({"lr": 0.0}, "lr > 0"),
+        ({"crosses": (("user_id",),)}, "pairs"),
+    ],
+)
 def test_config_is_validated(bad, match):
     with pytest.raises(ValueError, match=match):
         WideDeepConfig(**bad)

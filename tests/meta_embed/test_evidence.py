@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from meta_embed.config import MamlConfig
-from meta_embed.inference import item_vectors, user_inputs
 from meta_embed.evidence import compare_selection, event_grad_norms, evidence_candidates, item_scores
+from meta_embed.inference import item_vectors, user_inputs
 from meta_embed.maml import pointwise_loss
 from meta_embed.tasks import cut
 from meta_embed.train import query_metrics, timelines
@@ -36,7 +36,9 @@ def _reference_norm(model, tables, history, u, j, step):
     return float(torch.sqrt(sum(((s * g) ** 2).sum() for s, g in zip(sizes, grads))))
 
 
-@pytest.mark.parametrize(("mode", "meta_sgd"), [("activation", False), ("activation", True), ("weights", False)])
+@pytest.mark.parametrize(
+    ("mode", "meta_sgd"), [("activation", False), ("activation", True), ("weights", False)]
+)
 def test_batched_event_gradient_norms_equal_per_event_autograd(spec, tables, history, mode, meta_sgd):
     model = tiny_model(spec, mode=mode, learned_inner_lr=0.3 if meta_sgd else None)
     if meta_sgd:
@@ -79,7 +81,9 @@ def test_evidence_follows_the_gradients_not_just_popularity(spec, tables, histor
     owner = np.repeat(np.arange(len(history)), history.support.lengths)[on_best]
     with torch.no_grad():
         x = user_inputs(model, tables.users, torch.from_numpy(history.user_rows[owner]))
-        logits = model.global_block(model.meta(x), item_vectors(model, tables, torch.full((len(owner),), best)))
+        logits = model.global_block(
+            model.meta(x), item_vectors(model, tables, torch.full((len(owner),), best))
+        )
     target = history.support.target.copy()
     target[on_best] = torch.sigmoid(logits).numpy()
     changed = dataclasses.replace(history, support=dataclasses.replace(history.support, target=target))
@@ -91,10 +95,15 @@ def test_compare_selection_adapts_each_strategy_on_its_own_choice(spec, tables, 
     model = tiny_model(spec)
     cfg = MamlConfig(inner_steps=2)
     users = np.arange(60, 120)
-    score, _, popularity = item_scores(history.support.item_rows, np.ones(len(history.support.item_rows)),
-                                       len(tables.item_ids))
-    rows = {r["strategy"]: r for r in compare_selection(model, tables, history, users, score, popularity, k=3,
-                                                        n_query=4, maml_cfg=cfg)}
+    score, _, popularity = item_scores(
+        history.support.item_rows, np.ones(len(history.support.item_rows)), len(tables.item_ids)
+    )
+    rows = {
+        r["strategy"]: r
+        for r in compare_selection(
+            model, tables, history, users, score, popularity, k=3, n_query=4, maml_cfg=cfg
+        )
+    }
     assert set(rows) == {"evidence", "popular", "random", "recent", "none"}
     eligible = int((history.support.lengths[users] >= 7).sum())
     assert all(r["users"] == eligible and r["n_events"] == 4 * eligible for r in rows.values())

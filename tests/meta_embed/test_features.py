@@ -9,7 +9,15 @@ import pyarrow as pa
 import pytest
 import torch
 
-from meta_embed.features import Column, FeatureSpec, encode, encode_column, fit_spec, movielens_template, stable_hash
+from meta_embed.features import (
+    Column,
+    FeatureSpec,
+    encode,
+    encode_column,
+    fit_spec,
+    movielens_template,
+    stable_hash,
+)
 from meta_embed.model import FeatureEmbedder
 
 
@@ -50,18 +58,24 @@ def test_each_bucket_boundary_opens_a_new_bucket():
 
 
 def test_spec_json_round_trip_and_hash_tracks_vocabularies():
-    users = pa.table({"age": pa.array([20], pa.int32()), "gender": ["F"], "occupation": ["doctor"],
-                      "zip_prefix": ["123"]})
-    items = pa.table({"item_id": ["i1"], "genres": pa.array([["Drama"]]), "year": pa.array([1990], pa.int32())})
+    users = pa.table(
+        {"age": pa.array([20], pa.int32()), "gender": ["F"], "occupation": ["doctor"], "zip_prefix": ["123"]}
+    )
+    items = pa.table(
+        {"item_id": ["i1"], "genres": pa.array([["Drama"]]), "year": pa.array([1990], pa.int32())}
+    )
     spec = fit_spec(movielens_template(), users, items)
     again = FeatureSpec.from_json(spec.to_json())
     assert again == spec and again.hash == spec.hash
-    changed = dataclasses.replace(spec, user=tuple(
-        dataclasses.replace(c, vocab=c.vocab + ("M",)) if c.name == "gender" else c for c in spec.user))
+    changed = dataclasses.replace(
+        spec,
+        user=tuple(
+            dataclasses.replace(c, vocab=c.vocab + ("M",)) if c.name == "gender" else c for c in spec.user
+        ),
+    )
     assert changed.hash != spec.hash
 
 
 def test_missing_feature_column_names_the_source_and_column():
     with pytest.raises(ValueError, match="users: feature column 'gender'"):
         encode(pa.table({"age": [1]}), (Column("gender", "vocab", vocab=("F",)),), "users")
-

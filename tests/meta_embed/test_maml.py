@@ -47,7 +47,9 @@ def test_zero_steps_leave_the_initialization_and_outputs_unchanged(spec, tables,
     params = adapt(model, x, v, ctx, y, mask, cfg)
     for k, p in model.meta.init_params().items():
         torch.testing.assert_close(params[k], p.expand_as(params[k]), rtol=0, atol=0)
-    torch.testing.assert_close(adapt_and_embed(model, x, v, ctx, y, mask, cfg), model.meta(x.detach()), rtol=0, atol=0)
+    torch.testing.assert_close(
+        adapt_and_embed(model, x, v, ctx, y, mask, cfg), model.meta(x.detach()), rtol=0, atol=0
+    )
 
 
 def test_one_step_lowers_every_users_support_loss(spec, tables, tasks):
@@ -75,6 +77,7 @@ def test_meta_gradient_reaches_the_initialization(spec, tables, tasks, second_or
 
 # --- hand-computed reference (activation mode, NumPy, float64) -----------------------
 
+
 def _forward_backward(theta, glob, x, v, y):
     """Support BCE loss (mean over events) and its gradient wrt the meta block, by hand."""
     a = theta["w1"] @ x + theta["b1"]
@@ -88,7 +91,7 @@ def _forward_backward(theta, glob, x, v, y):
     d_out = (1 / (1 + np.exp(-out)) - y) / len(y)
     d_z = ((d_out[:, None] * glob["c"]) * (pre > 0)) @ glob["A"]  # (n, D + 2 item_dim)
     d_dim, i_dim = len(e), v.shape[1]
-    d_e = d_z[:, :d_dim].sum(0) + glob["P"].T @ (d_z[:, d_dim + i_dim:] * v).sum(0)
+    d_e = d_z[:, :d_dim].sum(0) + glob["P"].T @ (d_z[:, d_dim + i_dim :] * v).sum(0)
     d_a = (theta["w2"].T @ d_e) * (a > 0)
     return {"w1": np.outer(d_a, x), "b1": d_a, "w2": np.outer(d_e, h), "b2": d_e}
 
@@ -103,8 +106,13 @@ def test_first_order_matches_a_hand_computed_reference(spec, tables, tasks):
     query_loss(model, params, x, q).backward()
 
     mlp, n, nq = model.global_block.mlp, int(mask.sum()), int(q[4].sum())
-    glob = {"P": model.global_block.project.weight, "A": mlp[0].weight, "a": mlp[0].bias, "c": mlp[2].weight[0],
-            "c0": mlp[2].bias[0]}
+    glob = {
+        "P": model.global_block.project.weight,
+        "A": mlp[0].weight,
+        "a": mlp[0].bias,
+        "c": mlp[2].weight[0],
+        "c0": mlp[2].bias[0],
+    }
     glob = {k: t.detach().double().numpy() for k, t in glob.items()}
     xn = x[0].detach().double().numpy()
     vn, yn = v[0, :n].detach().double().numpy(), y[0, :n].double().numpy()
@@ -124,12 +132,16 @@ def test_first_order_matches_a_hand_computed_reference(spec, tables, tasks):
 def _meta_grads(model, tables, tasks, second_order, users=USERS):
     model.zero_grad(set_to_none=True)
     x, v, ctx, y, mask = inputs(model, tables, tasks, users)
-    params = adapt(model, x, v, ctx, y, mask, MamlConfig(inner_steps=2, inner_lr=0.5), second_order=second_order)
+    params = adapt(
+        model, x, v, ctx, y, mask, MamlConfig(inner_steps=2, inner_lr=0.5), second_order=second_order
+    )
     query_loss(model, params, x, inputs(model, tables, tasks, users, query=True)).backward()
     return {k: p.grad.clone() for k, p in model.meta.weights.items()}
 
 
-def test_second_order_meta_gradient_differs_from_first_order_and_matches_finite_differences(spec, tables, tasks):
+def test_second_order_meta_gradient_differs_from_first_order_and_matches_finite_differences(
+    spec, tables, tasks
+):
     model = tiny_model(spec).double()
     first = _meta_grads(model, tables, tasks, second_order=False)
     second = _meta_grads(model, tables, tasks, second_order=True)
@@ -165,8 +177,10 @@ def test_batched_adaptation_equals_a_per_user_loop(spec, tables, tasks, mode):
     batch = adapt_and_embed(model, x, v, ctx, y, mask, cfg)
     for u in range(len(x)):
         n = int(mask[u].sum())
-        one = adapt_and_embed(model, x[u:u + 1], v[u:u + 1, :n], None, y[u:u + 1, :n], mask[u:u + 1, :n], cfg)
-        torch.testing.assert_close(batch[u:u + 1], one, rtol=0, atol=1e-5)
+        one = adapt_and_embed(
+            model, x[u : u + 1], v[u : u + 1, :n], None, y[u : u + 1, :n], mask[u : u + 1, :n], cfg
+        )
+        torch.testing.assert_close(batch[u : u + 1], one, rtol=0, atol=1e-5)
 
 
 def test_padding_with_garbage_in_masked_slots_changes_nothing(spec, tables, tasks):
@@ -179,8 +193,12 @@ def test_padding_with_garbage_in_masked_slots_changes_nothing(spec, tables, task
     v_pad = torch.cat([v, 100 * torch.randn(v.shape[0], extra, v.shape[2], generator=g)], 1)
     y_pad = torch.cat([y, torch.rand(y.shape[0], extra, generator=g) * 5], 1)
     mask_pad = torch.cat([mask, torch.zeros(mask.shape[0], extra, dtype=torch.bool)], 1)
-    torch.testing.assert_close(adapt_and_embed(model, x, v_pad, None, y_pad, mask_pad, cfg),
-                               adapt_and_embed(model, x, v, None, y, mask, cfg), rtol=0, atol=1e-6)
+    torch.testing.assert_close(
+        adapt_and_embed(model, x, v_pad, None, y_pad, mask_pad, cfg),
+        adapt_and_embed(model, x, v, None, y, mask, cfg),
+        rtol=0,
+        atol=1e-6,
+    )
 
 
 def test_meta_sgd_step_sizes_receive_gradients_and_act_per_weight(spec, tables, tasks):
@@ -202,12 +220,16 @@ def test_losses_ignore_masked_slots():
     values = torch.tensor([[1.0, 3.0, 100.0], [0.0, 0.0, 0.0]])
     mask = torch.tensor([[True, True, False], [False, False, False]])
     assert masked_user_mean(values, mask).tolist() == [2.0, 0.0]
-    assert pointwise_loss(torch.tensor([2.0]), torch.tensor([0.5]), "regression").item() == pytest.approx(2.25)
+    assert pointwise_loss(torch.tensor([2.0]), torch.tensor([0.5]), "regression").item() == pytest.approx(
+        2.25
+    )
 
 
 @pytest.mark.parametrize("objective", ["binary", "regression"])
 @pytest.mark.parametrize("learned_lr", [None, 0.3])
-def test_inference_loop_without_weight_copies_equals_adapt_then_embed(spec, tables, tasks, objective, learned_lr):
+def test_inference_loop_without_weight_copies_equals_adapt_then_embed(
+    spec, tables, tasks, objective, learned_lr
+):
     """Activation mode adapts through vectors only (`_activation_embeddings`); it must be the
     same math as adapting per-user weight copies, with scalar and per-weight (Meta-SGD) steps."""
     model = tiny_model(spec, objective=objective, learned_inner_lr=learned_lr)

@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from meta_embed.config import MamlConfig
-from meta_embed.inference import embed_users, event_inputs, item_vectors, user_inputs
 from meta_embed.features import take
+from meta_embed.inference import embed_users, event_inputs, item_vectors, user_inputs
 from meta_embed.maml import adapt
 from meta_embed.tasks import cut, episodes
 from meta_embed.train import timelines
@@ -40,12 +40,14 @@ def test_stored_embedding_reproduces_the_adapted_models_logits(spec, tables, tas
         x = model.with_history(user_inputs(model, tables.users, ep.user_rows), *support)
         params = adapt(model, x, v, ctx, ep.support.y, ep.support.mask, cfg)
         items = torch.arange(len(tables.item_ids)).expand(len(users), -1)  # every user x every item
-        full = model(take(tables.users, ep.user_rows), take(tables.items, items), meta_params=params, support=support)
+        full = model(
+            take(tables.users, ep.user_rows), take(tables.items, items), meta_params=params, support=support
+        )
         online = model.global_block(stored.unsqueeze(1), item_vectors(model, tables, items))
     torch.testing.assert_close(online, full, rtol=0, atol=1e-5)
     assert not torch.allclose(stored[3:], model.meta(x)[3:], atol=1e-4)  # adaptation did something
     if model.cfg.history_inputs:  # and the history part of the inputs differs between users with events
-        assert not torch.allclose(x[3:, -model.history_dim:], x[4:5, -model.history_dim:])
+        assert not torch.allclose(x[3:, -model.history_dim :], x[4:5, -model.history_dim :])
 
 
 @pytest.mark.parametrize("mode", ["activation", "weights"])
@@ -64,7 +66,7 @@ def test_weights_mode_embedding_is_the_personal_layer(spec, tables, tasks):
         e = model.meta(x)
         w = model.meta.weights
         np.testing.assert_allclose(e[:, : 3 * 6].numpy(), w["wv"].flatten().expand(4, -1).numpy())
-        np.testing.assert_allclose(e[:, 3 * 6:].numpy(), (x @ w["wx"].T + w["b"]).numpy(), atol=1e-6)
+        np.testing.assert_allclose(e[:, 3 * 6 :].numpy(), (x @ w["wx"].T + w["b"]).numpy(), atol=1e-6)
 
 
 @pytest.mark.parametrize("mode", ["activation", "weights"])
@@ -87,7 +89,9 @@ def test_global_block_is_the_mlp_of_the_concatenated_inputs(mode):
         parts = [torch.relu(torch.einsum("...rh,...h->...r", wv, v) + c), v, ctx]
     want = block.mlp(torch.cat(parts, dim=-1)).squeeze(-1)
     torch.testing.assert_close(block(e, v, ctx), want, rtol=0, atol=1e-6)
-    torch.testing.assert_close(block(e[0, 0], v[0], ctx[0]), want[0], rtol=0, atol=1e-6)  # one user, unbatched
+    torch.testing.assert_close(
+        block(e[0, 0], v[0], ctx[0]), want[0], rtol=0, atol=1e-6
+    )  # one user, unbatched
 
 
 def test_history_summary_is_the_mean_the_centered_mean_and_the_log_count(spec, tables):
@@ -95,16 +99,18 @@ def test_history_summary_is_the_mean_the_centered_mean_and_the_log_count(spec, t
     d = model.cfg.item_dim
     with torch.no_grad():
         x = user_inputs(model, tables.users, torch.tensor([0, 1]))  # (2, in_dim), zero history part
-        assert model.history_dim == 2 * d + 1 and torch.all(x[:, -model.history_dim:] == 0)
+        assert model.history_dim == 2 * d + 1 and torch.all(x[:, -model.history_dim :] == 0)
         v = torch.zeros(2, 3, d)
         v[0, :, 0] = torch.tensor([1.0, 3.0, 99.0])  # user 0: two events (the third slot is padding)
         v[0, :, 1] = torch.tensor([2.0, 2.0, 99.0])
         y = torch.tensor([[1.0, 0.0, 5.0], [0.0, 0.0, 0.0]])
         mask = torch.tensor([[True, True, False], [False, False, False]])  # user 1: no events
-        h = model.with_history(x, v, y, mask)[:, -model.history_dim:]
+        h = model.with_history(x, v, y, mask)[:, -model.history_dim :]
     torch.testing.assert_close(h[0, :d][:2], torch.tensor([2.0, 2.0]))  # mean item vector
     # centered labels +0.5, -0.5: (0.5 * [1, 2] - 0.5 * [3, 2]) / 2 = [-0.5, 0]
-    torch.testing.assert_close(h[0, d:2 * d][:2], torch.tensor([-0.5, 0.0]))
+    torch.testing.assert_close(h[0, d : 2 * d][:2], torch.tensor([-0.5, 0.0]))
     torch.testing.assert_close(h[0, -1], torch.log(torch.tensor(3.0)))
     assert torch.all(h[0, :d][2:] == 0) and torch.all(h[1] == 0)  # a user without events keeps zeros
-    torch.testing.assert_close(model.with_history(x, v, y, mask)[:, :-model.history_dim], x[:, :-model.history_dim])
+    torch.testing.assert_close(
+        model.with_history(x, v, y, mask)[:, : -model.history_dim], x[:, : -model.history_dim]
+    )

@@ -11,22 +11,37 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
-from meta_embed.tables import DEAD_LETTER, INTERACTIONS, TS_TYPE, USERS, SchemaError
-from meta_embed.tables import CorruptInputError, data_table, read_table, unique_ids, write_dead_letter, write_table
+from meta_embed.tables import (
+    DEAD_LETTER,
+    INTERACTIONS,
+    TS_TYPE,
+    USERS,
+    CorruptInputError,
+    SchemaError,
+    data_table,
+    read_table,
+    unique_ids,
+    write_dead_letter,
+    write_table,
+)
 from pipeline.data.validate import REASONS, parse_float, parse_timestamp, validate_interactions
 
-UTC = dt.timezone.utc
+UTC = dt.UTC
 
 
 def events(n: int, start: int = 0) -> pa.Table:
-    return pa.table({
-        "user_id": [f"u{i % 3}" for i in range(start, start + n)],
-        "item_id": [f"i{i}" for i in range(start, start + n)],
-        "ts": pa.array([dt.datetime(2020, 1, 1, tzinfo=UTC) + dt.timedelta(days=i) for i in range(start, start + n)],
-                       TS_TYPE),
-        "label": pa.array([float(i % 2) for i in range(start, start + n)], pa.float32()),
-        "rating": pa.array([float(1 + i % 5) for i in range(start, start + n)], pa.float32()),
-    })
+    return pa.table(
+        {
+            "user_id": [f"u{i % 3}" for i in range(start, start + n)],
+            "item_id": [f"i{i}" for i in range(start, start + n)],
+            "ts": pa.array(
+                [dt.datetime(2020, 1, 1, tzinfo=UTC) + dt.timedelta(days=i) for i in range(start, start + n)],
+                TS_TYPE,
+            ),
+            "label": pa.array([float(i % 2) for i in range(start, start + n)], pa.float32()),
+            "rating": pa.array([float(1 + i % 5) for i in range(start, start + n)], pa.float32()),
+        }
+    )
 
 
 def test_read_file_directory_and_glob(tmp_path):
@@ -38,8 +53,12 @@ def test_read_file_directory_and_glob(tmp_path):
     both = read_table(tmp_path / "shards", INTERACTIONS)
     assert both["item_id"].to_pylist() == [f"i{i}" for i in range(7)]  # shards in name order
     assert read_table(str(tmp_path / "shards" / "part-*.parquet"), INTERACTIONS).num_rows == 7
-    sub = read_table(tmp_path / "shards", INTERACTIONS, columns=["user_id", "ts"],
-                     filter=pc.field("ts") >= pa.scalar(dt.datetime(2020, 1, 6, tzinfo=UTC), TS_TYPE))
+    sub = read_table(
+        tmp_path / "shards",
+        INTERACTIONS,
+        columns=["user_id", "ts"],
+        filter=pc.field("ts") >= pa.scalar(dt.datetime(2020, 1, 6, tzinfo=UTC), TS_TYPE),
+    )
     assert sub.column_names == ["user_id", "ts"] and sub.num_rows == 2
 
 
@@ -73,14 +92,23 @@ def test_truncated_file_error_names_the_path(tmp_path):
 
 
 def test_write_table_casts_and_refuses_nulls(tmp_path):
-    loose = pa.table({"user_id": pa.array(["a"], pa.large_string()), "age": pa.array([30], pa.int64()),
-                      "gender": ["F"], "occupation": ["x"], "zip_prefix": ["123"]})
+    loose = pa.table(
+        {
+            "user_id": pa.array(["a"], pa.large_string()),
+            "age": pa.array([30], pa.int64()),
+            "gender": ["F"],
+            "occupation": ["x"],
+            "zip_prefix": ["123"],
+        }
+    )
     path = write_table(loose, tmp_path / "u.parquet", USERS)
     assert pq.read_schema(path).field("age").type == pa.int32()
     assert pq.read_schema(path).field("user_id").type == pa.string()
     assert [p.name for p in tmp_path.iterdir()] == ["u.parquet"]  # no temporary left behind
     with pytest.raises(SchemaError, match="'user_id' holds 1 nulls"):
-        write_table(loose.set_column(0, "user_id", pa.array([None], pa.string())), tmp_path / "v.parquet", USERS)
+        write_table(
+            loose.set_column(0, "user_id", pa.array([None], pa.string())), tmp_path / "v.parquet", USERS
+        )
     with pytest.raises(SchemaError, match="missing column 'zip_prefix'"):
         write_table(loose.drop_columns(["zip_prefix"]), tmp_path / "w.parquet", USERS)
 
@@ -93,32 +121,64 @@ def test_dead_letter_written_even_when_empty(tmp_path):
 
 
 def raw_with_one_bad_row_per_reason() -> pa.Table:
-    return pa.table({
-        "user_id": ["u1", None, "u3", "u4", "u5", "u6", "u7", "u8", "u1", "u9"],
-        "item_id": ["i1", "i2", " ", "i4", "i5", "i6", "i7", "i8", "i1", "i9"],
-        "ts": ["881250949", "881250949", "881250949", "", "yesterday", "881250949", "881250949", "881250949",
-               "881250949", "2020-01-02T03:04:05Z"],
-        "label": ["1", "1", "1", "1", "1", "1", "nan", "2", "1", "0"],
-        "rating": ["4", "4", "4", "4", "4", "x", "4", "4", "4", None],
-        "device": ["a", "b", "c", "d", "e", "f", "g", "h", "a", "j"],
-    })
+    return pa.table(
+        {
+            "user_id": ["u1", None, "u3", "u4", "u5", "u6", "u7", "u8", "u1", "u9"],
+            "item_id": ["i1", "i2", " ", "i4", "i5", "i6", "i7", "i8", "i1", "i9"],
+            "ts": [
+                "881250949",
+                "881250949",
+                "881250949",
+                "",
+                "yesterday",
+                "881250949",
+                "881250949",
+                "881250949",
+                "881250949",
+                "2020-01-02T03:04:05Z",
+            ],
+            "label": ["1", "1", "1", "1", "1", "1", "nan", "2", "1", "0"],
+            "rating": ["4", "4", "4", "4", "4", "x", "4", "4", "4", None],
+            "device": ["a", "b", "c", "d", "e", "f", "g", "h", "a", "j"],
+        }
+    )
 
 
 def test_dead_letter_counts_exact_one_per_reason():
-    good, dead, counts = validate_interactions(raw_with_one_bad_row_per_reason(), "events.csv", row_offset=100)
+    good, dead, counts = validate_interactions(
+        raw_with_one_bad_row_per_reason(), "events.csv", row_offset=100
+    )
     assert counts == dict.fromkeys(REASONS, 1)
     assert dead["reason"].to_pylist() == list(REASONS)  # rows 1..8 fail in priority order
     assert dead["row"].to_pylist() == list(range(101, 109))
     assert set(dead["source"].to_pylist()) == {"events.csv"}
-    assert json.loads(dead["record"][5].as_py()) == {"user_id": "u7", "item_id": "i7", "ts": "881250949",
-                                                     "label": "nan", "rating": "4", "device": "g"}
+    assert json.loads(dead["record"][5].as_py()) == {
+        "user_id": "u7",
+        "item_id": "i7",
+        "ts": "881250949",
+        "label": "nan",
+        "rating": "4",
+        "device": "g",
+    }
     assert good.schema.names == INTERACTIONS.names + ["device"]
     assert good.select(INTERACTIONS.names).schema.equals(INTERACTIONS, check_metadata=False)
     assert good.to_pylist() == [
-        {"user_id": "u1", "item_id": "i1", "ts": dt.datetime(1997, 12, 4, 15, 55, 49, tzinfo=UTC), "label": 1.0,
-         "rating": 4.0, "device": "a"},
-        {"user_id": "u9", "item_id": "i9", "ts": dt.datetime(2020, 1, 2, 3, 4, 5, tzinfo=UTC), "label": 0.0,
-         "rating": None, "device": "j"},
+        {
+            "user_id": "u1",
+            "item_id": "i1",
+            "ts": dt.datetime(1997, 12, 4, 15, 55, 49, tzinfo=UTC),
+            "label": 1.0,
+            "rating": 4.0,
+            "device": "a",
+        },
+        {
+            "user_id": "u9",
+            "item_id": "i9",
+            "ts": dt.datetime(2020, 1, 2, 3, 4, 5, tzinfo=UTC),
+            "label": 0.0,
+            "rating": None,
+            "device": "j",
+        },
     ]
 
 
@@ -131,11 +191,14 @@ def test_a_row_failing_several_checks_is_reported_once():
 
 def test_typed_inputs_and_duplicates_keep_the_first():
     t = dt.datetime(2021, 5, 1, 12, tzinfo=UTC)
-    raw = pa.table({
-        "user_id": pa.array([7, 7, 7, 8]), "item_id": pa.array([1, 1, 1, 1]),
-        "ts": pa.array([t, t, t + dt.timedelta(seconds=1), t], pa.timestamp("ns", tz="UTC")),
-        "label": pa.array([1, 1, 1, 0], pa.int8()),
-    })
+    raw = pa.table(
+        {
+            "user_id": pa.array([7, 7, 7, 8]),
+            "item_id": pa.array([1, 1, 1, 1]),
+            "ts": pa.array([t, t, t + dt.timedelta(seconds=1), t], pa.timestamp("ns", tz="UTC")),
+            "label": pa.array([1, 1, 1, 0], pa.int8()),
+        }
+    )
     good, dead, counts = validate_interactions(raw, "s")
     assert good["user_id"].to_pylist() == ["7", "7", "8"] and dead["row"].to_pylist() == [1]
     assert counts["duplicate"] == 1 and good["rating"].null_count == 3
@@ -144,16 +207,31 @@ def test_typed_inputs_and_duplicates_keep_the_first():
 
 def test_validation_of_a_large_batch_is_vectorized():
     n = 200_000
-    raw = pa.table({"user_id": pa.array(np.arange(n) % 1000), "item_id": pa.array(np.arange(n)),
-                    "ts": pa.array(np.full(n, 1.6e9)), "label": pa.array(np.where(np.arange(n) == 5, 3.0, 1.0))})
+    raw = pa.table(
+        {
+            "user_id": pa.array(np.arange(n) % 1000),
+            "item_id": pa.array(np.arange(n)),
+            "ts": pa.array(np.full(n, 1.6e9)),
+            "label": pa.array(np.where(np.arange(n) == 5, 3.0, 1.0)),
+        }
+    )
     good, dead, counts = validate_interactions(raw, "big")
     assert good.num_rows == n - 1 and counts["label_out_of_domain"] == 1
 
 
 def test_text_parsers():
-    ts = parse_timestamp(pa.array(["2020-01-01", "2020-01-01T01:00:00.5+01:00", "1.5", "2019-02-30", "x", None, " "]))
-    assert ts.to_pylist() == [dt.datetime(2020, 1, 1, tzinfo=UTC), dt.datetime(2020, 1, 1, 0, 0, 0, 500000, tzinfo=UTC),
-                              dt.datetime(1970, 1, 1, 0, 0, 1, 500000, tzinfo=UTC), None, None, None, None]
+    ts = parse_timestamp(
+        pa.array(["2020-01-01", "2020-01-01T01:00:00.5+01:00", "1.5", "2019-02-30", "x", None, " "])
+    )
+    assert ts.to_pylist() == [
+        dt.datetime(2020, 1, 1, tzinfo=UTC),
+        dt.datetime(2020, 1, 1, 0, 0, 0, 500000, tzinfo=UTC),
+        dt.datetime(1970, 1, 1, 0, 0, 1, 500000, tzinfo=UTC),
+        None,
+        None,
+        None,
+        None,
+    ]
     assert parse_float(pa.array([" 2 ", "1e3", "a", "", None])).to_pylist() == [2.0, 1000.0, None, None, None]
 
 
@@ -168,7 +246,9 @@ def test_data_table_finds_a_file_or_a_shard_folder(tmp_path):
 
 def test_unique_ids_names_the_repeated_id_and_the_table():
     assert unique_ids(pa.chunked_array([["a", "b"], ["c"]]), "users table").to_pylist() == ["a", "b", "c"]
-    with pytest.raises(ValueError, match=r"users table 'user_id': id 'b' appears more than once \(1 ids repeat\)"):
+    with pytest.raises(
+        ValueError, match=r"users table 'user_id': id 'b' appears more than once \(1 ids repeat\)"
+    ):
         unique_ids(pa.array(["a", "b", "c", "b"]), "users table 'user_id'")
     with pytest.raises(ValueError, match="1 rows have no id"):
         unique_ids(pa.array(["a", None]), "items")

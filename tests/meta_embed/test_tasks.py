@@ -14,19 +14,46 @@ from meta_embed.tasks import FeatureTables, build_tasks, cut, episodes, group_ev
 
 @pytest.fixture(scope="module")
 def small():
-    users = pa.table({"user_id": ["a", "b", "c"], "age": pa.array([20, 30, 40], pa.int32()),
-                      "gender": ["F", "M", "F"], "occupation": ["x", "y", "x"], "zip_prefix": ["1", "2", "3"]},
-                     schema=USERS)
-    items = pa.table({"item_id": [f"i{k}" for k in range(6)], "title": ["t"] * 6,
-                      "year": pa.array([1990] * 6, pa.int32()), "genres": [["Drama"]] * 6}, schema=ITEMS)
+    users = pa.table(
+        {
+            "user_id": ["a", "b", "c"],
+            "age": pa.array([20, 30, 40], pa.int32()),
+            "gender": ["F", "M", "F"],
+            "occupation": ["x", "y", "x"],
+            "zip_prefix": ["1", "2", "3"],
+        },
+        schema=USERS,
+    )
+    items = pa.table(
+        {
+            "item_id": [f"i{k}" for k in range(6)],
+            "title": ["t"] * 6,
+            "year": pa.array([1990] * 6, pa.int32()),
+            "genres": [["Drama"]] * 6,
+        },
+        schema=ITEMS,
+    )
     # user, item, ts (seconds), label; deliberately not in time order
-    rows = [("b", "i1", 50, 1.0), ("a", "i0", 30, 0.0), ("a", "i1", 10, 1.0), ("z", "i2", 5, 1.0),
-            ("a", "i2", 20, 1.0), ("b", "i3", 40, 0.0), ("a", "i3", 40, 0.0), ("a", "i9", 50, 1.0)]
-    events = pa.table({
-        "user_id": [r[0] for r in rows], "item_id": [r[1] for r in rows],
-        "ts": pa.array([r[2] * 1_000_000 for r in rows], pa.int64()).cast(INTERACTIONS.field("ts").type),
-        "label": pa.array([r[3] for r in rows], pa.float32()), "rating": pa.array([None] * len(rows), pa.float32()),
-    }, schema=INTERACTIONS)
+    rows = [
+        ("b", "i1", 50, 1.0),
+        ("a", "i0", 30, 0.0),
+        ("a", "i1", 10, 1.0),
+        ("z", "i2", 5, 1.0),
+        ("a", "i2", 20, 1.0),
+        ("b", "i3", 40, 0.0),
+        ("a", "i3", 40, 0.0),
+        ("a", "i9", 50, 1.0),
+    ]
+    events = pa.table(
+        {
+            "user_id": [r[0] for r in rows],
+            "item_id": [r[1] for r in rows],
+            "ts": pa.array([r[2] * 1_000_000 for r in rows], pa.int64()).cast(INTERACTIONS.field("ts").type),
+            "label": pa.array([r[3] for r in rows], pa.float32()),
+            "rating": pa.array([None] * len(rows), pa.float32()),
+        },
+        schema=INTERACTIONS,
+    )
     spec: FeatureSpec = fit_spec(movielens_template(), users, items)
     return spec, FeatureTables.build(spec, users, items), events
 

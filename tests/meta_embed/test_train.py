@@ -11,17 +11,33 @@ import torch
 import torch.nn.functional as F
 
 from meta_embed import metrics
-from meta_embed.config import MamlConfig
+from meta_embed.config import MamlConfig, TrainConfig
 from meta_embed.inference import event_inputs, user_inputs
 from meta_embed.maml import adapt, pointwise_loss
 from meta_embed.tasks import FeatureTables, Padded, cut, episodes
-from meta_embed.config import TrainConfig
-from meta_embed.train import TwoBlockTrainTask, query_metrics, fixed_splits, meta_train, retrieval_loss, sample_splits, timelines
+from meta_embed.train import (
+    TwoBlockTrainTask,
+    fixed_splits,
+    meta_train,
+    query_metrics,
+    retrieval_loss,
+    sample_splits,
+    timelines,
+)
 
 from .conftest import make_world, tiny_model, tiny_spec
 
-FAST = TrainConfig(batch_users=32, lr=1e-2, max_epochs=2, patience=2, val_fraction=0.25, progress=False, seed=1,
-                   max_query=20, threads=1)
+FAST = TrainConfig(
+    batch_users=32,
+    lr=1e-2,
+    max_epochs=2,
+    patience=2,
+    val_fraction=0.25,
+    progress=False,
+    seed=1,
+    max_query=20,
+    threads=1,
+)
 
 
 @pytest.fixture(scope="module")
@@ -47,16 +63,24 @@ def test_retrieval_softmax_masks_other_positives_of_the_same_user(spec):
     e = torch.randn(2, model.cfg.embedding_dim)
     v = torch.randn(2, 3, model.cfg.item_dim)
     # user 0: positives on items 5 and 6, a negative on 7; user 1: a positive on item 5.
-    query = Padded(items=torch.tensor([[5, 6, 7], [5, 0, 0]]), y=torch.tensor([[1.0, 1.0, 0.0], [1.0, 0.0, 0.0]]),
-                   mask=torch.tensor([[True, True, True], [True, False, False]]), context=None)
+    query = Padded(
+        items=torch.tensor([[5, 6, 7], [5, 0, 0]]),
+        y=torch.tensor([[1.0, 1.0, 0.0], [1.0, 0.0, 0.0]]),
+        mask=torch.tensor([[True, True, True], [True, False, False]]),
+        context=None,
+    )
     v[1, 0] = v[0, 0]  # same item, same vector
     loss = retrieval_loss(model, e, v, query, 0.5, "softmax")
     with torch.no_grad():
         q, r = model.retrieval.query(e), model.retrieval.item(v)
         s = q @ torch.stack([r[0, 0], r[0, 1]]).T  # candidates: items 5, 6
-        expected = torch.stack([-F.log_softmax(s[0, :1], 0)[0],  # (u0, 5): item 6 masked
-                                -F.log_softmax(s[0, 1:], 0)[0],  # (u0, 6): item 5 masked
-                                -F.log_softmax(s[1], 0)[0]]).mean()  # (u1, 5): item 6 is a negative
+        expected = torch.stack(
+            [
+                -F.log_softmax(s[0, :1], 0)[0],  # (u0, 5): item 6 masked
+                -F.log_softmax(s[0, 1:], 0)[0],  # (u0, 6): item 5 masked
+                -F.log_softmax(s[1], 0)[0],
+            ]
+        ).mean()  # (u1, 5): item 6 is a negative
     torch.testing.assert_close(loss.detach(), expected)
 
 
@@ -64,7 +88,9 @@ def test_retrieval_softmax_masks_other_positives_of_the_same_user(spec):
 def test_the_retrieval_head_is_trained_only_through_its_loss(spec, tables, history, weight):
     model = tiny_model(spec)
     tasks = cut(history, np.arange(20), history.support.lengths[:20] // 2, 10, 10)
-    task = TwoBlockTrainTask(model, tables, MamlConfig(inner_steps=1), dataclasses.replace(FAST, retrieval_weight=weight))
+    task = TwoBlockTrainTask(
+        model, tables, MamlConfig(inner_steps=1), dataclasses.replace(FAST, retrieval_weight=weight)
+    )
     loss, _ = task(episodes(tasks, np.arange(20)))
     loss.backward()
     grad = model.retrieval.item.weight.grad
@@ -78,18 +104,23 @@ def test_meta_training_improves_held_out_users_and_restores_the_best_state(objec
     tables = FeatureTables.build(spec, world.users, world.items)
     model = tiny_model(spec, objective=objective)
     data = timelines(world.events, tables, spec, objective)
-    maml = MamlConfig(inner_steps=2, inner_lr=0.5 if objective == "binary" else 0.1, first_order=first_order,
-                      max_support=20)
+    maml = MamlConfig(
+        inner_steps=2, inner_lr=0.5 if objective == "binary" else 0.1, first_order=first_order, max_support=20
+    )
     result = meta_train(model, tables, data, dataclasses.replace(FAST, max_epochs=5, patience=5), maml)
     loss = "val_logloss" if objective == "binary" else "val_mse"
     untrained, best = result.history[0], result.history[result.best_epoch]
     assert result.best_epoch > 0 and best[loss] < untrained[loss] - (0.02 if objective == "binary" else 0.1)
     if objective == "binary":  # selected on held-out users' per-user AUC, which rose above chance
-        assert result.metric == "user_auc" and best["val_user_auc"] > max(untrained["val_user_auc"], 0.5) + 0.02
+        assert (
+            result.metric == "user_auc" and best["val_user_auc"] > max(untrained["val_user_auc"], 0.5) + 0.02
+        )
     if objective == "regression":  # the output bias starts at the mean rating, so epoch 0 is no strawman
         assert abs(untrained["val_mse"] - float(np.var(data.support.target))) < 0.3
     lengths = data.support.lengths
-    val = np.flatnonzero(np.isin(data.user_ids.to_numpy(zero_copy_only=False), result.val_user_ids.to_pylist()))
+    val = np.flatnonzero(
+        np.isin(data.user_ids.to_numpy(zero_copy_only=False), result.val_user_ids.to_pylist())
+    )
     tasks = cut(data, val, fixed_splits(lengths[val], FAST.max_query), maml.max_support, FAST.max_query)
     again = query_metrics(result.model, tables, tasks, maml)
     assert again[result.metric] == pytest.approx(result.best_metric, abs=1e-9)  # best state restored
@@ -127,8 +158,16 @@ def test_auc_helpers_match_a_brute_force_count():
     assert np.isnan(metrics.auc(scores, np.zeros(300)))
 
 
-@pytest.mark.parametrize(("field", "value"), [("select_on", "gauc"), ("loss_weighting", "item"), ("lr", 0.0),
-                                              ("cold_fraction", 1.0), ("retrieval_loss", "hinge")])
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("select_on", "gauc"),
+        ("loss_weighting", "item"),
+        ("lr", 0.0),
+        ("cold_fraction", 1.0),
+        ("retrieval_loss", "hinge"),
+    ],
+)
 def test_train_config_refuses_bad_values_naming_the_field(field, value):
     with pytest.raises(ValueError, match=f"TrainConfig.{field}"):
         TrainConfig(**{field: value})
@@ -140,15 +179,20 @@ def test_event_weighting_counts_every_query_event_and_user_weighting_every_user(
     maml = MamlConfig(inner_steps=1)
     no_aux = dataclasses.replace(FAST, retrieval_weight=0.0)
     with torch.no_grad():
-        _, by_event = TwoBlockTrainTask(model, tables, maml, dataclasses.replace(no_aux, loss_weighting="event"))(ep)
-        _, by_user = TwoBlockTrainTask(model, tables, maml, dataclasses.replace(no_aux, loss_weighting="user"))(ep)
+        _, by_event = TwoBlockTrainTask(
+            model, tables, maml, dataclasses.replace(no_aux, loss_weighting="event")
+        )(ep)
+        _, by_user = TwoBlockTrainTask(
+            model, tables, maml, dataclasses.replace(no_aux, loss_weighting="user")
+        )(ep)
         x = user_inputs(model, tables.users, ep.user_rows)
         v_s, ctx_s = event_inputs(model, tables, ep.support)
         x = model.with_history(x, v_s, ep.support.y, ep.support.mask)
         params = adapt(model, x, v_s, ctx_s, ep.support.y, ep.support.mask, maml)
         v_q, ctx_q = event_inputs(model, tables, ep.query)
-        losses = pointwise_loss(model.global_block(model.meta.embed(params, x).unsqueeze(1), v_q, ctx_q),
-                                ep.query.y, "binary")
+        losses = pointwise_loss(
+            model.global_block(model.meta.embed(params, x).unsqueeze(1), v_q, ctx_q), ep.query.y, "binary"
+        )
     m = ep.query.mask
     torch.testing.assert_close(by_event, losses[m].mean())
     per_user = torch.stack([losses[u][m[u]].mean() for u in range(len(m)) if m[u].any()])

@@ -1,25 +1,63 @@
-"""`meta-embed refresh`: flags into RefreshConfig, Beam options passed through, a summary printed."""
+"""`meta-embed refresh` (flags into RefreshConfig, Beam options passed through, a summary
+printed, a typo refused before any work) and the operations around it end to end on a tiny
+dataset: nightly (incremental) refreshes with serving indexes, a model release that switches
+model and embeddings together, rollback, and the snapshot listing."""
 
 from __future__ import annotations
 
+import datetime as dt
 import json
+
+import pyarrow.parquet as pq
+import pytest
 
 from meta_embed import snapshot
 from meta_embed_cli.main import main
-from tests.pipeline.refresh.refresh_fixtures import make_dataset
+from meta_embed_cli.refresh_commands import midnight_utc
+from tests.pipeline.refresh.refresh_fixtures import AS_OF, make_dataset, write_checkpoint
+
+FAST = ["--direct_running_mode=in_memory", "--direct_num_workers=1"]
+
+
+def _manifest(root) -> dict:
+    return json.loads((snapshot.current_dir(root) / snapshot.MANIFEST).read_text())
 
 
 def test_refresh_command_runs_and_passes_beam_options_through(tmp_path, capsys):
     ds = make_dataset(tmp_path / "data")
     out = tmp_path / "snapshots"
-    code = main(["refresh", "--interactions", ds.interactions, "--users", ds.users, "--items", ds.items,
-                 "--checkpoint", ds.checkpoint, "--as-of", "2020-04-10", "--out", str(out), "--max-support", "4",
-                 "--keep", "2", "--direct_running_mode=in_memory", "--direct_num_workers", "1"])
+    code = main(
+        [
+            "refresh",
+            "--interactions",
+            ds.interactions,
+            "--users",
+            ds.users,
+            "--items",
+            ds.items,
+            "--checkpoint",
+            ds.checkpoint,
+            "--as-of",
+            "2020-04-10",
+            "--out",
+            str(out),
+            "--max-support",
+            "4",
+            "--keep",
+            "2",
+            "--direct_running_mode=in_memory",
+            "--direct_num_workers",
+            "1",
+        ]
+    )
     printed = capsys.readouterr().out
     assert code == 0, printed
     name = snapshot.current_name(out)
     assert f"published {out / 'snapshots' / name}" in printed and "users/s" in printed
-    assert "users 51 = adapted 48 + zero-step 3 + carried forward 0; cold (no events) 3, without features 4" in printed
+    assert (
+        "users 51 = adapted 48 + zero-step 3 + carried forward 0; cold (no events) 3, without features 4"
+        in printed
+    )
     manifest = json.loads((out / "snapshots" / name / "manifest.json").read_text())
     assert manifest["runner"] == "FnApiRunner[in_memory,workers=1]"  # the Beam flags reached the runner
     assert manifest["max_support"] == 4 and manifest["as_of"] == "2020-04-10T00:00:00+00:00"
@@ -27,24 +65,156 @@ def test_refresh_command_runs_and_passes_beam_options_through(tmp_path, capsys):
 
 
 def test_bad_as_of_is_a_usage_error(tmp_path, capsys):
-    code = main(["refresh", "--interactions", "x", "--users", "u", "--items", "i", "--checkpoint", "c",
-                 "--as-of", "yesterday", "--out", str(tmp_path)])
-    assert code == 2 and "expected ISO-8601" in capsys.readouterr().err
+    code = main(
+        [
+            "refresh",
+            "--interactions",
+            "x",
+            "--users",
+            "u",
+            "--items",
+            "i",
+            "--checkpoint",
+            "c",
+            "--as-of",
+            "yesterday",
+            "--out",
+            str(tmp_path),
+        ]
+    )
+    assert code == 2 and "'yesterday' is not an ISO-8601 time" in capsys.readouterr().err
+
+
+def test_a_typo_is_refused_before_any_work(tmp_path, capsys):
+    ds = make_dataset(tmp_path / "data")
+    out = tmp_path / "snapshots"
+    code = main(
+        [
+            "refresh",
+            "--interactions",
+            ds.interactions,
+            "--users",
+            ds.users,
+            "--items",
+            ds.items,
+            "--checkpoint",
+            ds.checkpoint,
+            "--as-of",
+            "2020-04-10",
+            "--out",
+            str(out),
+            "--incremnetal",
+            "--kep",
+            "1",
+            *FAST,
+        ]
+    )
+    err = capsys.readouterr().err
+    assert code == 2 and "No such option '--incremnetal'" in err and "Did you mean '--incremental'?" in err
+    assert not out.exists()  # nothing ran: no staging, no snapshot
+    assert (
+        main(
+            [
+                "refresh",
+                "--interactions",
+                ds.interactions,
+                "--users",
+                ds.users,
+                "--items",
+                ds.items,
+                "--checkpoint",
+                ds.checkpoint,
+                "--as-of",
+                "2020-04-10",
+                "--out",
+                str(out),
+                "--kep",
+                "1",
+            ]
+        )
+        == 2
+    )
+    assert "Did you mean '--keep'?" in capsys.readouterr().err and not out.exists()
 
 
 def test_missing_input_fails_with_exit_1(tmp_path, capsys):
     ds = make_dataset(tmp_path / "data")
-    code = main(["refresh", "--interactions", str(tmp_path / "nope/*.parquet"), "--users", ds.users, "--items",
-                 ds.items, "--checkpoint", ds.checkpoint, "--as-of", "2020-04-10", "--out", str(tmp_path / "o")])
+    code = main(
+        [
+            "refresh",
+            "--interactions",
+            str(tmp_path / "nope/*.parquet"),
+            "--users",
+            ds.users,
+            "--items",
+            ds.items,
+            "--checkpoint",
+            ds.checkpoint,
+            "--as-of",
+            "2020-04-10",
+            "--out",
+            str(tmp_path / "o"),
+        ]
+    )
     assert code == 1 and "matched no Parquet files" in capsys.readouterr().err
 
 
 def test_local_default_names_the_runner_so_nothing_is_downloaded():
     from pipeline.refresh.runners import pipeline_args
 
-    assert pipeline_args(None) == ["--runner=FnApiRunner", "--direct_running_mode=multi_processing",
-                                   "--direct_num_workers=2"]
-    assert pipeline_args(["--direct_num_workers=1"]) == ["--runner=FnApiRunner", "--direct_num_workers=1",
-                                                          "--direct_running_mode=multi_processing"]
+    assert pipeline_args(None) == [
+        "--runner=FnApiRunner",
+        "--direct_running_mode=multi_processing",
+        "--direct_num_workers=2",
+    ]
+    assert pipeline_args(["--direct_num_workers=1"]) == [
+        "--runner=FnApiRunner",
+        "--direct_num_workers=1",
+        "--direct_running_mode=multi_processing",
+    ]
     dataflow = ["--runner=DataflowRunner", "--project=p", "--region=r"]
     assert pipeline_args(dataflow) == dataflow  # any other runner: passed through untouched
+
+
+def test_midnight_utc():
+    now = dt.datetime(2024, 6, 2, 23, 59, tzinfo=dt.timezone(dt.timedelta(hours=-5)))
+    assert midnight_utc(now) == dt.datetime(2024, 6, 3, tzinfo=dt.UTC)
+
+
+@pytest.mark.slow
+def test_nightly_release_rollback(tmp_path, capsys):
+    ds = make_dataset(tmp_path / "data")
+    root = tmp_path / "snapshots"
+    common = ["--interactions", ds.interactions, "--users", ds.users, "--items", ds.items, "--out", str(root)]
+
+    day1, day2 = AS_OF.isoformat(), (AS_OF + dt.timedelta(days=1)).isoformat()
+    assert main(["nightly", *common, "--checkpoint", ds.checkpoint, "--as-of", day1, *FAST]) == 0
+    first = _manifest(root)
+    assert first["mode"] == "full" and list((snapshot.current_dir(root) / "indexes").iterdir())
+    assert main(["nightly", *common, "--checkpoint", ds.checkpoint, "--as-of", day2, *FAST]) == 0
+    second = _manifest(root)
+    assert second["mode"] == "incremental" and second["counts"]["users_carried_forward"] > 0
+
+    assert main(["rollback", "--out", str(root)]) == 0
+    assert snapshot.current_name(root) == first["name"]
+
+    new_ckpt = tmp_path / "ckpt-new"
+    users, items = pq.read_table(ds.users), pq.read_table(ds.items)
+    version = write_checkpoint(new_ckpt, users, items, seed=7)
+    assert main(["release", *common, "--checkpoint", str(new_ckpt), "--as-of", day2, *FAST]) == 0
+    released = _manifest(root)
+    assert released["model_version"] == version != first["model_version"]
+    assert released["mode"] == "full" and released["checkpoint"] == str(new_ckpt.resolve())
+
+    from serving.serving_config import ServingConfig
+    from serving.state import Sources, load_state
+
+    # A server started with only the old checkpoint still finds the released model through the manifest.
+    cfg = ServingConfig(root=root, items=ds.items, users=ds.users, checkpoint=ds.checkpoint)
+    state = load_state(cfg, Sources.read(cfg))
+    assert state.model_version == version and state.snapshot == released["name"]
+
+
+def test_rollback_without_history_is_an_error(tmp_path, capsys):
+    assert main(["rollback", "--out", str(tmp_path)]) == 1
+    assert "roll back" in capsys.readouterr().err

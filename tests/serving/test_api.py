@@ -30,7 +30,9 @@ def test_embedding_endpoint_reports_each_status(client, state) -> None:
 
 
 def _http_scores(client, user: str, context: dict | None = CONTEXT) -> tuple[str, np.ndarray]:
-    body = {"user_id": user, "item_ids": [f"i{r}" for r in ITEM_ROWS]} | ({"context": context} if context else {})
+    body = {"user_id": user, "item_ids": [f"i{r}" for r in ITEM_ROWS]} | (
+        {"context": context} if context else {}
+    )
     r = client.post("/v1/score", json=body)
     assert r.status_code == 200, r.text
     assert r.json()["item_ids"] == body["item_ids"]
@@ -42,8 +44,12 @@ def test_http_scores_equal_the_full_adapted_model(client, world) -> None:
     params = {k: p[users] for k, p in world.params.items()}
     items = torch.tensor([ITEM_ROWS] * len(users))
     with torch.no_grad():
-        full = world.model(take(encode(world.users, SPEC.user), users), take(encode(world.items, SPEC.item), items),
-                           context_enc(len(users), len(ITEM_ROWS), CONTEXT), meta_params=params)
+        full = world.model(
+            take(encode(world.users, SPEC.user), users),
+            take(encode(world.items, SPEC.item), items),
+            context_enc(len(users), len(ITEM_ROWS), CONTEXT),
+            meta_params=params,
+        )
     for j, u in enumerate(users.tolist()):
         status, got = _http_scores(client, f"u{u}")
         assert status == "fresh"
@@ -81,8 +87,11 @@ def test_bad_bodies_are_422_with_a_clear_message(client) -> None:
         (b'{"user_id": "\\ud800", "item_ids": ["i1"]}', "body: Invalid JSON"),  # lone surrogate: not text
     ]
     for body, message in cases:
-        r = (client.post("/v1/score", content=body, headers={"content-type": "application/json"})
-             if isinstance(body, bytes) else client.post("/v1/score", json=body))
+        r = (
+            client.post("/v1/score", content=body, headers={"content-type": "application/json"})
+            if isinstance(body, bytes)
+            else client.post("/v1/score", json=body)
+        )
         assert r.status_code == 422, (body, r.text)
         assert message in r.json()["message"], (message, r.json()["message"])
     r = client.post("/v1/score", content=b"{not json", headers={"content-type": "application/json"})
@@ -103,7 +112,10 @@ def test_bodies_over_the_limit_are_413(client) -> None:
         for _ in range(40):
             yield b"x" * 32768
 
-    assert client.post("/v1/score", content=chunks(), headers={"content-type": "application/json"}).status_code == 413
+    assert (
+        client.post("/v1/score", content=chunks(), headers={"content-type": "application/json"}).status_code
+        == 413
+    )
 
 
 def test_recommend_reranks_faiss_candidates_by_the_scorer(client, state) -> None:
@@ -147,10 +159,12 @@ def test_hot_routes_answer_as_fastapi_does_and_errors_go_through_fastapi(holder)
 
     plain = create_app(holder)  # the same app without `Front` (its middleware stack is built on first use)
     plain.user_middleware = [m for m in plain.user_middleware if m.cls is not Front]
-    requests = [("/v1/score", {"user_id": "u4", "item_ids": ["i1", "i7"], "context": CONTEXT}),
-                ("/v1/recommend", {"user_id": "u4", "k": 3}),
-                ("/v1/score", {"user_id": "u4", "item_ids": ["i1", "nope"]}),  # 404
-                ("/v1/score", {"user_id": "u4", "item_ids": []})]  # 422
+    requests = [
+        ("/v1/score", {"user_id": "u4", "item_ids": ["i1", "i7"], "context": CONTEXT}),
+        ("/v1/recommend", {"user_id": "u4", "k": 3}),
+        ("/v1/score", {"user_id": "u4", "item_ids": ["i1", "nope"]}),  # 404
+        ("/v1/score", {"user_id": "u4", "item_ids": []}),
+    ]  # 422
     with TestClient(create_app(holder)) as through_front, TestClient(plain) as fastapi_only:
         for path, body in requests:
             a, b = through_front.post(path, json=body), fastapi_only.post(path, json=body)

@@ -19,7 +19,9 @@ def test_vectorized_hash_equals_scalar_hash() -> None:
     assert [int(h) for h in hash_ids(pa.array(IDS, pa.large_string()))] == [hash_id(s) for s in IDS]
     chunked = pa.chunked_array([pa.array(IDS[:3]), pa.array(IDS[3:])])
     assert [int(h) for h in hash_ids(chunked)] == [hash_id(s) for s in IDS]
-    assert [int(h) for h in hash_ids(pa.array(IDS).slice(2))] == [hash_id(s) for s in IDS[2:]]  # sliced buffers
+    assert [int(h) for h in hash_ids(pa.array(IDS).slice(2))] == [
+        hash_id(s) for s in IDS[2:]
+    ]  # sliced buffers
 
 
 def test_find_and_find_many_return_rows_and_minus_one() -> None:

@@ -11,8 +11,8 @@ import faiss
 import numpy as np
 import pytest
 
-from serving.serving_config import IndexConfig
 from serving.index import IndexVersionError, build_index, exact_search, factory_string, read_meta, recall_at_k
+from serving.serving_config import IndexConfig
 from serving.state import Sources, build_artifacts, load_state
 
 
@@ -30,7 +30,9 @@ def test_factory_is_exact_below_the_threshold_and_approximate_above() -> None:
     cfg = IndexConfig(exact_below=1000)
     assert factory_string(999, cfg) == "Flat"
     assert factory_string(1_000_000, cfg) == factory_string(1_000_000, cfg, "ivf") == "IVF1024,Flat"
-    assert factory_string(4000, dataclasses.replace(cfg, nlist=4096)) == "IVF102,Flat"  # >= 39 points per list
+    assert (
+        factory_string(4000, dataclasses.replace(cfg, nlist=4096)) == "IVF102,Flat"
+    )  # >= 39 points per list
     assert factory_string(5000, dataclasses.replace(cfg, hnsw_m=16), "hnsw") == "HNSW16,Flat"
 
 

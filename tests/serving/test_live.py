@@ -27,7 +27,7 @@ from tests.serving.world import MAML_CFG, SPEC, build_world, make_model, publish
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[2]
 ITEMS = [f"i{r}" for r in range(0, 300, 15)]
-AS_OF = dt.datetime(2030, 1, 1, tzinfo=dt.timezone.utc)
+AS_OF = dt.datetime(2030, 1, 1, tzinfo=dt.UTC)
 MAX_REQUESTS, MAX_SECONDS = 4000, 90.0
 
 
@@ -41,13 +41,34 @@ def free_port() -> int:
 def server(tmp_path, request):
     w = build_world(tmp_path / "w", as_of=AS_OF)
     port = free_port()
-    cmd = [sys.executable, "-m", "meta_embed_cli.serve_commands", "serve", "--root", str(w.root),
-           "--items", str(w.base / "items.parquet"), "--users", str(w.base / "users.parquet"),
-           "--checkpoint", str(w.ckpt_path), "--host", "127.0.0.1", "--port", str(port),
-           "--reload-interval", "0.2", "--log-level", "warning", "--workers", str(request.param)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "meta_embed_cli",
+        "serve",
+        "--root",
+        str(w.root),
+        "--items",
+        str(w.base / "items.parquet"),
+        "--users",
+        str(w.base / "users.parquet"),
+        "--checkpoint",
+        str(w.ckpt_path),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--reload-interval",
+        "0.2",
+        "--log-level",
+        "warning",
+        "--workers",
+        str(request.param),
+    ]
     log = open(tmp_path / "server.log", "w")
-    proc = subprocess.Popen(cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT,
-                            env=os.environ | {"PYTHONPATH": str(REPO)})
+    proc = subprocess.Popen(
+        cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, env=os.environ | {"PYTHONPATH": str(REPO)}
+    )
     base = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 90
@@ -79,7 +100,9 @@ def expected_scores(model, items, e: np.ndarray) -> np.ndarray:
     rows = torch.tensor([int(i[1:]) for i in ITEMS])
     with torch.no_grad():
         ctx = model.context_vectors({c.name: torch.zeros(len(ITEMS), dtype=torch.long) for c in SPEC.context})
-        return model.global_block(torch.tensor(e), model.item_tower(take(encode(items, SPEC.item), rows)), ctx).numpy()
+        return model.global_block(
+            torch.tensor(e), model.item_tower(take(encode(items, SPEC.item), rows)), ctx
+        ).numpy()
 
 
 def load_loop(base: str, results: list, stop: threading.Event, worker: int) -> None:
@@ -105,8 +128,15 @@ def test_publishing_under_load_swaps_without_a_failed_request(server, tmp_path) 
         t.start()
     try:
         _wait(lambda: len(results) >= 100)
-        publish(w.root, new_version, [f"u{i}" for i in range(30)], new_emb, AS_OF + dt.timedelta(days=1), "r2",
-                {"checkpoint": str(tmp_path / "release")})
+        publish(
+            w.root,
+            new_version,
+            [f"u{i}" for i in range(30)],
+            new_emb,
+            AS_OF + dt.timedelta(days=1),
+            "r2",
+            {"checkpoint": str(tmp_path / "release")},
+        )
         _wait(lambda: sum(1 for r in results if r[1] == 200 and r[2]["model_version"] == new_version) >= 100)
     finally:
         stop.set()
@@ -127,7 +157,11 @@ def test_publishing_under_load_swaps_without_a_failed_request(server, tmp_path) 
         assert a["model_version"] == want[0]
         np.testing.assert_allclose(a["scores"], want[1], rtol=1e-5, atol=1e-6)
     info = httpx.get(base + "/v1/info").json()
-    assert info["reload"]["swaps"] == 1 and info["reload"]["failures"] == 0 and info["model_version"] == new_version
+    assert (
+        info["reload"]["swaps"] == 1
+        and info["reload"]["failures"] == 0
+        and info["model_version"] == new_version
+    )
 
 
 def _wait(condition, timeout_s: float = MAX_SECONDS) -> None:
@@ -143,11 +177,34 @@ def test_serve_with_workers_exits_with_an_error_when_a_worker_cannot_start(tmp_p
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        cmd = [sys.executable, "-m", "meta_embed_cli.serve_commands", "serve", "--root", str(w.root),
-               "--items", str(w.base / "items.parquet"), "--checkpoint", str(w.ckpt_path),
-               "--host", "127.0.0.1", "--port", str(port), "--reload-interval", "0", "--workers", "2"]
-        done = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=120,
-                              env=os.environ | {"PYTHONPATH": str(REPO)})
+        cmd = [
+            sys.executable,
+            "-m",
+            "meta_embed_cli",
+            "serve",
+            "--root",
+            str(w.root),
+            "--items",
+            str(w.base / "items.parquet"),
+            "--checkpoint",
+            str(w.ckpt_path),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--reload-interval",
+            "0",
+            "--workers",
+            "2",
+        ]
+        done = subprocess.run(
+            cmd,
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            env=os.environ | {"PYTHONPATH": str(REPO)},
+        )
     assert done.returncode == 1, done.stdout + done.stderr
     assert "a server worker exited on its own" in done.stdout
     assert "Address already in use" in done.stderr

@@ -22,12 +22,17 @@ IDS = [f"u{i}" for i in range(8)]
 
 @pytest.fixture()
 def small(tmp_path) -> World:
-    return build_world(tmp_path / "w", n_users=12, n_items=40, in_snapshot=8,
-                       as_of=dt.datetime(2030, 1, 1, tzinfo=dt.timezone.utc))
+    return build_world(
+        tmp_path / "w",
+        n_users=12,
+        n_items=40,
+        in_snapshot=8,
+        as_of=dt.datetime(2030, 1, 1, tzinfo=dt.UTC),
+    )
 
 
 def later(w: World, hours: int) -> dt.datetime:
-    return dt.datetime(2030, 1, 1, tzinfo=dt.timezone.utc) + dt.timedelta(hours=hours)
+    return dt.datetime(2030, 1, 1, tzinfo=dt.UTC) + dt.timedelta(hours=hours)
 
 
 def new_embeddings(seed: int, dim: int = 8) -> np.ndarray:
@@ -62,7 +67,9 @@ def _assert_scores_from(w: World, state, model, emb_row: np.ndarray) -> None:
     """Served scores equal the released model's global block on the new snapshot's embedding."""
     with torch.no_grad():
         v = model.item_tower(take(encode(w.items, SPEC.item), torch.arange(3)))
-        ctx = model.context_vectors({c.name: torch.zeros(3, dtype=torch.long) for c in SPEC.context})  # missing
+        ctx = model.context_vectors(
+            {c.name: torch.zeros(3, dtype=torch.long) for c in SPEC.context}
+        )  # missing
         want = model.global_block(torch.tensor(emb_row), v, ctx).numpy()
     np.testing.assert_allclose(service.score(state, "u1", ["i0", "i1", "i2"])[1], want, rtol=1e-5, atol=1e-6)
 
@@ -88,7 +95,9 @@ def test_model_release_through_the_root_model_pointer(small, tmp_path) -> None:
     _assert_scores_from(small, holder.state, model, emb[1])
 
 
-def test_a_snapshot_without_its_checkpoint_is_refused_and_the_old_state_keeps_serving(small, tmp_path) -> None:
+def test_a_snapshot_without_its_checkpoint_is_refused_and_the_old_state_keeps_serving(
+    small, tmp_path
+) -> None:
     holder = StateHolder.open(small.config())
     old = holder.state
     model, version, path = _release(small, tmp_path, seed=9)
@@ -128,7 +137,12 @@ def test_checkpoint_candidates_in_order_of_precedence(tmp_path) -> None:
     (tmp_path / "MODEL").write_text("models/v2\n")
     manifest = {"checkpoint": "/abs/ckpt", "config": {"checkpoint": "runs/ckpt"}}
     assert checkpoint_candidates(tmp_path, manifest, Path("/fallback")) == [
-        Path("/abs/ckpt"), tmp_path / "runs/ckpt", Path("runs/ckpt"), tmp_path / "models/v2", Path("models/v2"),
-        Path("/fallback")]
+        Path("/abs/ckpt"),
+        tmp_path / "runs/ckpt",
+        Path("runs/ckpt"),
+        tmp_path / "models/v2",
+        Path("models/v2"),
+        Path("/fallback"),
+    ]
     (tmp_path / "MODEL").unlink()
     assert checkpoint_candidates(tmp_path, {}, None) == []

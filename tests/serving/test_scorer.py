@@ -40,8 +40,12 @@ def test_scores_equal_full_model_with_adapted_params(world, state) -> None:
     params = {k: p[users] for k, p in world.params.items()}
     items = torch.tensor([ITEM_ROWS] * len(users))  # (users, items)
     with torch.no_grad():
-        full = world.model(take(encode(world.users, SPEC.user), users), take(encode(world.items, SPEC.item), items),
-                           context_enc(len(users), len(ITEM_ROWS), CONTEXT), meta_params=params)  # (users, items)
+        full = world.model(
+            take(encode(world.users, SPEC.user), users),
+            take(encode(world.items, SPEC.item), items),
+            context_enc(len(users), len(ITEM_ROWS), CONTEXT),
+            meta_params=params,
+        )  # (users, items)
     for j, u in enumerate(users.tolist()):
         e = state.store.embedding(state.store.row(f"u{u}"))
         got = state.scorer.scores(e, np.array(ITEM_ROWS), CONTEXT)
@@ -56,12 +60,15 @@ def test_missing_context_is_all_missing_values_not_no_context(world, state) -> N
     assert not np.allclose(none, state.scorer.scores(e, np.array(ITEM_ROWS), CONTEXT))
 
 
-@pytest.mark.parametrize("context, message", [
-    ({"weather": "rain"}, "unknown keys"),
-    ({"hour": "noon"}, "expected a number|could not convert"),
-    ({"hour": float("nan")}, "finite"),
-    ({"device": ["web"]}, "single value"),
-])
+@pytest.mark.parametrize(
+    "context, message",
+    [
+        ({"weather": "rain"}, "unknown keys"),
+        ({"hour": "noon"}, "expected a number|could not convert"),
+        ({"hour": float("nan")}, "finite"),
+        ({"device": ["web"]}, "single value"),
+    ],
+)
 def test_bad_context_is_refused_with_the_column_named(state, context, message) -> None:
     with pytest.raises(ContextError, match=message):
         state.scorer.scores(state.store.embedding(0), np.array([0]), context)
@@ -91,8 +98,12 @@ def test_weights_mode_scores_equal_the_full_model_with_adapted_params(tmp_path) 
     params = {k: p[users] for k, p in w.params.items()}
     with torch.no_grad():
         item_enc = take(encode(w.items, SPEC.item), torch.tensor([items] * 3))
-        full = w.model(take(encode(w.users, SPEC.user), users), item_enc, context_enc(3, len(items), CONTEXT),
-                       meta_params=params)
+        full = w.model(
+            take(encode(w.users, SPEC.user), users),
+            item_enc,
+            context_enc(3, len(items), CONTEXT),
+            meta_params=params,
+        )
     for j, u in enumerate(users.tolist()):
         got = state.scorer.scores(state.store.embedding(state.store.row(f"u{u}")), np.array(items), CONTEXT)
         np.testing.assert_allclose(got, full[j].numpy(), rtol=1e-5, atol=1e-6)

@@ -33,6 +33,8 @@ def test_converted_block_gives_the_trained_blocks_logits(mode):
     served = convert(block, block.item_side(v))  # items prepared without context, once
     extra = block.context_term(ctx).detach().numpy()
     np.testing.assert_allclose(served(e.numpy(), np.arange(9), extra), want, rtol=0, atol=1e-6)
-    np.testing.assert_allclose(served(e.numpy(), np.array([8, 0, 8]), extra), want[[8, 0, 8]], rtol=0, atol=1e-6)
+    np.testing.assert_allclose(
+        served(e.numpy(), np.array([8, 0, 8]), extra), want[[8, 0, 8]], rtol=0, atol=1e-6
+    )
     no_ctx = block(e, v).detach().numpy()  # without a context: the trained block's own forward
     np.testing.assert_allclose(served(e.numpy(), np.arange(9)), no_ctx, rtol=0, atol=1e-6)

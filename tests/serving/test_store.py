@@ -10,8 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from meta_embed import checkpoint
-from meta_embed import snapshot
+from meta_embed import checkpoint, snapshot
 from meta_embed.features import default_row, encode, take
 from serving import service
 from serving.state import Sources, load_state

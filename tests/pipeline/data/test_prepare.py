@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 
 import pyarrow.compute as pc
@@ -10,7 +9,6 @@ import pyarrow.parquet as pq
 import pytest
 
 from meta_embed.tables import DEAD_LETTER, INTERACTIONS, ITEMS, USERS
-from meta_embed_cli import data_commands as data_cli
 from pipeline.data import prepare as prepare_module
 from pipeline.data.fetch import WheelSource
 from meta_embed.tables import read_table
@@ -72,14 +70,3 @@ def test_real_movielens_1m(tmp_path):
     assert (s.n_users, s.n_interaction_items, s.n_interactions) == (6040, 3706, 1_000_209)
     assert s.n_interaction_users == 6040 and s.n_dead_letter == 0
 
-
-def test_command_line(tmp_path, ml100k_dir, capsys):
-    parser = argparse.ArgumentParser(prog="meta-embed")
-    data_cli.register(parser.add_subparsers())
-    args = parser.parse_args(["data", "prepare", "--source", str(ml100k_dir), "--out", str(tmp_path / "out")])
-    assert args.func(args) == 0
-    printed = capsys.readouterr().out
-    assert "6 interactions" in printed and "dead-lettered 2 (duplicate: 1, malformed_row: 1)" in printed
-    args = parser.parse_args(["data", "prepare", "--source", str(tmp_path / "nope"), "--out", str(tmp_path / "o")])
-    with pytest.raises(ValueError, match="neither a known dataset"):
-        args.func(args)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 
 import numpy as np
@@ -12,7 +11,6 @@ import pyarrow.parquet as pq
 import pytest
 
 from meta_embed.tables import INTERACTIONS, ITEMS, USERS
-from meta_embed_cli import data_commands as data_cli
 from meta_embed.tables import read_table
 from pipeline.data.synth import BLOCK_USERS, make_world, synth, true_logit
 from pipeline.data.data_config import SynthConfig
@@ -114,12 +112,3 @@ def test_config_is_validated():
     with pytest.raises(ValueError, match="end .* must be after start"):
         SynthConfig(start="2021-01-01", end="2020-01-01")
 
-
-def test_command_line(tmp_path, capsys):
-    parser = argparse.ArgumentParser(prog="meta-embed")
-    data_cli.register(parser.add_subparsers())
-    args = parser.parse_args(["data", "synth", "--users", "50", "--items", "20", "--events-per-user", "5",
-                              "--seed", "1", "--out", str(tmp_path / "s")])
-    assert args.func(args) == 0
-    assert "50 users, 20 items" in capsys.readouterr().out
-    assert json.loads((tmp_path / "s" / "config.json").read_text())["config"]["n_users"] == 50

@@ -14,15 +14,20 @@ from tests.pipeline.evaluation.test_queries import random_predictions
 
 
 def diff_row(diffs: pa.Table, arm: str, ref: str, metric: str, slice_: str = "overall") -> dict:
-    rows = [r for r in diffs.to_pylist()
-            if (r["arm"], r["reference"], r["metric"], r["slice"]) == (arm, ref, metric, slice_)]
+    rows = [
+        r
+        for r in diffs.to_pylist()
+        if (r["arm"], r["reference"], r["metric"], r["slice"]) == (arm, ref, metric, slice_)
+    ]
     assert len(rows) == 1
     return rows[0]
 
 
 def test_identical_arm_has_a_zero_interval():
     preds = random_predictions(0, arms=("ref",))
-    twin = preds.set_column(preds.schema.get_field_index("arm"), preds.schema.field("arm"), pa.array(["twin"] * preds.num_rows))
+    twin = preds.set_column(
+        preds.schema.get_field_index("arm"), preds.schema.field("arm"), pa.array(["twin"] * preds.num_rows)
+    )
     _, diffs = eval_bootstrap.bootstrap(pa.concat_tables([preds, twin]), ("ref",), resamples=200, seed=3)
     for metric in ("auc", "gauc", "gauc_day", "logloss", "ndcg_at_10", "recall_at_10"):
         row = diff_row(diffs, "twin", "ref", metric)
@@ -65,12 +70,21 @@ def test_user_weights_equal_an_explicitly_resampled_table():
             rows = pa.array([i for i, u in enumerate(user_col) if u == user])
             for c in range(int(w[b, k])):
                 part = preds.take(rows)
-                copies.append(part.set_column(0, preds.schema.field("user_id"), pa.array([f"{user}#{c}"] * len(part))))
-        sql = {(r["metric"], r["arm"], r["slice"]): r["value"] for r in compute_metrics(pa.concat_tables(copies)).to_pylist()}
+                copies.append(
+                    part.set_column(0, preds.schema.field("user_id"), pa.array([f"{user}#{c}"] * len(part)))
+                )
+        sql = {
+            (r["metric"], r["arm"], r["slice"]): r["value"]
+            for r in compute_metrics(pa.concat_tables(copies)).to_pylist()
+        }
         for (arm, slice_), funcs in prep.stats.items():
             for metric, f in funcs.items():
                 if (metric, arm, slice_) in sql:
-                    assert f(w[b:b + 1])[0] == pytest.approx(sql[(metric, arm, slice_)], abs=1e-9), (metric, arm, slice_)
+                    assert f(w[b : b + 1])[0] == pytest.approx(sql[(metric, arm, slice_)], abs=1e-9), (
+                        metric,
+                        arm,
+                        slice_,
+                    )
 
 
 def test_rejects_zero_resamples():

@@ -3,24 +3,41 @@ the config checks and the `meta-embed evaluate` flags."""
 
 from __future__ import annotations
 
-import argparse
 import json
 
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline.evaluation.queries import PREDICTIONS
 from pipeline.evaluation.evaluation_config import EvalConfig
 from pipeline.evaluation.evaluation_job import evaluate
-from meta_embed_cli.evaluate_commands import config_from_args, register
+from pipeline.evaluation.queries import PREDICTIONS
 
-ARMS = {"popularity", "wd_static", "wd_retrained", "meta_refresh", "meta_static", "meta_init", "meta_refresh_weights"}
+ARMS = {
+    "popularity",
+    "wd_static",
+    "wd_retrained",
+    "meta_refresh",
+    "meta_static",
+    "meta_init",
+    "meta_refresh_weights",
+}
 
 
 def test_synthetic_end_to_end(tmp_path):
-    cfg = EvalConfig(dataset="synthetic", out=str(tmp_path / "report"), days=3, retrain_every=2, synth_users=150,
-                     meta_epochs=1, wd_lrs=(3e-3,), wd_dims=(8,), wd_max_epochs=2, resamples=50, melu=False)
+    cfg = EvalConfig(
+        dataset="synthetic",
+        out=str(tmp_path / "report"),
+        days=3,
+        retrain_every=2,
+        synth_users=150,
+        meta_epochs=1,
+        wd_lrs=(3e-3,),
+        wd_dims=(8,),
+        wd_max_epochs=2,
+        resamples=50,
+        melu=False,
+    )
     result = evaluate(cfg)
     out = tmp_path / "report"
     preds = pq.read_table(out / "predictions.parquet")
@@ -28,12 +45,21 @@ def test_synthetic_end_to_end(tmp_path):
     assert set(preds["arm"].to_pylist()) == ARMS
     per_arm = preds.group_by("arm").aggregate([("score", "count")])["score_count"].to_pylist()
     assert len(set(per_arm)) == 1  # every arm scored every test event
-    assert pc.min(preds["rank"]).as_py() >= 0 and pc.all(pc.less(preds["rank"], preds["n_candidates"])).as_py()
+    assert (
+        pc.min(preds["rank"]).as_py() >= 0 and pc.all(pc.less(preds["rank"], preds["n_candidates"])).as_py()
+    )
     assert result.costs["meta_refresh"]["nightly_refreshes"] == 3  # after the full refresh at T0
     assert result.costs["wd_retrained"]["retrains"] == 1  # day 2 of days 0..3
     report = (out / "report.md").read_text()
-    for needle in ("## Targets", "GAUC by slice", "per user-day", "## gauc_day by slice", "## Cost", "gauc_by_slice.png",
-                   "calibration.png"):
+    for needle in (
+        "## Targets",
+        "GAUC by slice",
+        "per user-day",
+        "## gauc_day by slice",
+        "## Cost",
+        "gauc_by_slice.png",
+        "calibration.png",
+    ):
         assert needle in report
     for png in ("gauc_by_slice.png", "gauc_by_day.png", "calibration.png"):
         size = (out / png).stat().st_size
@@ -45,24 +71,16 @@ def test_synthetic_end_to_end(tmp_path):
     assert head[2].split()[0] == "overall" and sum(line.startswith("[") for line in head) == 4
 
 
-@pytest.mark.parametrize("bad, match", [
-    ({"dataset": "nope"}, "dataset"), ({"t0_quantile": 0.6, "valid_quantile": 0.7}, "valid_quantile"),
-    ({"days": 0}, "days"), ({"wd_lrs": ()}, "wd_lrs"), ({"melu_steps": (0,)}, "melu_steps"),
-])
+@pytest.mark.parametrize(
+    "bad, match",
+    [
+        ({"dataset": "nope"}, "dataset"),
+        ({"t0_quantile": 0.6, "valid_quantile": 0.7}, "valid_quantile"),
+        ({"days": 0}, "days"),
+        ({"wd_lrs": ()}, "wd_lrs"),
+        ({"melu_steps": (0,)}, "melu_steps"),
+    ],
+)
 def test_config_is_validated(bad, match):
     with pytest.raises(ValueError, match=match):
         EvalConfig(**bad)
-
-
-def parse(argv: list[str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser()
-    register(parser.add_subparsers(dest="command"))
-    return parser.parse_args(["evaluate", *argv])
-
-
-def test_cli_flags_build_the_config():
-    quick = config_from_args(parse(["--quick", "--out", "r/q"]))
-    assert [quick.dataset, quick.days, quick.melu, quick.out] == ["movielens-100k", 14, False, "r/q"]
-    full = config_from_args(parse(["--dataset", "movielens-1m", "--out", "r/f", "--days", "28", "--no-weights-arm",
-                                   "--beam-arg=--direct_num_workers=2"]))
-    assert [full.days, full.weights_arm, full.melu, full.beam_args] == [28, False, True, ("--direct_num_workers=2",)]

@@ -14,7 +14,7 @@ import pytest
 from pipeline.evaluation import bootstrap as eval_bootstrap
 from pipeline.evaluation.queries import METRICS, PREDICTIONS, assign_segments, compute_metrics
 
-T = dt.datetime(2000, 1, 1, 12, tzinfo=dt.timezone.utc)
+T = dt.datetime(2000, 1, 1, 12, tzinfo=dt.UTC)
 
 # (user, item, day, label, score, rank); u1 is a new user on its first day, u2 a heavy user.
 EVENTS = [
@@ -30,9 +30,23 @@ WHO = {"u1": ("0", "joined_first_day"), "u2": (">100", "existing_at_T0")}
 
 
 def table(events=EVENTS, arm: str = "a", who=WHO) -> pa.Table:
-    rows = [dict(user_id=u, item_id=i, ts=T + dt.timedelta(days=d), label=y, arm=arm, segment=who[u][0],
-                 cohort=who[u][1], refresh_point=T + dt.timedelta(days=d), day=d, score=s, rank=r, n_candidates=50)
-            for u, i, d, y, s, r in events]
+    rows = [
+        dict(
+            user_id=u,
+            item_id=i,
+            ts=T + dt.timedelta(days=d),
+            label=y,
+            arm=arm,
+            segment=who[u][0],
+            cohort=who[u][1],
+            refresh_point=T + dt.timedelta(days=d),
+            day=d,
+            score=s,
+            rank=r,
+            n_candidates=50,
+        )
+        for u, i, d, y, s, r in events
+    ]
     return pa.Table.from_pylist(rows, schema=PREDICTIONS)
 
 
@@ -91,16 +105,29 @@ def random_predictions(seed: int, arms=("a", "b", "c"), users: int = 12, events:
     parts = []
     for k, arm in enumerate(arms):
         score = np.round(label * k + rng.normal(size=events), 1).astype(np.float32)  # rounding makes ties
-        parts.append(pa.table({
-            "user_id": pa.array([f"u{u}" for u in user]), "item_id": pa.array([f"i{j}" for j in range(events)]),
-            "ts": pa.array([T + dt.timedelta(days=int(d)) for d in day], PREDICTIONS.field("ts").type),
-            "label": label, "arm": pa.array([arm] * events),
-            "segment": pa.array([segs[(u + d) % 5] for u, d in zip(user, day)]),
-            "cohort": pa.array([cohorts[u % 3] for u in user]),
-            "refresh_point": pa.array([T + dt.timedelta(days=int(d)) for d in day], PREDICTIONS.field("ts").type),
-            "day": day.astype(np.int32), "score": score,
-            "rank": rng.integers(0, 20, events).astype(np.int32), "n_candidates": np.full(events, 20, np.int32),
-        }, schema=PREDICTIONS))
+        parts.append(
+            pa.table(
+                {
+                    "user_id": pa.array([f"u{u}" for u in user]),
+                    "item_id": pa.array([f"i{j}" for j in range(events)]),
+                    "ts": pa.array(
+                        [T + dt.timedelta(days=int(d)) for d in day], PREDICTIONS.field("ts").type
+                    ),
+                    "label": label,
+                    "arm": pa.array([arm] * events),
+                    "segment": pa.array([segs[(u + d) % 5] for u, d in zip(user, day)]),
+                    "cohort": pa.array([cohorts[u % 3] for u in user]),
+                    "refresh_point": pa.array(
+                        [T + dt.timedelta(days=int(d)) for d in day], PREDICTIONS.field("ts").type
+                    ),
+                    "day": day.astype(np.int32),
+                    "score": score,
+                    "rank": rng.integers(0, 20, events).astype(np.int32),
+                    "n_candidates": np.full(events, 20, np.int32),
+                },
+                schema=PREDICTIONS,
+            )
+        )
     return pa.concat_tables(parts)
 
 
@@ -108,8 +135,10 @@ def random_predictions(seed: int, arms=("a", "b", "c"), users: int = 12, events:
 def test_sql_matches_numpy(seed):
     preds = random_predictions(seed)
     sql = {(r["metric"], r["arm"], r["slice"]): r["value"] for r in compute_metrics(preds).to_pylist()}
-    numpy = {(r["metric"], r["arm"], r["slice"]): r["value"]
-             for r in eval_bootstrap.point_estimates(eval_bootstrap.stat_functions(preds)).to_pylist()}
+    numpy = {
+        (r["metric"], r["arm"], r["slice"]): r["value"]
+        for r in eval_bootstrap.point_estimates(eval_bootstrap.stat_functions(preds)).to_pylist()
+    }
     assert set(sql) == set(numpy)
     assert {m for m, _, _ in sql} == set(METRICS)
     for key, value in sql.items():
@@ -118,18 +147,38 @@ def test_sql_matches_numpy(seed):
 
 def test_segments_and_cohorts():
     t0 = T
-    hist = [("old", -10), ("old", -5)] + [("heavy", -20 + k * 0.1) for k in range(7)] + \
-           [("new", 1 / 24), ("new", 2 / 24), ("new", 2.5)]
-    history = pa.table({"user_id": [u for u, _ in hist],
-                        "ts": pa.array([t0 + dt.timedelta(days=d) for _, d in hist], PREDICTIONS.field("ts").type)})
-    midnight2 = dt.datetime(2000, 1, 3, tzinfo=dt.timezone.utc)
-    test = pa.table({
-        "user_id": ["old", "new", "new", "heavy"],
-        "ts": pa.array([t0 + dt.timedelta(hours=2), t0 + dt.timedelta(hours=1), t0 + dt.timedelta(days=2.5),
-                        t0 + dt.timedelta(hours=3)], PREDICTIONS.field("ts").type),
-        "refresh_point": pa.array([t0, t0, midnight2, t0], PREDICTIONS.field("ts").type),
-    })
-    out = assign_segments(test, history, t0).sort_by([("user_id", "ascending"), ("ts", "ascending")]).to_pylist()
+    hist = (
+        [("old", -10), ("old", -5)]
+        + [("heavy", -20 + k * 0.1) for k in range(7)]
+        + [("new", 1 / 24), ("new", 2 / 24), ("new", 2.5)]
+    )
+    history = pa.table(
+        {
+            "user_id": [u for u, _ in hist],
+            "ts": pa.array([t0 + dt.timedelta(days=d) for _, d in hist], PREDICTIONS.field("ts").type),
+        }
+    )
+    midnight2 = dt.datetime(2000, 1, 3, tzinfo=dt.UTC)
+    test = pa.table(
+        {
+            "user_id": ["old", "new", "new", "heavy"],
+            "ts": pa.array(
+                [
+                    t0 + dt.timedelta(hours=2),
+                    t0 + dt.timedelta(hours=1),
+                    t0 + dt.timedelta(days=2.5),
+                    t0 + dt.timedelta(hours=3),
+                ],
+                PREDICTIONS.field("ts").type,
+            ),
+            "refresh_point": pa.array([t0, t0, midnight2, t0], PREDICTIONS.field("ts").type),
+        }
+    )
+    out = (
+        assign_segments(test, history, t0)
+        .sort_by([("user_id", "ascending"), ("ts", "ascending")])
+        .to_pylist()
+    )
     got = [(r["user_id"], r["n_before"], r["segment"], r["cohort"]) for r in out]
     assert got == [
         ("heavy", 7, "6-20", "existing_at_T0"),

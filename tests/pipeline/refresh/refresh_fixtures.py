@@ -20,7 +20,7 @@ from meta_embed.features import fit_spec, movielens_template
 from meta_embed.model import TwoBlockModel
 from meta_embed.tables import INTERACTIONS, ITEMS, TS_TYPE, USERS
 
-T0 = dt.datetime(2020, 1, 1, tzinfo=dt.timezone.utc)
+T0 = dt.datetime(2020, 1, 1, tzinfo=dt.UTC)
 DAY_US = 86_400 * 1_000_000
 AS_OF = T0 + dt.timedelta(days=100)  # events span days 0..119: some lie after AS_OF
 MAX_SUPPORT = 10
@@ -40,24 +40,30 @@ def users_table(n: int, missing: int, cold: int) -> pa.Table:
     ids = [f"u{k:03d}" for k in range(n - missing)] + [f"c{k:03d}" for k in range(cold)]
     rng = np.random.default_rng(1)
     m = len(ids)
-    return pa.table({
-        "user_id": ids,
-        "age": pa.array(rng.choice([1, 18, 25, 35, 45, 50, 56], m).astype(np.int32)),
-        "gender": pa.array(rng.choice(["F", "M"], m).tolist()),
-        "occupation": pa.array(rng.choice(["artist", "doctor", "lawyer", "student"], m).tolist()),
-        "zip_prefix": pa.array([f"{z:03d}" for z in rng.integers(0, 999, m)]),
-    }, schema=USERS)
+    return pa.table(
+        {
+            "user_id": ids,
+            "age": pa.array(rng.choice([1, 18, 25, 35, 45, 50, 56], m).astype(np.int32)),
+            "gender": pa.array(rng.choice(["F", "M"], m).tolist()),
+            "occupation": pa.array(rng.choice(["artist", "doctor", "lawyer", "student"], m).tolist()),
+            "zip_prefix": pa.array([f"{z:03d}" for z in rng.integers(0, 999, m)]),
+        },
+        schema=USERS,
+    )
 
 
 def items_table(n: int) -> pa.Table:
     rng = np.random.default_rng(2)
     genres = ["Action", "Comedy", "Drama", "Horror", "Romance"]
-    return pa.table({
-        "item_id": [f"i{k:03d}" for k in range(n)],
-        "title": [f"Item {k}" for k in range(n)],
-        "year": pa.array(rng.integers(1950, 2000, n).astype(np.int32)),
-        "genres": [list(rng.choice(genres, rng.integers(1, 3), replace=False)) for _ in range(n)],
-    }, schema=ITEMS)
+    return pa.table(
+        {
+            "item_id": [f"i{k:03d}" for k in range(n)],
+            "title": [f"Item {k}" for k in range(n)],
+            "year": pa.array(rng.integers(1950, 2000, n).astype(np.int32)),
+            "genres": [list(rng.choice(genres, rng.integers(1, 3), replace=False)) for _ in range(n)],
+        },
+        schema=ITEMS,
+    )
 
 
 def events_table(n_users: int, n_items: int, seed: int = 3) -> pa.Table:
@@ -68,13 +74,16 @@ def events_table(n_users: int, n_items: int, seed: int = 3) -> pa.Table:
     n = len(users)
     ts = rng.integers(0, 120 * DAY_US, n) + int(T0.timestamp() * 1e6)
     rating = rng.integers(1, 6, n).astype(np.float32)
-    return pa.table({
-        "user_id": users.tolist(),
-        "item_id": [f"i{k:03d}" for k in rng.integers(0, n_items + 3, n)],  # a few unknown items
-        "ts": pa.array(ts, pa.int64()).cast(TS_TYPE),
-        "label": pa.array((rating >= 4).astype(np.float32)),
-        "rating": pa.array(rating),
-    }, schema=INTERACTIONS)
+    return pa.table(
+        {
+            "user_id": users.tolist(),
+            "item_id": [f"i{k:03d}" for k in rng.integers(0, n_items + 3, n)],  # a few unknown items
+            "ts": pa.array(ts, pa.int64()).cast(TS_TYPE),
+            "label": pa.array((rating >= 4).astype(np.float32)),
+            "rating": pa.array(rating),
+        },
+        schema=INTERACTIONS,
+    )
 
 
 def bad_rows(good: pa.Table) -> pa.Table:
@@ -87,16 +96,27 @@ def bad_rows(good: pa.Table) -> pa.Table:
     return pa.Table.from_pylist(rows, schema=schema)
 
 
-def write_checkpoint(path: Path, users: pa.Table, items: pa.Table, mode: str = "activation", seed: int = 0) -> str:
+def write_checkpoint(
+    path: Path, users: pa.Table, items: pa.Table, mode: str = "activation", seed: int = 0
+) -> str:
     torch.manual_seed(seed)
     spec = fit_spec(movielens_template(), users, items)
-    cfg = ModelConfig(embedding_mode=mode, meta_dim=8, meta_hidden=16, item_dim=8, global_hidden=(16,),
-                      personal_rank=2, retrieval_dim=8)
+    cfg = ModelConfig(
+        embedding_mode=mode,
+        meta_dim=8,
+        meta_hidden=16,
+        item_dim=8,
+        global_hidden=(16,),
+        personal_rank=2,
+        retrieval_dim=8,
+    )
     maml = MamlConfig(inner_steps=2, inner_lr=0.5, max_support=MAX_SUPPORT)
     return checkpoint.save(TwoBlockModel(spec, cfg), maml, path)
 
 
-def make_dataset(root: Path, n_users: int = 48, missing: int = 4, cold: int = 3, n_items: int = 30) -> Dataset:
+def make_dataset(
+    root: Path, n_users: int = 48, missing: int = 4, cold: int = 3, n_items: int = 30
+) -> Dataset:
     """Users u000..u{n-1} have events; the last `missing` have no features row; c000.. have no events."""
     root.mkdir(parents=True, exist_ok=True)
     users, items = users_table(n_users, missing, cold), items_table(n_items)
@@ -111,8 +131,14 @@ def make_dataset(root: Path, n_users: int = 48, missing: int = 4, cold: int = 3,
     bad = bad_rows(events)
     pq.write_table(bad, shards / "part-2.parquet")
     write_checkpoint(root / "ckpt", users, items)
-    return Dataset(root, str(shards / "*.parquet"), str(root / "users.parquet"), str(root / "items.parquet"),
-                   str(root / "ckpt"), bad.num_rows)
+    return Dataset(
+        root,
+        str(shards / "*.parquet"),
+        str(root / "users.parquet"),
+        str(root / "items.parquet"),
+        str(root / "ckpt"),
+        bad.num_rows,
+    )
 
 
 def good_events(ds: Dataset, as_of: dt.datetime = AS_OF) -> pa.Table:
@@ -151,5 +177,7 @@ def snapshot_rows(table: pa.Table) -> dict[str, tuple]:
 
     emb = embeddings_of(table)
     ts = table["last_event_ts"].cast(pa.int64()).to_pylist()
-    return {u: (emb[k], n, ts[k]) for k, (u, n) in enumerate(zip(table["user_id"].to_pylist(),
-                                                                 table["n_support"].to_pylist()))}
+    return {
+        u: (emb[k], n, ts[k])
+        for k, (u, n) in enumerate(zip(table["user_id"].to_pylist(), table["n_support"].to_pylist()))
+    }

@@ -12,14 +12,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from meta_embed import checkpoint
-from meta_embed import snapshot
+from meta_embed import checkpoint, snapshot
 from meta_embed.checkpoint import CheckpointError
+from meta_embed.tables import INTERACTIONS
 from pipeline.refresh.adapt import AdaptSettings, adapt_bucket, load_adapt_state
 from pipeline.refresh.arrow import bucket_of, top_n, unpack
-from pipeline.refresh.transforms import AdaptUsers, ReadEvents
 from pipeline.refresh.inputs import chunks, list_files
-from meta_embed.tables import INTERACTIONS
+from pipeline.refresh.transforms import AdaptUsers, ReadEvents
 from tests.pipeline.refresh.refresh_fixtures import AS_OF, MAX_SUPPORT, make_dataset, reference, snapshot_rows
 
 
@@ -31,8 +30,12 @@ def ds(tmp_path_factory):
 @pytest.fixture(scope="module")
 def settings(ds):
     ckpt = checkpoint.load(ds.checkpoint)
-    meta = snapshot.SnapshotMeta(ckpt.model_version, ckpt.spec.hash, "activation", ckpt.model_cfg.embedding_dim, AS_OF)
-    return AdaptSettings(ds.checkpoint, ckpt.spec.hash, ckpt.model_version, (ds.items,), meta, MAX_SUPPORT, 16)
+    meta = snapshot.SnapshotMeta(
+        ckpt.model_version, ckpt.spec.hash, "activation", ckpt.model_cfg.embedding_dim, AS_OF
+    )
+    return AdaptSettings(
+        ds.checkpoint, ckpt.spec.hash, ckpt.model_version, (ds.items,), meta, MAX_SUPPORT, 16
+    )
 
 
 @pytest.fixture(scope="module")
@@ -74,7 +77,9 @@ def test_embeddings_do_not_depend_on_batch_or_bucket_composition(state, settings
         s = dataclasses.replace(settings, batch_size=batch_size)
         eb, ub = bucket_of(events["user_id"], buckets), bucket_of(users["user_id"], buckets)
         for b in range(buckets):
-            rows, _ = adapt_bucket(state, s, events.filter(pa.array(eb == b)), users.filter(pa.array(ub == b)))
+            rows, _ = adapt_bucket(
+                state, s, events.filter(pa.array(eb == b)), users.filter(pa.array(ub == b))
+            )
             for user, (emb, n, ts) in snapshot_rows(rows).items():
                 assert (n, ts) == base[user][1:]
                 diffs.append(float(np.abs(emb - base[user][0]).max()))
@@ -89,7 +94,9 @@ def test_cold_users_get_the_zero_step_embedding(state, whole, ds):
     rows = whole[0].filter(pa.compute.equal(whole[0]["n_support"], 0))
     assert rows["user_id"].to_pylist() == ["c000", "c001", "c002"]
     assert rows["last_event_ts"].null_count == 3
-    users = pq.read_table(ds.users).filter(pa.compute.is_in(pq.read_table(ds.users)["user_id"], rows["user_id"]))
+    users = pq.read_table(ds.users).filter(
+        pa.compute.is_in(pq.read_table(ds.users)["user_id"], rows["user_id"])
+    )
     with torch.no_grad():
         x = state.ckpt.model.user_inputs(take(encode(users, state.ckpt.spec.user), torch.arange(3)))
         zero = state.ckpt.model.meta(x).numpy()
@@ -119,7 +126,9 @@ def test_dofn_process_directly_and_fault_hook(settings, events, ds, whole):
     users = pq.read_table(ds.users)
     dofn = AdaptUsers(settings)
     dofn.setup()
-    [(bucket, rows)] = list(dofn.process((0, events), users={0: [users]}, previous=collections.defaultdict(list)))
+    [(bucket, rows)] = list(
+        dofn.process((0, events), users={0: [users]}, previous=collections.defaultdict(list))
+    )
     assert bucket == 0 and rows.equals(whole[0])
     failing = AdaptUsers(settings, fail_after_users=10)
     failing.setup()
@@ -130,9 +139,12 @@ def test_dofn_process_directly_and_fault_hook(settings, events, ds, whole):
 def test_dofn_without_feature_rows_uses_defaults(settings, events):
     dofn = AdaptUsers(settings)
     dofn.setup()
-    [(_, rows)] = list(dofn.process((0, events), users=collections.defaultdict(list),
-                                    previous=collections.defaultdict(list)))
-    assert rows.num_rows == 48 and rows["n_support"].to_numpy().min() > 0  # no cold users without features rows
+    [(_, rows)] = list(
+        dofn.process((0, events), users=collections.defaultdict(list), previous=collections.defaultdict(list))
+    )
+    assert (
+        rows.num_rows == 48 and rows["n_support"].to_numpy().min() > 0
+    )  # no cold users without features rows
 
 
 def test_dofn_in_a_test_pipeline(settings, events, ds, whole):
@@ -145,8 +157,14 @@ def test_dofn_in_a_test_pipeline(settings, events, ds, whole):
     with TestPipeline(runner="FnApiRunner") as p:
         side = p | "Users" >> beam.Create([(0, users)])
         prev = p | "Prev" >> beam.Create([]).with_output_types(tuple[int, pa.Table])
-        rows = (p | beam.Create([(0, events)])
-                | beam.ParDo(AdaptUsers(settings), users=beam.pvalue.AsMultiMap(side),
-                             previous=beam.pvalue.AsMultiMap(prev))
-                | beam.FlatMap(lambda kv: zip(kv[1]["user_id"].to_pylist(), kv[1]["n_support"].to_pylist())))
+        rows = (
+            p
+            | beam.Create([(0, events)])
+            | beam.ParDo(
+                AdaptUsers(settings),
+                users=beam.pvalue.AsMultiMap(side),
+                previous=beam.pvalue.AsMultiMap(prev),
+            )
+            | beam.FlatMap(lambda kv: zip(kv[1]["user_id"].to_pylist(), kv[1]["n_support"].to_pylist()))
+        )
         assert_that(rows, equal_to(expected))

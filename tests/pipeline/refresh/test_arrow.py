@@ -9,19 +9,30 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from pipeline.refresh.arrow import (bucket_of, event_schema, oldest_first, pack, split_by_bucket, top_n, unpack,
-                                    user_runs)
+from pipeline.refresh.arrow import (
+    bucket_of,
+    event_schema,
+    oldest_first,
+    pack,
+    split_by_bucket,
+    top_n,
+    unpack,
+    user_runs,
+)
 from pipeline.refresh.transforms import TopNCombineFn
 
 
 def events(n: int = 400, users: int = 25, seed: int = 0) -> pa.Table:
     rng = np.random.default_rng(seed)
-    return pa.table({
-        "user_id": [f"user-{k}" for k in rng.integers(0, users, n)],
-        "item_row": pa.array(rng.integers(0, 50, n).astype(np.int32)),
-        "ts": pa.array(rng.integers(0, 40, n).astype(np.int64)),  # many ties in ts
-        "y": pa.array(rng.integers(0, 2, n).astype(np.float32)),
-    }, schema=event_schema())
+    return pa.table(
+        {
+            "user_id": [f"user-{k}" for k in rng.integers(0, users, n)],
+            "item_row": pa.array(rng.integers(0, 50, n).astype(np.int32)),
+            "ts": pa.array(rng.integers(0, 40, n).astype(np.int64)),  # many ties in ts
+            "y": pa.array(rng.integers(0, 2, n).astype(np.float32)),
+        },
+        schema=event_schema(),
+    )
 
 
 def reference_top_n(table: pa.Table, n: int) -> dict[str, list[tuple]]:
@@ -42,8 +53,10 @@ def as_dict(table: pa.Table) -> dict[str, list[tuple]]:
 def test_bucket_of_is_stable_across_processes_and_slices():
     ids = pa.array([f"u{k}" for k in range(1000)] + ["", "héllo"])
     here = bucket_of(ids, 97)
-    code = ("import pyarrow as pa; from pipeline.refresh.arrow import bucket_of; "
-            "print(bucket_of(pa.array([f'u{k}' for k in range(1000)] + ['', 'héllo']), 97).tolist())")
+    code = (
+        "import pyarrow as pa; from pipeline.refresh.arrow import bucket_of; "
+        "print(bucket_of(pa.array([f'u{k}' for k in range(1000)] + ['', 'héllo']), 97).tolist())"
+    )
     other = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert [int(x) for x in other.strip()[1:-1].split(",")] == here.tolist()
     assert bucket_of(ids.slice(500), 97).tolist() == here[500:].tolist()

@@ -12,8 +12,7 @@ import pytest
 
 from meta_embed import snapshot
 from meta_embed.checkpoint import CheckpointError
-from meta_embed.tables import SchemaError
-from meta_embed.tables import CorruptInputError
+from meta_embed.tables import CorruptInputError, SchemaError
 from pipeline.refresh.refresh_config import RefreshConfig
 from pipeline.refresh.refresh_job import refresh
 from tests.pipeline.refresh.refresh_fixtures import AS_OF, make_dataset
@@ -27,12 +26,16 @@ def ds(tmp_path):
 
 
 def config(ds, **kw) -> RefreshConfig:
-    return RefreshConfig(ds.interactions, ds.users, ds.items, ds.checkpoint, AS_OF, str(ds.root / "out"), **kw)
+    return RefreshConfig(
+        ds.interactions, ds.users, ds.items, ds.checkpoint, AS_OF, str(ds.root / "out"), **kw
+    )
 
 
 def nothing_written(ds) -> bool:
     out = ds.root / "out"
-    return snapshot.current_name(out) is None and not any((out / "staging").glob("*")) if out.exists() else True
+    return (
+        snapshot.current_name(out) is None and not any((out / "staging").glob("*")) if out.exists() else True
+    )
 
 
 def test_schema_mismatch_fails_before_any_work_naming_file_and_column(ds):
@@ -104,7 +107,12 @@ def test_finalize_refuses_rows_that_disagree_with_the_counters(tmp_path):
         check_rows(table, ok, 2, meta, cold_users=True)
     with pytest.raises(snapshot.SnapshotError, match="without events"):
         check_rows(table, ok, 10, meta, cold_users=False)
-    late = snapshot.to_table(meta, ["a", "b"], np.zeros((2, 2), np.float32), np.array([3, 0]),
-                             pa.array([int(AS_OF.timestamp() * 1e6), None], pa.int64()).cast(TS_TYPE))
+    late = snapshot.to_table(
+        meta,
+        ["a", "b"],
+        np.zeros((2, 2), np.float32),
+        np.array([3, 0]),
+        pa.array([int(AS_OF.timestamp() * 1e6), None], pa.int64()).cast(TS_TYPE),
+    )
     with pytest.raises(snapshot.SnapshotError, match="last_event_ts >= as_of"):
         check_rows(late, ok, 10, meta, cold_users=True)

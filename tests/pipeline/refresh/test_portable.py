@@ -44,12 +44,21 @@ def portable_services():
     """(job port, worker-pool port) of a local job service and an SDK worker pool, stopped by pid."""
     job, pool = free_port(), free_port()
     # The worker pool starts SDK workers as `python ...`: put this interpreter first on PATH.
-    env = os.environ | {"PATH": os.pathsep.join([os.path.dirname(sys.executable), os.environ.get("PATH", "")])}
+    env = os.environ | {
+        "PATH": os.pathsep.join([os.path.dirname(sys.executable), os.environ.get("PATH", "")])
+    }
     procs = [
-        subprocess.Popen([sys.executable, "-m", "apache_beam.runners.portability.local_job_service_main",
-                          f"--port={job}"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL),
-        subprocess.Popen([sys.executable, "-m", "apache_beam.runners.worker.worker_pool_main",
-                          f"--service_port={pool}"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env),
+        subprocess.Popen(
+            [sys.executable, "-m", "apache_beam.runners.portability.local_job_service_main", f"--port={job}"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        ),
+        subprocess.Popen(
+            [sys.executable, "-m", "apache_beam.runners.worker.worker_pool_main", f"--service_port={pool}"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            env=env,
+        ),
     ]
     try:
         wait_for(job, procs[0])
@@ -71,12 +80,20 @@ def test_portable_runner_output_equals_direct_runner(portable_services, tmp_path
     ds = make_dataset(tmp_path / "data")
 
     def cfg(out: str) -> RefreshConfig:
-        return RefreshConfig(ds.interactions, ds.users, ds.items, ds.checkpoint, AS_OF, str(tmp_path / out),
-                             batch_size=16)
+        return RefreshConfig(
+            ds.interactions, ds.users, ds.items, ds.checkpoint, AS_OF, str(tmp_path / out), batch_size=16
+        )
 
     direct = refresh(cfg("direct"), ["--direct_running_mode=in_memory", "--direct_num_workers=1"])
-    portable = refresh(cfg("portable"), ["--runner=PortableRunner", f"--job_endpoint=localhost:{job}",
-                                         "--environment_type=EXTERNAL", f"--environment_config=localhost:{pool}"])
+    portable = refresh(
+        cfg("portable"),
+        [
+            "--runner=PortableRunner",
+            f"--job_endpoint=localhost:{job}",
+            "--environment_type=EXTERNAL",
+            f"--environment_config=localhost:{pool}",
+        ],
+    )
     assert portable.runner == "PortableRunner"
     a = snapshot_rows(snapshot.read_dir(direct.snapshot_dir)[0])
     b = snapshot_rows(snapshot.read_dir(portable.snapshot_dir)[0])

