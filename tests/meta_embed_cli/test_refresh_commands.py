@@ -23,41 +23,24 @@ def _manifest(root) -> dict:
     return json.loads((snapshot.current_dir(root) / snapshot.MANIFEST).read_text())
 
 
+def _refresh(ds, out, *flags: str, interactions: str | None = None) -> list[str]:
+    """A `meta-embed refresh` command line over the fixture dataset, with `flags` after it."""
+    return ["refresh", "--interactions", interactions or ds.interactions, "--users", ds.users,
+            "--items", ds.items, "--checkpoint", ds.checkpoint, "--as-of", "2020-04-10", "--out", str(out),
+            *flags]  # fmt: skip
+
+
 def test_refresh_command_runs_and_passes_beam_options_through(tmp_path, capsys):
     ds = make_dataset(tmp_path / "data")
     out = tmp_path / "snapshots"
-    code = main(
-        [
-            "refresh",
-            "--interactions",
-            ds.interactions,
-            "--users",
-            ds.users,
-            "--items",
-            ds.items,
-            "--checkpoint",
-            ds.checkpoint,
-            "--as-of",
-            "2020-04-10",
-            "--out",
-            str(out),
-            "--max-support",
-            "4",
-            "--keep",
-            "2",
-            "--direct_running_mode=in_memory",
-            "--direct_num_workers",
-            "1",
-        ]
-    )
+    code = main(_refresh(ds, out, "--max-support", "4", "--keep", "2", "--direct_running_mode=in_memory",
+                         "--direct_num_workers", "1"))  # fmt: skip
     printed = capsys.readouterr().out
     assert code == 0, printed
     name = snapshot.current_name(out)
     assert f"published {out / 'snapshots' / name}" in printed and "users/s" in printed
-    assert (
-        "users 51 = adapted 48 + zero-step 3 + carried forward 0; cold (no events) 3, without features 4"
-        in printed
-    )
+    counts = "users 51 = adapted 48 + zero-step 3 + carried forward 0; cold (no events) 3, without features 4"
+    assert counts in printed
     manifest = json.loads((out / "snapshots" / name / "manifest.json").read_text())
     assert manifest["runner"] == "FnApiRunner[in_memory,workers=1]"  # the Beam flags reached the runner
     assert manifest["max_support"] == 4 and manifest["as_of"] == "2020-04-10T00:00:00+00:00"
@@ -65,97 +48,25 @@ def test_refresh_command_runs_and_passes_beam_options_through(tmp_path, capsys):
 
 
 def test_bad_as_of_is_a_usage_error(tmp_path, capsys):
-    code = main(
-        [
-            "refresh",
-            "--interactions",
-            "x",
-            "--users",
-            "u",
-            "--items",
-            "i",
-            "--checkpoint",
-            "c",
-            "--as-of",
-            "yesterday",
-            "--out",
-            str(tmp_path),
-        ]
-    )
-    assert code == 2 and "'yesterday' is not an ISO-8601 time" in capsys.readouterr().err
+    argv = ["refresh", "--interactions", "x", "--users", "u", "--items", "i", "--checkpoint", "c",
+            "--as-of", "yesterday", "--out", str(tmp_path)]  # fmt: skip
+    assert main(argv) == 2 and "'yesterday' is not an ISO-8601 time" in capsys.readouterr().err
 
 
 def test_a_typo_is_refused_before_any_work(tmp_path, capsys):
     ds = make_dataset(tmp_path / "data")
     out = tmp_path / "snapshots"
-    code = main(
-        [
-            "refresh",
-            "--interactions",
-            ds.interactions,
-            "--users",
-            ds.users,
-            "--items",
-            ds.items,
-            "--checkpoint",
-            ds.checkpoint,
-            "--as-of",
-            "2020-04-10",
-            "--out",
-            str(out),
-            "--incremnetal",
-            "--kep",
-            "1",
-            *FAST,
-        ]
-    )
+    code = main(_refresh(ds, out, "--incremnetal", "--kep", "1", *FAST))
     err = capsys.readouterr().err
     assert code == 2 and "No such option '--incremnetal'" in err and "Did you mean '--incremental'?" in err
     assert not out.exists()  # nothing ran: no staging, no snapshot
-    assert (
-        main(
-            [
-                "refresh",
-                "--interactions",
-                ds.interactions,
-                "--users",
-                ds.users,
-                "--items",
-                ds.items,
-                "--checkpoint",
-                ds.checkpoint,
-                "--as-of",
-                "2020-04-10",
-                "--out",
-                str(out),
-                "--kep",
-                "1",
-            ]
-        )
-        == 2
-    )
+    assert main(_refresh(ds, out, "--kep", "1")) == 2
     assert "Did you mean '--keep'?" in capsys.readouterr().err and not out.exists()
 
 
 def test_missing_input_fails_with_exit_1(tmp_path, capsys):
     ds = make_dataset(tmp_path / "data")
-    code = main(
-        [
-            "refresh",
-            "--interactions",
-            str(tmp_path / "nope/*.parquet"),
-            "--users",
-            ds.users,
-            "--items",
-            ds.items,
-            "--checkpoint",
-            ds.checkpoint,
-            "--as-of",
-            "2020-04-10",
-            "--out",
-            str(tmp_path / "o"),
-        ]
-    )
+    code = main(_refresh(ds, tmp_path / "o", interactions=str(tmp_path / "nope/*.parquet")))
     assert code == 1 and "matched no Parquet files" in capsys.readouterr().err
 
 
