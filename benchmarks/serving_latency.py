@@ -58,32 +58,14 @@ from meta_embed.config import MamlConfig, ModelConfig  # noqa: E402
 from meta_embed.features import encode, fit_spec, movielens_template  # noqa: E402
 from meta_embed.model import TwoBlockModel  # noqa: E402
 from meta_embed.tables import ITEMS, USERS  # noqa: E402
+from pipeline.data.movielens import ML100K_GENRES  # noqa: E402
 from serving import service  # noqa: E402
 from serving.app import apply_threads  # noqa: E402
 from serving.index import build_index, exact_search, recall_at_k  # noqa: E402
 from serving.serving_config import IndexConfig, ServingConfig  # noqa: E402
 from serving.state import ServingState, Sources, load_state  # noqa: E402
 
-GENRES = [
-    "Action",
-    "Adventure",
-    "Animation",
-    "Children's",
-    "Comedy",
-    "Crime",
-    "Documentary",
-    "Drama",
-    "Fantasy",
-    "Film-Noir",
-    "Horror",
-    "Musical",
-    "Mystery",
-    "Romance",
-    "Sci-Fi",
-    "Thriller",
-    "War",
-    "Western",
-]
+GENRES = ML100K_GENRES[1:]  # MovieLens genres without "unknown"
 OCCUPATIONS = [f"occupation-{i}" for i in range(21)]
 AS_OF = dt.datetime.now(dt.UTC).replace(microsecond=0)
 

@@ -7,27 +7,9 @@ from pathlib import Path
 
 import pytest
 
-GENRES_100K = [
-    "unknown",
-    "Action",
-    "Adventure",
-    "Animation",
-    "Children's",
-    "Comedy",
-    "Crime",
-    "Documentary",
-    "Drama",
-    "Fantasy",
-    "Film-Noir",
-    "Horror",
-    "Musical",
-    "Mystery",
-    "Romance",
-    "Sci-Fi",
-    "Thriller",
-    "War",
-    "Western",
-]
+from pipeline.data.movielens import ML100K_GENRES
+
+GENRES_100K = list(ML100K_GENRES)  # the genre flags of u.item, in column order
 
 
 def _flags(*names: str) -> str:

@@ -9,7 +9,6 @@ import datetime as dt
 import os
 import socket
 import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -22,7 +21,7 @@ import torch
 
 from meta_embed import checkpoint
 from meta_embed.features import encode, take
-from tests.serving.world import MAML_CFG, SPEC, build_world, make_model, publish
+from tests.serving.world import MAML_CFG, SPEC, build_world, make_model, publish, serve_command
 
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[2]
@@ -41,30 +40,8 @@ def free_port() -> int:
 def server(tmp_path, request):
     w = build_world(tmp_path / "w", as_of=AS_OF)
     port = free_port()
-    cmd = [
-        sys.executable,
-        "-m",
-        "meta_embed_cli",
-        "serve",
-        "--root",
-        str(w.root),
-        "--items",
-        str(w.base / "items.parquet"),
-        "--users",
-        str(w.base / "users.parquet"),
-        "--checkpoint",
-        str(w.ckpt_path),
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        "--reload-interval",
-        "0.2",
-        "--log-level",
-        "warning",
-        "--workers",
-        str(request.param),
-    ]
+    cmd = serve_command(w, port, "--users", str(w.base / "users.parquet"), "--reload-interval", "0.2",
+                        "--log-level", "warning", "--workers", str(request.param))  # fmt: skip
     log = open(tmp_path / "server.log", "w")
     proc = subprocess.Popen(
         cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, env=os.environ | {"PYTHONPATH": str(REPO)}
@@ -177,26 +154,7 @@ def test_serve_with_workers_exits_with_an_error_when_a_worker_cannot_start(tmp_p
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        cmd = [
-            sys.executable,
-            "-m",
-            "meta_embed_cli",
-            "serve",
-            "--root",
-            str(w.root),
-            "--items",
-            str(w.base / "items.parquet"),
-            "--checkpoint",
-            str(w.ckpt_path),
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--reload-interval",
-            "0",
-            "--workers",
-            "2",
-        ]
+        cmd = serve_command(w, port, "--reload-interval", "0", "--workers", "2")
         done = subprocess.run(
             cmd,
             cwd=REPO,

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -176,3 +177,10 @@ def build_world(
     world = World(base, users, items, model, version, ckpt_path, rows, params, emb)
     publish(world.root, version, [f"u{i}" for i in rows], emb, as_of, "r1", {"checkpoint": str(ckpt_path)})
     return world
+
+
+def serve_command(w: World, port: int, *flags: str) -> list[str]:
+    """`meta-embed serve` of world `w` on 127.0.0.1:`port`, as a process's argv, with `flags`."""
+    return [sys.executable, "-m", "meta_embed_cli", "serve", "--root", str(w.root), "--items",
+            str(w.base / "items.parquet"), "--checkpoint", str(w.ckpt_path), "--host", "127.0.0.1",
+            "--port", str(port), *flags]  # fmt: skip
