@@ -77,7 +77,8 @@ class EventIndex:
 
 
 class WideDeep(nn.Module):
-    """logit(u, i) = bias + wide(u, i) + MLP([emb(user id), emb(item id), side features])."""
+    """logit(u, i) = bias + wide(u, i) + MLP([emb(user id), emb(item id), side features]);
+    without user ids (`WideDeepConfig.user_ids` False) no term of the logit reads the user id."""
 
     def __init__(
         self, cfg: WideDeepConfig, spec: FeatureSpec, tables: FeatureTables, users: IdVocab, items: IdVocab
@@ -101,12 +102,14 @@ class WideDeep(nn.Module):
         self.wide = nn.ModuleDict({k: nn.Embedding(self._wide_rows(k), 1) for k in self._wide_keys()})
         for table in self.wide.values():
             nn.init.zeros_(table.weight)
-        self.user_emb = nn.Embedding(users.size, cfg.embedding_dim)
+        self.user_emb = nn.Embedding(users.size, cfg.embedding_dim) if cfg.user_ids else None
         self.item_emb = nn.Embedding(items.size, cfg.embedding_dim)
         self.side = nn.ModuleDict({n: nn.Embedding(c.cardinality, c.dim) for n, c in self.columns.items()})
         for table in [self.user_emb, self.item_emb, *self.side.values()]:
-            nn.init.normal_(table.weight, std=cfg.init_std)
-        sizes = [2 * cfg.embedding_dim + sum(c.dim for c in self.columns.values()), *cfg.hidden, 1]
+            if table is not None:
+                nn.init.normal_(table.weight, std=cfg.init_std)
+        ids = 2 if cfg.user_ids else 1
+        sizes = [ids * cfg.embedding_dim + sum(c.dim for c in self.columns.values()), *cfg.hidden, 1]
         layers: list[nn.Module] = []
         for k in range(len(sizes) - 1):
             layers += [nn.Linear(sizes[k], sizes[k + 1]), nn.ReLU()]
@@ -114,7 +117,8 @@ class WideDeep(nn.Module):
         self.bias = nn.Parameter(torch.zeros(()))
 
     def _wide_keys(self) -> list[str]:
-        return ["user_id", "item_id"] + [f"{a}*{b}" for a, b in self.cfg.crosses]
+        ids = ["user_id", "item_id"] if self.cfg.user_ids else ["item_id"]
+        return ids + [f"{a}*{b}" for a, b in self.cfg.crosses]
 
     def _wide_rows(self, key: str) -> int:
         if "*" not in key:
@@ -136,19 +140,24 @@ class WideDeep(nn.Module):
     def forward(self, ev: dict[str, torch.Tensor]) -> torch.Tensor:
         """ev: user, item (batch,) id indices; user_row, item_row (batch,) feature rows -> logits (batch,)."""
         x = self._inputs(ev)
-        wide = self.wide["user_id"](x["user_id"]).squeeze(-1) + self.wide["item_id"](x["item_id"]).squeeze(-1)
+        wide = self.wide["item_id"](x["item_id"]).squeeze(-1)
+        if self.user_emb is not None:
+            wide = wide + self.wide["user_id"](x["user_id"]).squeeze(-1)
         for a, b in self.cfg.crosses:
             rows = self._wide_rows(f"{a}*{b}")
             ib = x[b]
             ia = x[a].unsqueeze(-1) if ib.dim() == 2 else x[a]
             w = self.wide[f"{a}*{b}"]((ia * self.card[b] + ib) % rows).squeeze(-1)  # (batch,) or (batch, L)
             wide = wide + ((w * (ib > 0)).sum(-1) if ib.dim() == 2 else w)
-        deep_in = [self.user_emb(x["user_id"]), self.item_emb(x["item_id"])]
+        deep_in = [self.item_emb(x["item_id"])] if self.user_emb is None else [
+            self.user_emb(x["user_id"]), self.item_emb(x["item_id"])]  # fmt: skip
         deep_in += [self._embed(n, x[n], self.side[n]) for n in self.columns]
         return self.bias + wide + self.mlp(torch.cat(deep_in, dim=-1)).squeeze(-1)
 
     def user_bytes(self) -> int:
         """Per-user parameters served (float32): id embedding, wide id weight, crosses keyed by user id."""
+        if not self.cfg.user_ids:
+            return 0
         per_user = self.cfg.embedding_dim + 1
         per_user += sum(self.card[b] for a, b in self.cfg.crosses if a == "user_id")
         return 4 * per_user

@@ -171,7 +171,11 @@ class TrainConfig:
 
 @dataclasses.dataclass(frozen=True)
 class WideDeepConfig:
-    """Hyper-parameters of the wide-and-deep baseline and its training loop."""
+    """Hyper-parameters of the wide-and-deep baseline and its training loop.
+
+    `user_ids` False removes every user-id input (the id embedding, the wide id weight and
+    the crosses keyed by user id): the `wd_no_id` arm, W&D's shared part alone.
+    """
 
     objective: Literal["binary", "regression"] = "binary"
     embedding_dim: int = 16
@@ -186,6 +190,7 @@ class WideDeepConfig:
     max_epochs: int = 10
     patience: int = 2
     seed: int = 0
+    user_ids: bool = True
 
     def __post_init__(self) -> None:
         if self.objective not in ("binary", "regression"):
@@ -203,7 +208,10 @@ class WideDeepConfig:
         if not 0 <= self.oov_rate < 1:
             raise ValueError(f"WideDeepConfig.oov_rate must be in [0, 1), got {self.oov_rate}")
         object.__setattr__(self, "hidden", tuple(self.hidden))
-        object.__setattr__(self, "crosses", tuple(tuple(c) for c in self.crosses))
+        crosses = tuple(tuple(c) for c in self.crosses)
+        object.__setattr__(
+            self, "crosses", crosses if self.user_ids else tuple(c for c in crosses if "user_id" not in c)
+        )
         if any(len(c) != 2 for c in self.crosses):
             raise ValueError(f"WideDeepConfig.crosses must be pairs of column names, got {self.crosses}")
 

@@ -6,13 +6,19 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
+from meta_embed.config import MamlConfig, ModelConfig, TrainConfig, from_dict
+
 DATASETS = ("movielens-1m", "movielens-100k", "synthetic")
-REFERENCES = ("wd_static", "wd_retrained")
+REFERENCES = ("wd_static", "wd_retrained", "wd_no_id", "meta_init", "popularity")
+"""The arms every arm's metrics are differenced against (paired bootstrap intervals): the
+two W&D baselines, and the references of the decomposition (shared model and lift)."""
 
 
 @dataclasses.dataclass(frozen=True)
 class EvalConfig:
-    """The evaluation. `dataset` is one of DATASETS or a prepared data folder."""
+    """The evaluation. `dataset` is one of DATASETS or a prepared data folder; `model`,
+    `maml` and `train` configure the meta model (its seed, epochs and threads come from
+    `seed`, `meta_epochs` and `torch_threads`)."""
 
     dataset: str = "movielens-1m"
     out: str = "reports/ml-1m"
@@ -34,10 +40,16 @@ class EvalConfig:
     torch_threads: int = 1  # torch threads of training and scoring: 1 avoids spinning on a shared machine
     cache_dir: str | None = None
     note: str = ""  # printed in the report (e.g. why fewer days)
+    model: ModelConfig = ModelConfig()
+    maml: MamlConfig = MamlConfig()
+    train: TrainConfig = TrainConfig()
 
     def __post_init__(self) -> None:
         for name in ("wd_lrs", "wd_dims", "melu_steps", "beam_args"):
             object.__setattr__(self, name, tuple(getattr(self, name)))
+        for name, cls in (("model", ModelConfig), ("maml", MamlConfig), ("train", TrainConfig)):
+            if isinstance(getattr(self, name), dict):  # read back from config.json
+                object.__setattr__(self, name, from_dict(cls, getattr(self, name)))
         if self.dataset not in DATASETS and not Path(self.dataset).is_dir():
             raise ValueError(
                 f"EvalConfig.dataset must be one of {DATASETS} or a prepared data folder, got "

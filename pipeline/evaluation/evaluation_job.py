@@ -27,7 +27,8 @@ import pyarrow.parquet as pq
 import torch
 from tqdm import tqdm
 
-from meta_embed.config import ModelConfig, TrainConfig, WideDeepConfig, write_config
+from meta_embed.baseline import FitResult
+from meta_embed.config import WideDeepConfig, write_config
 from meta_embed.features import fit_spec, movielens_template
 from meta_embed.tables import TS_TYPE
 from pipeline.evaluation import bootstrap, melu, report, wd_tuning
@@ -53,7 +54,8 @@ class EvalResult:
 
     @property
     def headline(self) -> str:
-        """Printable: GAUC of every arm (columns) by slice (rows) with 95% intervals, then the targets."""
+        """Printable: GAUC of every arm (columns) by slice (rows) with 95% intervals, then one
+        plain line per target."""
         iv = {(r["arm"], r["slice"]): r for r in self.intervals.to_pylist() if r["metric"] == "gauc"}
         arms = [a for a in ARMS if any(k[0] == a for k in iv)]
         slices = [sl for sl in SLICE_NAMES if any(k[1] == sl for k in iv)]
@@ -62,10 +64,7 @@ class EvalResult:
         lines = ["GAUC by slice, 95% intervals", f"{'slice':<18}" + "".join(f" {a:>{width}}" for a in arms)]
         for sl in slices:
             lines.append(f"{sl:<18}" + "".join(f" {cell(iv.get((a, sl))):>{width}}" for a in arms))
-        for t in self.targets:
-            lines.append(
-                f"[{ {True: 'met', False: 'MISSED', None: 'n/a'}[t['met']] }] {t['target']}: {t['measured']}"
-            )
+        lines += ["", "Targets:"] + [f"  {t['name']}: {t['verdict']}" for t in self.targets]
         return "\n".join(lines)
 
 
@@ -112,8 +111,11 @@ def train_meta(cfg: EvalConfig, data: Path, work: Path, t0_iso: str) -> dict[str
             str(data),
             str(work / f"ckpt-{mode}"),
             until=t0_iso,
-            model=ModelConfig(embedding_mode=mode),
-            train=TrainConfig(seed=cfg.seed, max_epochs=cfg.meta_epochs, threads=cfg.torch_threads),
+            model=dataclasses.replace(cfg.model, embedding_mode=mode),
+            maml=cfg.maml,
+            train=dataclasses.replace(
+                cfg.train, seed=cfg.seed, max_epochs=cfg.meta_epochs, threads=cfg.torch_threads
+            ),
         )
         result = train(job)
         out[mode] = {
@@ -130,26 +132,33 @@ def _write_json(path: Path, payload: dict) -> None:
     path.write_text(json.dumps(payload, indent=2, sort_keys=True, default=str) + "\n")
 
 
-def _models_at_t0(
-    cfg: EvalConfig, data: Path, work: Path, tables, period
-) -> tuple[dict, object, object, object]:
-    """Meta checkpoints, the tuned W&D configuration, the W&D fitted at T0 and the spec."""
+@dataclasses.dataclass(frozen=True)
+class Baselines:
+    """The wide-and-deep arms at T0: tuned on the validation period, refitted before T0."""
+
+    tuned: wd_tuning.Tuned
+    static: FitResult  # wd_static (and wd_retrained's first model)
+    tuned_no_id: wd_tuning.Tuned
+    no_id: FitResult  # wd_no_id: the same protocol without any user-id input
+
+
+def _baselines(cfg: EvalConfig, spec, tables, period) -> Baselines:
     inter, users, items = tables.interactions, tables.users, tables.items
-    meta = train_meta(cfg, data, work, period.t0.isoformat())
-    spec = fit_spec(movielens_template(), users, items)
-    base = WideDeepConfig(max_epochs=cfg.wd_max_epochs, seed=cfg.seed)
     train_wd = before(inter, period.valid_start)
     valid_wd = before(inter, period.t0).filter(
         pc.greater_equal(pc.field("ts"), pa.scalar(period.valid_start, TS_TYPE))
     )
-    tuned = wd_tuning.tune(base, spec, users, items, train_wd, valid_wd, cfg.wd_lrs, cfg.wd_dims, _say)
-    wd_static = wd_tuning.refit(tuned, spec, users, items, before(inter, period.t0))
-    _say(
-        f"W&D: chose lr={tuned.cfg.lr:g} dim={tuned.cfg.embedding_dim} (validation AUC "
-        f"{tuned.val_score:.4f}); "
-        f"refit on events before T0 in {wd_static.seconds:.0f}s"
-    )
-    return meta, tuned, wd_static, spec
+    fitted = []
+    for name, user_ids in (("W&D", True), ("W&D without user ids", False)):
+        base = WideDeepConfig(max_epochs=cfg.wd_max_epochs, seed=cfg.seed, user_ids=user_ids)
+        tuned = wd_tuning.tune(base, spec, users, items, train_wd, valid_wd, cfg.wd_lrs, cfg.wd_dims, _say)
+        fit = wd_tuning.refit(tuned, spec, users, items, before(inter, period.t0))
+        _say(
+            f"{name}: chose lr={tuned.cfg.lr:g} dim={tuned.cfg.embedding_dim} (validation AUC "
+            f"{tuned.val_score:.4f}); refit on events before T0 in {fit.seconds:.0f}s"
+        )
+        fitted += [tuned, fit]
+    return Baselines(*fitted)
 
 
 def evaluate(cfg: EvalConfig) -> EvalResult:
@@ -173,7 +182,9 @@ def evaluate(cfg: EvalConfig) -> EvalResult:
             f"T0 {period.t0.isoformat()}, validation from {period.valid_start.isoformat()}, "
             f"{len(period.points)} refresh points until {period.end.isoformat()}"
         )
-        meta, tuned, wd_static, spec = _models_at_t0(cfg, data, work, tables, period)
+        meta = train_meta(cfg, data, work, period.t0.isoformat())
+        spec = fit_spec(movielens_template(), users, items)
+        wd = _baselines(cfg, spec, tables, period)
         setup = ReplaySetup(
             data,
             inter,
@@ -181,8 +192,9 @@ def evaluate(cfg: EvalConfig) -> EvalResult:
             items,
             period,
             {m: v["checkpoint"] for m, v in meta.items()},
-            wd_static.model,
-            lambda events: wd_tuning.refit(tuned, spec, users, items, events),
+            wd.static.model,
+            wd.no_id.model,
+            lambda events: wd_tuning.refit(wd.tuned, spec, users, items, events),
             work,
             cfg.beam_args,
             cfg.retrain_every,
@@ -196,8 +208,9 @@ def evaluate(cfg: EvalConfig) -> EvalResult:
         pq.write_table(preds, out / "predictions.parquet")
         summary = {
             "period": dataclasses.asdict(period),
-            "costs": report.costs(meta, tuned, wd_static, log, period, test),
-            "tuned": dataclasses.asdict(tuned),
+            "costs": report.costs(meta, wd, log, period, test),
+            "tuned": dataclasses.asdict(wd.tuned),
+            "tuned_no_id": dataclasses.asdict(wd.tuned_no_id),
             "meta": meta,
             "replay_log": dataclasses.asdict(log),
         }
@@ -217,10 +230,14 @@ def evaluate(cfg: EvalConfig) -> EvalResult:
                 items,
                 work / "melu",
                 spec,
-                tuned.cfg,
+                wd.tuned.cfg,
                 cfg.melu_steps,
-                TrainConfig(
-                    seed=cfg.seed, max_epochs=cfg.meta_epochs, progress=False, threads=cfg.torch_threads
+                dataclasses.replace(
+                    cfg.train,
+                    seed=cfg.seed,
+                    max_epochs=cfg.meta_epochs,
+                    progress=False,
+                    threads=cfg.torch_threads,
                 ),
                 cfg.seed,
                 _say,

@@ -8,6 +8,8 @@ knew at point d:
 - `meta_refresh` (and `meta_refresh_weights`): the snapshot that the real refresh job
   (Beam, incremental mode) published at point d from the events before it;
 - `meta_static`: the snapshot published at T0; `meta_init`: zero-step embeddings;
+- `wd_no_id`: the same wide-and-deep without any user-id input, fitted at T0 (its shared
+  part alone: what the meta model's zero-step scores are compared with);
 - `wd_static`: the wide-and-deep model fitted at T0; `wd_retrained`: refitted from
   scratch on every event before the point, every `retrain_every` days;
 - `popularity`: each item's smoothed positive rate before T0 (a sanity reference).
@@ -42,6 +44,7 @@ UTC = dt.UTC
 ARMS = (
     "popularity",
     "wd_static",
+    "wd_no_id",
     "wd_retrained",
     "meta_refresh",
     "meta_static",
@@ -193,6 +196,7 @@ class ReplaySetup:
     period: Period
     checkpoints: dict[str, Path]  # embedding mode -> checkpoint ("activation" required)
     wd_static: baseline.WideDeep
+    wd_no_id: baseline.WideDeep
     retrain: Callable[[pa.Table], baseline.FitResult]  # fit W&D on the events before a point
     workdir: Path
     beam_args: tuple[str, ...]
@@ -315,6 +319,7 @@ def replay(
         matrices = {
             "popularity": np.broadcast_to(popular, (len(users), len(catalog))),
             "wd_static": wd_matrix(setup.wd_static, users, catalog),
+            "wd_no_id": wd_matrix(setup.wd_no_id, users, catalog),
             "wd_retrained": wd_matrix(state["wd_retrained"], users, catalog),
             "meta_refresh": act.matrix(act.lookup(snaps["activation"], users)),
             "meta_static": act.matrix(act.lookup(state["static_snapshot"], users)),

@@ -16,12 +16,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from meta_embed.baseline import FitResult
-from pipeline.evaluation import plots
+from pipeline.evaluation import plots, targets
 from pipeline.evaluation.melu import PUBLISHED, SCENARIO_NAMES
 from pipeline.evaluation.queries import METRICS, SLICES, calibration, compute_metrics
 from pipeline.evaluation.replay import ARMS, Period, ReplayLog
-from pipeline.evaluation.wd_tuning import Tuned
 
 SLICE_NAMES = [s for s, _, _ in SLICES]
 
@@ -30,10 +28,9 @@ def _mean(values: list[float]) -> float:
     return float(np.mean(values)) if values else float("nan")
 
 
-def costs(
-    meta: dict, tuned: Tuned, wd: FitResult, log: ReplayLog, period: Period, test: pa.Table
-) -> dict[str, dict]:
-    """Training time, refresh time (per 1k users) and serving bytes per user, per arm."""
+def costs(meta: dict, wd: Any, log: ReplayLog, period: Period, test: pa.Table) -> dict[str, dict]:
+    """Training time, refresh time (per 1k users) and serving bytes per user, per arm; `wd`
+    holds the tuned and fitted W&D arms (`evaluation_job.Baselines`)."""
 
     def refresh_costs(mode: str) -> dict:
         runs = [r for r in log.refreshes if r["mode"] == mode]
@@ -51,14 +48,14 @@ def costs(
             "runner": full["runner"],
         }
 
-    wd_train = tuned.seconds + wd.seconds
     out = {
-        "wd_static": {
-            "training_s": wd_train,
+        arm: {
+            "training_s": tuned.seconds + fit.seconds,
             "tuning_s": tuned.seconds,
-            "fit_s": wd.seconds,
-            "serving_bytes_per_user": wd.model.user_bytes(),
+            "fit_s": fit.seconds,
+            "serving_bytes_per_user": fit.model.user_bytes(),
         }
+        for arm, tuned, fit in (("wd_static", wd.tuned, wd.static), ("wd_no_id", wd.tuned_no_id, wd.no_id))
     }
     retrains = [r["seconds"] for r in log.retrains]
     out["wd_retrained"] = out["wd_static"] | {
@@ -118,6 +115,7 @@ class Summary:
     melu: tuple[dict, ...]
     melu_info: dict
     tuned: dict  # Tuned as a dict: cfg, epochs, val_score, trials, seconds
+    tuned_no_id: dict  # the same for wd_no_id
     meta: dict
     daily: pa.Table
     calibration: pa.Table
@@ -129,54 +127,8 @@ class Summary:
         return None
 
     def targets(self) -> tuple[dict, ...]:
-        """The evaluation's targets, each with the measured numbers and whether it is met."""
-
-        def check(text: str, row: dict | None, ok) -> dict:
-            if row is None:
-                return {"target": text, "measured": "not measured (slice empty)", "met": None}
-            return {
-                "target": text,
-                "measured": f"{row['diff']:+.4f} [{row['lo']:+.4f}, {row['hi']:+.4f}]",
-                "met": bool(ok(row)),
-            }
-
-        out = [
-            check(
-                "meta_refresh - wd_static, GAUC overall: 95% interval above 0",
-                self.diff("meta_refresh", "wd_static", "overall"),
-                lambda r: r["lo"] > 0,
-            ),
-            check(
-                "meta_refresh - wd_static, GAUC joined_later_days: >= 0.02, interval above 0",
-                self.diff("meta_refresh", "wd_static", "joined_later_days"),
-                lambda r: r["diff"] >= 0.02 and r["lo"] > 0,
-            ),
-            check(
-                "meta_refresh - wd_retrained, GAUC overall: interval includes or exceeds 0",
-                self.diff("meta_refresh", "wd_retrained", "overall"),
-                lambda r: r["hi"] >= 0,
-            ),
-            check(
-                "meta_refresh - wd_retrained, GAUC joined_later_days: interval above 0",
-                self.diff("meta_refresh", "wd_retrained", "joined_later_days"),
-                lambda r: r["lo"] > 0,
-            ),
-        ]
-        if self.melu:
-            steps = max(int(r["model"].split("-")[1]) for r in self.melu if r["model"].startswith("meta-"))
-            for s in ("user_cold_state", "user_and_item_cold_state"):
-                mae = next(
-                    r["mae"] for r in self.melu if r["model"] == f"meta-{steps}" and r["scenario"] == s
-                )
-                ref = PUBLISHED["MeLU-5"][s][0]
-                out.append(
-                    {
-                        "target": f"MeLU protocol, {SCENARIO_NAMES[s]}: MAE (meta-{steps}) <= MeLU-5's {ref}",
-                        "measured": f"{mae:.4f}",
-                        "met": bool(mae <= ref),
-                    }
-                )
-        return tuple(out)
+        """The evaluation's targets, each with the measured numbers, whether it is met, and a verdict."""
+        return targets.check(self.differences.to_pylist(), self.melu)
 
 
 def _table(header: list[str], rows: list[list[str]]) -> list[str]:
@@ -217,27 +169,34 @@ def _diff_table(s: Summary, metric: str, arms: list[str]) -> list[str]:
     return _table(["slice", "arm", "vs wd_static", "vs wd_retrained"], rows)
 
 
-def _per_day_lines(s: Summary) -> list[str]:
-    """The targets' GAUC differences again per user-day (`gauc_day`), as a second reading."""
-    cells = []
-    for ref, slice_ in (
-        ("wd_static", "overall"),
-        ("wd_static", "joined_later_days"),
-        ("wd_retrained", "overall"),
-        ("wd_retrained", "joined_later_days"),
-    ):
-        d = s.diff("meta_refresh", ref, slice_, "gauc_day")
-        if d is not None:
-            cells.append(f"vs {ref}, {slice_}: {_ci(d['diff'], d['lo'], d['hi'], signed=True)}")
-    if not cells:
-        return []
-    return [
-        "GAUC pools each user's events over the whole test period, so for an arm whose scores change from "
-        "night to night it also compares items scored by different snapshots, which no served ranking does. "
-        "The same differences per user-day (`gauc_day`: items compared only within one user's day; "
-        "not the targets' metric): meta_refresh " + "; ".join(cells) + ".",
+def _target_lines(s: Summary) -> list[str]:
+    rows = [[("(stretch) " if t["stretch"] else "") + t["target"], t["measured"],
+             {True: "yes", False: "**no**", None: "n/a"}[t["met"]]] for t in s.targets()]  # fmt: skip
+    return _table(["target", "measured (diff [95% interval])", "met"], rows) + [
+        "",
+        "In plain words:",
+        "",
+        *[f"- {t['name']}: {t['verdict']}." for t in s.targets()],
+        "",
+        "`gauc` pools each user's events over the whole test period, so for an arm whose scores change "
+        "from night to night it also compares items scored by different snapshots, which no served "
+        "ranking does; `gauc_day` compares items only within one user's day.",
         "",
     ]
+
+
+def _decomposition_lines(s: Summary) -> list[str]:
+    diffs = s.differences.to_pylist()
+    header = ["cohort"] + [label for label, _, _ in targets.DECOMPOSITION]
+    lines = [
+        "Differences with paired 95% intervals. The first column is the shared model alone (no "
+        "personalization on either side); the next two are what personalization adds on top of "
+        "each shared model; the last is the sum of both gaps.",
+        "",
+    ]
+    for metric in ("gauc", "gauc_day"):
+        lines += [f"{metric}:", ""] + _table(header, targets.decomposition(diffs, metric)) + [""]
+    return lines
 
 
 def _setup_lines(s: Summary) -> list[str]:
@@ -308,28 +267,36 @@ def write(s: Summary, out: Path) -> Path:
     """report.md and its PNGs under `out`."""
     arms = [a for a in ARMS if a in set(s.intervals.column("arm").to_pylist())]
     present = [sl for sl in SLICE_NAMES if sl in set(s.intervals.column("slice").to_pylist())]
+    users = {
+        r["slice"]: r["n_users"]
+        for r in s.metrics.to_pylist()
+        if r["metric"] == "gauc" and r["arm"] == "wd_static"
+    }
     for metric in ("gauc", "auc", "ndcg_at_10"):
-        plots.by_slice(s.intervals, present, metric, out / f"{metric}_by_slice.png")
-    plots.by_day(s.daily, "gauc", out / "gauc_by_day.png")
+        plots.by_slice(s.intervals, present, metric, users, out / f"{metric}_by_slice.png")
+    for metric in ("gauc", "gauc_day"):
+        plots.differences(
+            s.differences, present, metric, "wd_static", users, out / f"{metric}_vs_wd_static.png"
+        )
+    day_events = {
+        int(r["slice"].split()[1]): r["n_events"] for r in s.daily.to_pylist() if r["arm"] == "wd_static"
+    }
+    plots.by_day(s.daily, "gauc", day_events, out / "gauc_by_day.png")
     plots.calibration(s.calibration, out / "calibration.png")
     lines = [f"# Offline A/B evaluation: nightly meta-embedding refresh vs wide & deep ({s.cfg.dataset})", ""]
     if s.cfg.note:
         lines += [f"> {s.cfg.note}", ""]
     lines += ["## Setup", ""] + _setup_lines(s) + [""]
-    lines += (
-        ["## Targets", ""]
-        + _table(
-            ["target", "measured (diff [95% interval])", "met"],
-            [
-                [t["target"], t["measured"], {True: "yes", False: "**no**", None: "n/a"}[t["met"]]]
-                for t in s.targets()
-            ],
-        )
-        + [""]
-        + _per_day_lines(s)
-    )
+    lines += ["## Targets", ""] + _target_lines(s)
+    lines += ["## Where the gap is: shared model and personalization lift", ""] + _decomposition_lines(s)
     lines += ["## GAUC by slice (95% intervals)", ""] + _metric_table(s, "gauc", arms) + [""]
     lines += ["![GAUC by slice](gauc_by_slice.png)", "", "## GAUC differences against the baselines", ""]
+    lines += [
+        "![GAUC minus wd_static](gauc_vs_wd_static.png)",
+        "",
+        "![GAUC per user-day minus wd_static](gauc_day_vs_wd_static.png)",
+        "",
+    ]
     lines += _diff_table(s, "gauc", arms) + [""]
     for metric in METRICS:
         if metric == "gauc":
@@ -371,31 +338,26 @@ def write(s: Summary, out: Path) -> Path:
 
 
 def _wd_lines(s: Summary) -> list[str]:
-    t, c = s.tuned, s.tuned["cfg"]
-    lines = [
-        f"Chosen on the validation period: lr={c['lr']:g}, embedding_dim={c['embedding_dim']}, {t['epochs']} "
-        "epochs; "
-        f"validation AUC **{t['val_score']:.4f}**. Cost: tuning {t['seconds']:.0f}s, refit on all events "
-        "before T0 "
-        f"{s.costs['wd_static']['fit_s']:.0f}s. Other settings: hidden {c['hidden']}, crosses "
-        f"{c['crosses']}, "
-        f"init_std {c['init_std']}, oov_rate {c['oov_rate']}, batch {c['batch_size']}, patience "
-        f"{c['patience']}.",
-        "",
-    ]
-    return lines + _table(
-        ["lr", "embedding_dim", "validation AUC", "best epoch", "seconds"],
-        [
-            [
-                f"{r['lr']:g}",
-                str(r["embedding_dim"]),
-                f"{r['val_score']:.4f}",
-                str(r["epochs"]),
-                f"{r['seconds']:.0f}",
-            ]
-            for r in t["trials"]
-        ],
-    )
+    lines = []
+    for arm, t in (("wd_static", s.tuned), ("wd_no_id", s.tuned_no_id)):
+        if not t:
+            continue
+        c = t["cfg"]
+        lines += [
+            f"`{arm}`: chosen on the validation period: lr={c['lr']:g}, embedding_dim={c['embedding_dim']}, "
+            f"{t['epochs']} epochs; validation AUC **{t['val_score']:.4f}**. Cost: tuning "
+            f"{t['seconds']:.0f}s, "
+            f"refit on all events before T0 {s.costs[arm]['fit_s']:.0f}s. Other settings: hidden "
+            f"{c['hidden']}, "
+            f"crosses {c['crosses']}, init_std {c['init_std']}, oov_rate {c['oov_rate']}, batch "
+            f"{c['batch_size']}, patience {c['patience']}, user ids "
+            f"{'yes' if c.get('user_ids', True) else 'no'}.",
+            "",
+        ]
+        rows = [[f"{r['lr']:g}", str(r["embedding_dim"]), f"{r['val_score']:.4f}", str(r["epochs"]),
+                 f"{r['seconds']:.0f}"] for r in t["trials"]]  # fmt: skip
+        lines += _table(["lr", "embedding_dim", "validation AUC", "best epoch", "seconds"], rows) + [""]
+    return lines
 
 
 def _period(d: dict) -> Period:
@@ -421,6 +383,7 @@ def render(out: str | Path) -> tuple[Path, Summary]:
         tuple(saved.get("melu", ())),
         saved.get("melu_info", {}),
         saved["tuned"],
+        saved.get("tuned_no_id", {}),
         saved["meta"],
         compute_metrics(preds, ("gauc",), by_day=True),
         calibration(preds),
@@ -430,12 +393,9 @@ def render(out: str | Path) -> tuple[Path, Summary]:
 
 MELU_NOTE = (
     "Published numbers are MeLU's (KDD 2019) MovieLens-1M table; ours use the same protocol shape on the "
-    "files "
-    "available here ({users} users with 13-100 ratings, {new_users} of them new; {training_ratings} training "
-    "ratings; "
-    "{query_ratings} query ratings). MeLU also used director and actor features that these files lack, and "
-    "its "
-    "scenario query sets were built per scenario; ours assign each of a user's 10 random query ratings to "
-    "the "
-    "scenario of its item, and nDCG averages users with at least 3 query items in the scenario."
+    "files available here ({users} users with 13-100 ratings, {new_users} of them new; {training_ratings} "
+    "training ratings; {query_ratings} query ratings). MeLU also used director and actor features that "
+    "these files lack, and its scenario query sets were built per scenario; ours assign each of a user's "
+    "10 random query ratings to the scenario of its item, and nDCG averages users with at least 3 query "
+    "items in the scenario."
 )

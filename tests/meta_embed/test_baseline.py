@@ -99,6 +99,22 @@ def test_beats_popularity_when_ids_carry_signal():
     assert result.val_score == pytest.approx(wd)
 
 
+def test_without_user_ids_no_score_reads_the_user_id():
+    events, users, items, spec = world(n_users=60)
+    train, test = split(events)
+    for user_ids in (False, True):
+        model = fit(WideDeepConfig(max_epochs=2, user_ids=user_ids), spec, users, items, train).model
+        ev = index_events(model, test)
+        shuffled = dataclasses.replace(
+            ev, user=np.random.default_rng(0).permutation(ev.user)
+        )  # ids, not features
+        moved = np.abs(predict(model, shuffled) - predict(model, ev)).max()
+        assert (moved == 0.0) == (not user_ids), (user_ids, moved)
+    no_ids = WideDeepConfig(user_ids=False)
+    assert no_ids.crosses == (("age", "genres"), ("item_id", "age")) and model.user_bytes() > 0
+    assert baseline.build(no_ids, spec, users, items, train).user_bytes() == 0
+
+
 def test_unseen_users_score_through_the_oov_bucket():
     events, users, items, spec = world(n_users=60)
     seen = events.filter(pa.array([u != "u0" for u in events["user_id"].to_pylist()]))

@@ -16,6 +16,7 @@ from pipeline.evaluation.queries import PREDICTIONS
 ARMS = {
     "popularity",
     "wd_static",
+    "wd_no_id",
     "wd_retrained",
     "meta_refresh",
     "meta_static",
@@ -57,18 +58,27 @@ def test_synthetic_end_to_end(tmp_path):
         "per user-day",
         "## gauc_day by slice",
         "## Cost",
+        "## Where the gap is: shared model and personalization lift",
+        "shared model: meta_init - wd_no_id",
+        "In plain words:",
         "gauc_by_slice.png",
+        "gauc_day_vs_wd_static.png",
         "calibration.png",
     ):
         assert needle in report
-    for png in ("gauc_by_slice.png", "gauc_by_day.png", "calibration.png"):
+    for png in ("gauc_by_slice.png", "gauc_vs_wd_static.png", "gauc_by_day.png", "calibration.png"):
         size = (out / png).stat().st_size
         assert size > 1000
     assert json.loads((out / "config.json").read_text())["config"]["days"] == 3
-    assert len(result.targets) == 4 and all(t["met"] in (True, False, None) for t in result.targets)
+    assert len(result.targets) == 7 and all(t["met"] in (True, False, None) for t in result.targets)
     head = result.headline.splitlines()
     assert head[0] == "GAUC by slice, 95% intervals" and set(head[1].split()) == {"slice"} | ARMS
-    assert head[2].split()[0] == "overall" and sum(line.startswith("[") for line in head) == 4
+    assert head[2].split()[0] == "overall"
+    verdicts = head[head.index("Targets:") + 1 :]
+    assert len(verdicts) == 7 and all(
+        line.split(": ")[1].startswith(("met", "missed", "not")) for line in verdicts
+    )
+    assert result.costs["wd_no_id"]["serving_bytes_per_user"] == 0
 
 
 @pytest.mark.parametrize(
