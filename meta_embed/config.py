@@ -39,6 +39,10 @@ class ModelConfig:
     `history_inputs` adds a summary of the user's support events to the meta block's
     inputs (`TwoBlockModel.with_history`): the mean item vector, the mean item vector
     weighted by the user-centered target, and log(1 + events). Cold users get zeros.
+
+    `user_id_dim` > 0 adds a user-id embedding of that size to the meta block's inputs,
+    learned in the outer loop (the feature spec gets a vocabulary of the users with
+    training events; any other user, a new one, reads the out-of-vocabulary row).
     """
 
     embedding_mode: EmbeddingMode = "activation"
@@ -50,8 +54,13 @@ class ModelConfig:
     personal_rank: int = 8
     retrieval_dim: int = 32
     history_inputs: bool = True
+    user_id_dim: int = 0
 
     def __post_init__(self) -> None:
+        if self.user_id_dim < 0:
+            raise ValueError(
+                f"ModelConfig.user_id_dim must be >= 0 (0: no user-id input), got {self.user_id_dim}"
+            )
         if self.embedding_mode not in ("activation", "weights"):
             raise ValueError(
                 f"ModelConfig.embedding_mode must be 'activation' or 'weights', got {self.embedding_mode!r}"
@@ -113,6 +122,13 @@ class TrainConfig:
     restored state follow in binary mode: per-user AUC (`user_auc`, within-user ranking)
     or pooled AUC (`auc`, which also rewards getting each user's level right).
     Regression always selects on MSE.
+
+    The shared model (what scores a user at zero steps) can be trained directly too:
+    `pretrain_epochs` passes over every training event at zero steps before meta-training
+    (`meta_embed.pretrain`), and `zero_step_weight` adds the query events' loss at zero
+    steps to every meta-training batch. `user_id_dropout`: the share of training tasks whose
+    user id (where the spec has a user-id column) is replaced by the out-of-vocabulary row,
+    besides every cold task, so that the OOV row learns what a new user looks like.
     """
 
     seed: int = 0
@@ -134,6 +150,10 @@ class TrainConfig:
     threads: int | None = None
     deterministic: bool = True
     progress: bool = True
+    pretrain_epochs: int = 0
+    pretrain_batch: int = 2048
+    zero_step_weight: float = 0.0
+    user_id_dropout: float = 0.1
 
     def __post_init__(self) -> None:
         for name in (
@@ -144,10 +164,13 @@ class TrainConfig:
             "max_query",
             "grad_clip",
             "eval_batch_users",
+            "pretrain_batch",
         ):
             if getattr(self, name) <= 0:
                 raise ValueError(f"TrainConfig.{name} must be > 0, got {getattr(self, name)}")
-        for name in ("val_fraction", "cold_fraction"):
+        if self.pretrain_epochs < 0 or self.zero_step_weight < 0:
+            raise ValueError("TrainConfig.pretrain_epochs and zero_step_weight must be >= 0")
+        for name in ("val_fraction", "cold_fraction", "user_id_dropout"):
             if not 0.0 <= getattr(self, name) < 1.0:
                 raise ValueError(f"TrainConfig.{name} must be in [0, 1), got {getattr(self, name)}")
         if self.retrieval_weight < 0 or self.weight_decay < 0:

@@ -142,6 +142,13 @@ def fit_spec(
     )
 
 
+def with_user_ids(spec: FeatureSpec, user_ids: list[str], dim: int) -> FeatureSpec:
+    """`spec` with the user id among the user columns: a vocabulary of `user_ids` (the users
+    with training events); any other id, a new user, encodes to the out-of-vocabulary row 0."""
+    column = Column(spec.user_key, "vocab", dim=dim, vocab=tuple(sorted(set(user_ids))))
+    return dataclasses.replace(spec, user=spec.user + (column,))
+
+
 def stable_hash(values: list[str], buckets: int) -> np.ndarray:
     """blake2b of each string into 1..buckets-1 (0 is reserved for missing)."""
     out = np.empty(len(values), dtype=np.int64)

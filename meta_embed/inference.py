@@ -44,9 +44,16 @@ def item_vectors(model: TwoBlockModel, tables: FeatureTables, rows: torch.Tensor
     return model.item_tower(take(tables.items, uniq))[inverse]
 
 
-def user_inputs(model: TwoBlockModel, users: Encoded, rows: torch.Tensor) -> torch.Tensor:
-    """Meta-block inputs (users, in_dim) of the feature rows `rows`, with no known events."""
-    return model.user_inputs(take(users, rows))
+def user_inputs(model: TwoBlockModel, users: Encoded, rows: torch.Tensor,
+                new: torch.Tensor | None = None) -> torch.Tensor:  # fmt: skip
+    """Meta-block inputs (users, in_dim) of the feature rows `rows`, with no known events;
+    users where `new` (users,) is True read the out-of-vocabulary user-id row, as a user
+    unknown to training does (where the spec has a user-id column)."""
+    enc = take(users, rows)
+    key = model.spec.user_key
+    if new is not None and key in enc:
+        enc[key] = enc[key].masked_fill(new, 0)
+    return model.user_inputs(enc)
 
 
 def event_inputs(model: TwoBlockModel, tables: FeatureTables, events: Padded):

@@ -34,6 +34,7 @@ from meta_embed.features import FeatureSpec
 from meta_embed.inference import embed_episodes, event_inputs, item_vectors, user_inputs
 from meta_embed.maml import adapt, masked_user_mean, pointwise_loss
 from meta_embed.model import TwoBlockModel
+from meta_embed.pretrain import pretrain
 from meta_embed.tasks import Episodes, FeatureTables, Padded, TaskSet, build_tasks, cut, episodes
 
 
@@ -46,6 +47,7 @@ class TrainResult:
     best_epoch: int
     seconds: float
     val_user_ids: pa.Array
+    pretrain_history: list[dict[str, float]]  # one row per pretraining epoch (empty without pretraining)
 
 
 def timelines(events: pa.Table, tables: FeatureTables, spec: FeatureSpec, objective: str) -> TaskSet:
@@ -109,7 +111,9 @@ class TwoBlockTrainTask(nn.Module):
     """The training task of a `TwoBlockModel` (which returns logits): one batch of episodes
     -> (loss to minimize, query task loss). The inner loop adapts the meta block on each
     user's support events; the query loss (BCE or MSE, weighted per `cfg.loss_weighting`)
-    scores the adapted users' query events, plus the retrieval head's auxiliary loss."""
+    scores the adapted users' query events, plus the retrieval head's auxiliary loss and,
+    with `cfg.zero_step_weight`, the same query events scored at zero steps (the shared
+    model alone, as a user is scored before any event is known)."""
 
     def __init__(self, model: TwoBlockModel, tables: FeatureTables, maml: MamlConfig, cfg: TrainConfig):
         super().__init__()
@@ -117,7 +121,7 @@ class TwoBlockTrainTask(nn.Module):
 
     def forward(self, ep: Episodes) -> tuple[torch.Tensor, torch.Tensor]:
         model, maml, cfg = self.model, self.maml, self.cfg
-        x = user_inputs(model, self.tables.users, ep.user_rows)  # (users, in_dim)
+        x0 = user_inputs(model, self.tables.users, ep.user_rows, self._new(ep))  # (users, in_dim): no history
         s_shape, q_shape = ep.support.items.shape, ep.query.items.shape
         vecs = item_vectors(
             model, self.tables, torch.cat([ep.support.items.flatten(), ep.query.items.flatten()])
@@ -125,21 +129,36 @@ class TwoBlockTrainTask(nn.Module):
         v_s = vecs[: s_shape.numel()].view(*s_shape, -1)  # (users, support slots, item_dim)
         v_q = vecs[s_shape.numel() :].view(*q_shape, -1)  # (users, query slots, item_dim)
         ctx_s, ctx_q = model.context_vectors(ep.support.context), model.context_vectors(ep.query.context)
-        x = model.with_history(x, v_s, ep.support.y, ep.support.mask)
+        x = model.with_history(x0, v_s, ep.support.y, ep.support.mask)
         params = adapt(
             model, x, v_s, ctx_s, ep.support.y, ep.support.mask, maml, second_order=not maml.first_order
         )
         e = model.meta.embed(params, x)  # (users, D)
         pred = model.global_block(e.unsqueeze(1), v_q, ctx_q)  # (users, query slots)
-        losses = pointwise_loss(pred, ep.query.y, model.cfg.objective)
-        if cfg.loss_weighting == "event":
-            task = (losses * ep.query.mask).sum() / ep.query.mask.sum().clamp(min=1)
-        else:
-            task = masked_user_mean(losses, ep.query.mask)[ep.query.mask.any(1)].mean()
+        task = self._query_loss(pred, ep)
+        total = task
+        if cfg.zero_step_weight > 0:
+            cold = model.global_block(model.meta(x0).unsqueeze(1), v_q, ctx_q)  # (users, query slots)
+            total = total + cfg.zero_step_weight * self._query_loss(cold, ep)
         if cfg.retrieval_weight == 0:
-            return task, task
+            return total, task
         aux = retrieval_loss(model, e, v_q, ep.query, cfg.threshold(model.cfg.objective), cfg.retrieval_loss)
-        return task + cfg.retrieval_weight * aux, task
+        return total + cfg.retrieval_weight * aux, task
+
+    def _new(self, ep: Episodes) -> torch.Tensor | None:
+        """Tasks to score as new users (out-of-vocabulary id): every cold task, and a
+        `user_id_dropout` share of the others; None where the spec has no user-id column."""
+        if self.model.spec.user_key not in self.tables.users:
+            return None
+        cold = ~ep.support.mask.any(1)
+        return cold | (torch.rand(len(cold)) < self.cfg.user_id_dropout)
+
+    def _query_loss(self, pred: torch.Tensor, ep: Episodes) -> torch.Tensor:
+        """The pointwise loss of query predictions (users, slots), per event or per user first."""
+        losses = pointwise_loss(pred, ep.query.y, self.model.cfg.objective)
+        if self.cfg.loss_weighting == "event":
+            return (losses * ep.query.mask).sum() / ep.query.mask.sum().clamp(min=1)
+        return masked_user_mean(losses, ep.query.mask)[ep.query.mask.any(1)].mean()
 
 
 def predict_query(
@@ -194,6 +213,16 @@ def init_output_bias(model: TwoBlockModel, value: float) -> None:
     """Set the global block's output bias (regression: start at the mean rating)."""
     with torch.no_grad():
         model.global_block.mlp[-1].bias.fill_(value)
+
+
+def without_ids(tables: FeatureTables, key: str, rows: np.ndarray) -> FeatureTables:
+    """`tables` with the users at `rows` reading the out-of-vocabulary user id (held-out users,
+    whose id rows training never saw); the same tables where the spec has no user-id column."""
+    if key not in tables.users:
+        return tables
+    ids = tables.users[key].clone()
+    ids[torch.from_numpy(rows)] = 0
+    return dataclasses.replace(tables, users=tables.users | {key: ids})
 
 
 @contextlib.contextmanager
@@ -257,6 +286,8 @@ def meta_train(
         if model.cfg.objective == "regression":
             in_train = np.repeat(np.isin(np.arange(len(history)), train_users), lengths)
             init_output_bias(model, float(np.mean(history.support.target[in_train])))
+        pretrained = pretrain(model, tables, history, train_users, cfg, rng) if cfg.pretrain_epochs else []
+        val_tables = without_ids(tables, model.spec.user_key, history.user_rows[val_users])
         task = TwoBlockTrainTask(model, tables, maml, cfg)
         opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
         n_batches = -(-len(train_users) // cfg.batch_users)
@@ -265,7 +296,7 @@ def meta_train(
         def validate(epoch: int, loss: float) -> float:
             if len(val):
                 scores = query_metrics(
-                    model, tables, val, maml, cfg.threshold(model.cfg.objective), cfg.eval_batch_users
+                    model, val_tables, val, maml, cfg.threshold(model.cfg.objective), cfg.eval_batch_users
                 )
             else:  # no validation users: the training loss decides
                 scores = {metric: -loss if np.isfinite(loss) else -np.inf}
@@ -308,4 +339,5 @@ def meta_train(
         best_epoch,
         time.perf_counter() - start,
         history.user_ids.take(pa.array(val_users, type=pa.int64())),
+        pretrained,
     )

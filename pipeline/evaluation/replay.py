@@ -119,10 +119,12 @@ class MetaScorer:
         self.v = catalog_vectors(self.model, self.tables.items)[rows]  # (catalog, item_dim)
 
     def zero_step(self, user_ids: pa.Array) -> np.ndarray:
-        """Cold (zero-step) embeddings (users, D) from the users' features."""
+        """Cold (zero-step) embeddings (users, D) from the users' features, each read as a new
+        user (out-of-vocabulary id, where the spec has one): no personalization at all."""
         rows = torch.from_numpy(self.tables.user_rows(user_ids))
+        new = torch.ones(len(rows), dtype=torch.bool)
         with torch.no_grad():
-            return zero_step(self.model, user_inputs(self.model, self.tables.users, rows))
+            return zero_step(self.model, user_inputs(self.model, self.tables.users, rows, new))
 
     def lookup(self, snap: pa.Table, user_ids: pa.Array) -> np.ndarray:
         """Embeddings of `user_ids` from a snapshot table; users it lacks get zero-step ones."""

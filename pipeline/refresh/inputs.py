@@ -61,7 +61,7 @@ def open_parquet(path: str) -> pq.ParquetFile:
 def expected_schema(base: pa.Schema, key: str, columns: Sequence[str]) -> pa.Schema:
     """The columns a stage needs: `key` and `columns`, typed as in `base` where it lists them."""
     fields = []
-    for name in [key, *columns]:
+    for name in dict.fromkeys([key, *columns]):  # the key may also be a feature column
         idx = base.get_field_index(name)
         fields.append(base.field(idx) if idx >= 0 else pa.field(name, pa.null()))
     return pa.schema(fields)

@@ -144,7 +144,7 @@ class RefreshSnapshot(beam.PTransform):
                 read, plan.buckets, plan.settings.max_support, pack(event_schema(plan.context).empty_table())
             )
         )
-        user_cols = tuple([key] + [c.name for c in plan.spec.user])
+        user_cols = tuple(dict.fromkeys([key] + [c.name for c in plan.spec.user]))  # the key may be a feature
         users = (
             pbegin
             | "UserChunks" >> beam.Create(plan.user_chunks)

@@ -21,7 +21,7 @@ import torch
 
 from meta_embed import checkpoint
 from meta_embed.config import parse_time, to_dict, write_config
-from meta_embed.features import fit_spec, movielens_template
+from meta_embed.features import fit_spec, movielens_template, with_user_ids
 from meta_embed.tables import INTERACTIONS, ITEMS, TS_TYPE, USERS, data_table, read_table
 from meta_embed.tasks import FeatureTables
 from meta_embed.train import meta_train, timelines
@@ -79,6 +79,8 @@ def train(cfg: TrainJobConfig) -> TrainJobResult:
     if data.interactions.num_rows == 0:
         raise ValueError(f"{cfg.data}: no interactions" + (f" before {cfg.until}" if cfg.until else ""))
     spec = fit_spec(movielens_template(), data.users, data.items)
+    if cfg.model.user_id_dim:  # a vocabulary of the users with training events; others are new users
+        spec = with_user_ids(spec, pc.unique(data.interactions["user_id"]).to_pylist(), cfg.model.user_id_dim)
     tables = FeatureTables.build(spec, data.users, data.items)
     history = timelines(data.interactions, tables, spec, cfg.model.objective)
     torch.manual_seed(cfg.train.seed)
