@@ -13,6 +13,7 @@ import pickle
 import shutil
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -81,8 +82,46 @@ def save(model: TwoBlockModel, maml_cfg: MamlConfig, path: str | Path) -> str:
     return version
 
 
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise CheckpointError(
+            f"{path}: not readable JSON ({err}); restore the file written by `meta-embed train`"
+        ) from err
+
+
+def _configs(path: Path) -> tuple[ModelConfig, MamlConfig]:
+    """The model and MAML configs of model.json, refusing a malformed one naming the field."""
+    raw = _read_json(path / "model.json")
+    if not isinstance(raw, dict) or raw.get("format") != FORMAT:
+        got = raw.get("format") if isinstance(raw, dict) else f"a JSON {type(raw).__name__}"
+        raise CheckpointError(f"{path}/model.json: format {got} is not {FORMAT}; retrain or convert it")
+    for key in ("model", "maml"):
+        if key not in raw:
+            raise CheckpointError(f"{path}/model.json: missing key '{key}'; restore the file or retrain")
+    try:
+        return from_dict(ModelConfig, raw["model"]), from_dict(MamlConfig, raw["maml"])
+    except ValueError as err:
+        raise CheckpointError(f"{path}/model.json: {err}") from None
+
+
+def _spec(path: Path) -> tuple[FeatureSpec, str]:
+    text = (path / "feature_spec.json").read_text()
+    try:
+        return FeatureSpec.from_json(text), text
+    except (json.JSONDecodeError, ValueError) as err:
+        raise CheckpointError(f"{path}/feature_spec.json: {err}; restore the file or retrain") from None
+
+
 def load(path: str | Path, expect_spec_hash: str | None = None) -> Checkpoint:
-    """Load a checkpoint; with `expect_spec_hash`, refuse one built for another feature spec."""
+    """Load a checkpoint; with `expect_spec_hash`, refuse one built for another feature spec.
+
+    `model_version` is one thing everywhere: the content hash of the weights, model.json's
+    configs and feature_spec.json. A VERSION file that disagrees with it means the files
+    were edited after the checkpoint was written; such a checkpoint is refused (by the
+    refresh job and by serving alike), never published under either version.
+    """
     path = Path(path)
     for name in ("weights.pt", "model.json", "feature_spec.json"):
         if not (path / name).is_file():
@@ -90,28 +129,34 @@ def load(path: str | Path, expect_spec_hash: str | None = None) -> Checkpoint:
                 f"{path}: not a checkpoint (missing {name}); point to a directory written by `meta-embed "
                 "train`"
             )
-    raw = json.loads((path / "model.json").read_text())
-    if raw.get("format") != FORMAT:
-        raise CheckpointError(
-            f"{path}/model.json: format {raw.get('format')} is not {FORMAT}; retrain or convert it"
-        )
-    spec_json = (path / "feature_spec.json").read_text()
-    spec = FeatureSpec.from_json(spec_json)
+    model_cfg, maml_cfg = _configs(path)
+    spec, spec_json = _spec(path)
     if expect_spec_hash is not None and spec.hash != expect_spec_hash:
         raise CheckpointError(
             f"{path}: checkpoint was trained with feature spec {spec.hash}, but the data uses "
-            f"{expect_spec_hash}; "
-            "use a checkpoint trained on this feature spec, or retrain"
+            f"{expect_spec_hash}; use a checkpoint trained on this feature spec, or retrain"
         )
-    model_cfg, maml_cfg = from_dict(ModelConfig, raw["model"]), from_dict(MamlConfig, raw["maml"])
     model = build_model(spec, model_cfg, maml_cfg)
     try:
         weights = torch.load(path / "weights.pt", weights_only=True, map_location="cpu")
         model.load_state_dict(weights)
-    except (RuntimeError, EOFError, OSError, pickle.UnpicklingError) as err:
+    except (RuntimeError, EOFError, OSError, pickle.UnpicklingError, AttributeError, TypeError) as err:
         raise CheckpointError(
             f"{path}/weights.pt: cannot be loaded into the configured model ({err})"
         ) from err
+    bad = [k for k, t in weights.items() if not torch.isfinite(t).all()]
+    if bad:
+        raise CheckpointError(
+            f"{path}/weights.pt: tensors {bad} hold NaN or inf; retrain (or restore the file)"
+        )
     model.eval()
     version = _version(weights, _model_json(model_cfg, maml_cfg), spec_json)
+    stamp = path / "VERSION"
+    written = stamp.read_text().strip() if stamp.is_file() else version
+    if written != version:
+        raise CheckpointError(
+            f"{path}: VERSION says {written} but the files hash to {version}: weights.pt, model.json or "
+            "feature_spec.json changed after the checkpoint was written. An edited checkpoint is a new "
+            "model: restore the original files, or train one"
+        )
     return Checkpoint(model, spec, model_cfg, maml_cfg, version, path)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import json
+import types
 import typing
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -244,18 +245,62 @@ def to_dict(cfg: Any) -> dict[str, Any]:
     return json.loads(json.dumps(dataclasses.asdict(cfg), default=str))
 
 
-def from_dict(cls: type[T], data: dict[str, Any]) -> T:
-    """Build `cls` from a dict, naming unknown keys instead of ignoring them."""
+def from_dict(cls: type[T], data: Any) -> T:
+    """Build `cls` from a dict (read from JSON), refusing what does not fit with a ValueError
+    that names the field: a non-dict, unknown or missing keys, a value of the wrong type."""
+    if not isinstance(data, dict):
+        raise ValueError(f"{cls.__name__}: expected a JSON object of its fields, got {type(data).__name__}")
     fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
     unknown = sorted(set(data) - set(fields))
     if unknown:
         raise ValueError(f"{cls.__name__}: unknown keys {unknown}; known keys are {sorted(fields)}")
+    missing = sorted(n for n, f in fields.items() if n not in data and f.default is dataclasses.MISSING
+                     and f.default_factory is dataclasses.MISSING)  # fmt: skip
+    if missing:
+        raise ValueError(f"{cls.__name__}: missing keys {missing}")
+    hints = typing.get_type_hints(cls)
     kwargs = {}
     for name, value in data.items():
         if isinstance(value, list):
             value = tuple(value)
+        _check_type(f"{cls.__name__}.{name}", hints[name], value)
         kwargs[name] = value
     return cls(**kwargs)
+
+
+def _check_type(where: str, hint: Any, value: Any) -> None:
+    """Refuse a JSON value whose type does not fit the field's simple type hint."""
+    options = typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, types.UnionType) else (hint,)
+    if value is None and type(None) in options:
+        return
+    for kind in options:
+        base = typing.get_origin(kind) or kind
+        if base is bool and isinstance(value, bool):
+            return
+        if base is int and isinstance(value, int) and not isinstance(value, bool):
+            return
+        if base is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+            return
+        if base is str and isinstance(value, str):
+            return
+        if base is tuple and isinstance(value, tuple):
+            args = typing.get_args(kind)
+            if len(args) == 2 and args[1] is Ellipsis:  # tuple[X, ...]: every element an X
+                for k, item in enumerate(value):
+                    _check_type(f"{where}[{k}]", args[0], tuple(item) if isinstance(item, list) else item)
+            return
+        if base is typing.Literal and value in typing.get_args(kind):
+            return
+        if base not in (bool, int, float, str, tuple, typing.Literal, type(None)):
+            return  # a type this check does not know: the dataclass validates it
+    raise ValueError(f"{where} must be {' or '.join(_type_name(k) for k in options)}, got {value!r}")
+
+
+def _type_name(hint: Any) -> str:
+    if typing.get_origin(hint) is typing.Literal:
+        return "one of " + ", ".join(repr(a) for a in typing.get_args(hint))
+    names = {int: "an integer", float: "a number", bool: "true or false", str: "a string", type(None): "null"}
+    return names.get(hint, getattr(typing.get_origin(hint) or hint, "__name__", str(hint)))
 
 
 def write_config(cfg: Any, directory: str | Path, name: str = "config.json") -> Path:

@@ -18,7 +18,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import pyarrow as pa
@@ -88,14 +88,33 @@ class FeatureSpec:
 
     @classmethod
     def from_json(cls, text: str) -> FeatureSpec:
+        """The spec of `to_json`'s text; ValueError naming the group, column and field otherwise."""
+        from meta_embed.config import from_dict
+
         raw = json.loads(text)
-        groups = {g: tuple(Column(**c) for c in raw.pop(g, [])) for g in ("user", "item", "context")}
-        return cls(**groups, **raw)
+        if not isinstance(raw, dict):
+            raise ValueError(f"FeatureSpec: expected a JSON object, got {type(raw).__name__}")
+        groups = {}
+        for group in ("user", "item", "context"):
+            columns = raw.pop(group, [])
+            if not isinstance(columns, list):
+                raise ValueError(
+                    f"FeatureSpec.{group}: expected a list of columns, got {type(columns).__name__}"
+                )
+            groups[group] = tuple(_column(group, k, c, from_dict) for k, c in enumerate(columns))
+        return from_dict(cls, {**groups, **raw})
 
     @property
     def hash(self) -> str:
         """Content hash of the spec (vocabularies included): 16 hex digits."""
         return hashlib.sha256(self.to_json().encode()).hexdigest()[:16]
+
+
+def _column(group: str, k: int, raw: Any, from_dict: Any) -> Column:
+    try:
+        return from_dict(Column, raw)
+    except ValueError as err:
+        raise ValueError(f"FeatureSpec.{group}[{k}]: {err}") from None
 
 
 def movielens_template() -> FeatureSpec:

@@ -50,3 +50,73 @@ def test_missing_or_damaged_files_are_reported(tmp_path, spec):
     (tmp_path / "ckpt" / "weights.pt").write_bytes(b"not a torch file")
     with pytest.raises(checkpoint.CheckpointError, match="weights.pt: cannot be loaded"):
         checkpoint.load(tmp_path / "ckpt")
+
+
+@pytest.mark.parametrize(
+    ("edit", "says"),
+    [
+        (lambda m: "[1, 2]", r"model.json: format a JSON list is not 1"),
+        (lambda m: "not json at all", r"model.json: not readable JSON"),
+        (lambda m: m.replace('"maml": {', '"other": {'), r"model.json: missing key 'maml'"),
+        (
+            lambda m: m.replace('"meta_dim": 8', '"meta_dim": "abc"'),
+            r"ModelConfig.meta_dim must be an integer",
+        ),
+        (
+            lambda m: m.replace('"inner_steps": 3', '"inner_steps": -1'),
+            r"MamlConfig.inner_steps must be >= 0",
+        ),
+    ],
+)
+def test_a_malformed_model_json_is_refused_naming_the_file_and_field(tmp_path, spec, edit, says):
+    checkpoint.save(tiny_model(spec), MamlConfig(), tmp_path / "ckpt")
+    path = tmp_path / "ckpt" / "model.json"
+    path.write_text(edit(path.read_text()))
+    with pytest.raises(checkpoint.CheckpointError, match=says):
+        checkpoint.load(tmp_path / "ckpt")
+
+
+@pytest.mark.parametrize(
+    ("edit", "says"),
+    [
+        (lambda s: "{", r"feature_spec.json: Expecting"),
+        (lambda s: "[]", r"feature_spec.json: FeatureSpec: expected a JSON object"),
+        (
+            lambda s: s.replace('"kind":"bucket"', '"kinds":"bucket"', 1),
+            r"FeatureSpec\.item\[\d\]: Column: unknown keys \[.kinds.\]",
+        ),
+        (
+            lambda s: s.replace('"dim":4', '"dim":"four"', 1),
+            r"FeatureSpec\.item\[\d\]: Column.dim must be an integer, got .four.",
+        ),
+    ],
+)
+def test_a_malformed_feature_spec_is_refused_naming_the_column(tmp_path, spec, edit, says):
+    checkpoint.save(tiny_model(spec), MamlConfig(), tmp_path / "ckpt")
+    path = tmp_path / "ckpt" / "feature_spec.json"
+    path.write_text(edit(path.read_text()))
+    with pytest.raises(checkpoint.CheckpointError, match=says):
+        checkpoint.load(tmp_path / "ckpt")
+
+
+def test_an_edited_checkpoint_is_refused_not_renamed(tmp_path, spec):
+    """model_version is the content hash; VERSION records it when written. An edit to a file
+    (here the MAML inner steps) must not silently become another model_version."""
+    version = checkpoint.save(tiny_model(spec), MamlConfig(), tmp_path / "ckpt")
+    path = tmp_path / "ckpt" / "model.json"
+    path.write_text(path.read_text().replace('"inner_steps": 3', '"inner_steps": 5'))
+    with pytest.raises(checkpoint.CheckpointError, match=f"VERSION says {version} but the files hash to"):
+        checkpoint.load(tmp_path / "ckpt")
+    (tmp_path / "ckpt" / "VERSION").write_text("0" * 16 + "\n")  # an edited VERSION alone is refused too
+    path.write_text(path.read_text().replace('"inner_steps": 5', '"inner_steps": 3'))
+    with pytest.raises(checkpoint.CheckpointError, match="VERSION says 0000000000000000"):
+        checkpoint.load(tmp_path / "ckpt")
+
+
+def test_non_finite_weights_are_refused(tmp_path, spec):
+    model = tiny_model(spec)
+    with torch.no_grad():
+        model.meta.weights["b2"][0] = float("nan")
+    checkpoint.save(model, MamlConfig(), tmp_path / "ckpt")
+    with pytest.raises(checkpoint.CheckpointError, match=r"tensors \['meta.weights.b2'\] hold NaN or inf"):
+        checkpoint.load(tmp_path / "ckpt")

@@ -116,3 +116,13 @@ def test_finalize_refuses_rows_that_disagree_with_the_counters(tmp_path):
     )
     with pytest.raises(snapshot.SnapshotError, match="last_event_ts >= as_of"):
         check_rows(late, ok, 10, meta, cold_users=True)
+
+
+def test_an_edited_checkpoint_is_refused_before_any_work(ds):
+    """The refresh job and serving load checkpoints the same way: an edited model.json is not a
+    new model_version for one and a refusal for the other, but a refusal for both."""
+    path = Path(ds.checkpoint) / "model.json"
+    path.write_text(path.read_text().replace('"inner_steps": 2', '"inner_steps": 4'))
+    with pytest.raises(CheckpointError, match="VERSION says .* but the files hash to"):
+        refresh(config(ds), FAST)
+    assert nothing_written(ds)
