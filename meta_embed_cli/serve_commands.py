@@ -141,6 +141,18 @@ def index() -> None:
     """Build FAISS indexes and store files for the current snapshot."""
 
 
+SERVER_FLAGS = {"reload_interval": "reload_interval_s", "max_body_bytes": "max_body_bytes",
+                "keep_alive": "keep_alive_s", "header_timeout": "header_timeout_s",
+                "max_header_bytes": "max_header_bytes", "max_connections": "max_connections"}  # fmt: skip
+"""`serve`'s own flags that set ServingConfig fields (besides --max-age, in hours)."""
+
+
+def serve_config(max_age: float, **flags: Any) -> ServingConfig:
+    """The ServingConfig of `serve`'s flags (host, port, workers and log level aside)."""
+    server = {field: flags.pop(flag) for flag, field in SERVER_FLAGS.items()}
+    return serving_config(**flags, **server, max_age_s=max_age * 3600.0)
+
+
 @index.command("build", epilog=INDEX_EPILOG)
 @_inputs
 def index_build(**flags: Any) -> int:
@@ -186,16 +198,31 @@ def index_build(**flags: Any) -> int:
     "(about one per core)",
 )
 @option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]), default="info")
-def serve(
-    host: str,
-    port: int,
-    reload_interval: float,
-    max_age: float,
-    max_body_bytes: int,
-    workers: int,
-    log_level: str,
-    **flags: Any,
-) -> int:
+@option(
+    "--keep-alive",
+    type=float,
+    default=ServingConfig.keep_alive_s,
+    help="seconds an idle kept-alive connection stays open",
+)
+@option(
+    "--header-timeout",
+    type=float,
+    default=ServingConfig.header_timeout_s,
+    help="seconds a connection has to send a request's headers (an idle or stalled one is closed)",
+)
+@option(
+    "--max-header-bytes",
+    type=int,
+    default=ServingConfig.max_header_bytes,
+    help="request headers larger than this are answered 431",
+)
+@option(
+    "--max-connections",
+    type=int,
+    default=ServingConfig.max_connections,
+    help="connections per server process; requests beyond them are answered 503",
+)
+def serve(host: str, port: int, workers: int, log_level: str, **flags: Any) -> int:
     """Serve embeddings, scores, recommendations and lookalikes over HTTP."""
     import json
     import logging
@@ -204,21 +231,26 @@ def serve(
 
     from meta_embed.config import to_dict
     from serving.app import create_app
+    from serving.http_server import claim_port, listening_socket, uvicorn_config
+    from serving.state import Sources, load_state
     from serving.workers import serve_workers
 
-    cfg = serving_config(
-        **flags, reload_interval_s=reload_interval, max_age_s=max_age * 3600.0, max_body_bytes=max_body_bytes
-    )
+    cfg = serve_config(**flags)
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     click.echo("config: " + json.dumps(to_dict(cfg), sort_keys=True))  # serve writes no files
-    app = create_app(cfg.root, cfg)  # builds any missing artifacts once, before workers start
-    state = app.state.holder.state
-    click.echo(
-        f"serving snapshot {state.snapshot} (model_version {state.model_version}) on http://{host}:{port}"
-        f" with {workers} worker process{'es' if workers > 1 else ''}"
-    )
-    if workers == 1:
-        uvicorn.run(app, host=host, port=port, log_level=log_level, access_log=False)
-        return 0
-    del app, state
-    return serve_workers(cfg, host, port, workers, log_level)
+    with claim_port(host, port):
+        if workers > 1:
+            state = load_state(
+                cfg, Sources.read(cfg)
+            )  # build any missing artifacts once, before workers start
+            click.echo(f"serving snapshot {state.snapshot} (model_version {state.model_version}) on "
+                       f"http://{host}:{port} with {workers} worker processes")  # fmt: skip
+            del state
+            return serve_workers(cfg, host, port, workers, log_level)
+        app = create_app(cfg.root, cfg)
+        state = app.state.holder.state
+        click.echo(f"serving snapshot {state.snapshot} (model_version {state.model_version}) on "
+                   f"http://{host}:{port} with 1 worker process")  # fmt: skip
+        sock = listening_socket(host, port, reuse_port=False)
+        uvicorn.Server(uvicorn_config(app, cfg, log_level)).run(sockets=[sock])
+    return 0

@@ -202,6 +202,7 @@ def create_app(
         finally:
             if watcher is not None:
                 watcher.stop()
+            holder.close()
 
     app = FastAPI(
         title="meta-embed serving",

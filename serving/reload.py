@@ -14,10 +14,14 @@ from __future__ import annotations
 import dataclasses
 import gc
 import logging
+import shutil
+import tempfile
 import threading
 import time
+from pathlib import Path
 
 from meta_embed.snapshot import current_name
+from serving.cache import remove_entry
 from serving.serving_config import ServingConfig
 from serving.state import ServingState, Sources, load_state
 
@@ -34,21 +38,44 @@ class ReloadStats:
 
 
 class StateHolder:
-    """Holds the live `ServingState`; `refresh()` swaps in the snapshot CURRENT names."""
+    """Holds the live `ServingState`; `refresh()` swaps in the snapshot CURRENT names.
+
+    A holder opened from a config serves private copies of the artifacts from a cache
+    directory (`ServingConfig.cache_dir`, or a temporary one it removes on `close`), and
+    removes the copy of a state it has swapped out.
+    """
 
     def __init__(
-        self, state: ServingState, config: ServingConfig | None = None, sources: Sources | None = None
+        self,
+        state: ServingState,
+        config: ServingConfig | None = None,
+        sources: Sources | None = None,
+        cache: Path | None = None,
+        owns_cache: bool = False,
     ):
         self._state = state
-        self.config, self.sources = config, sources
+        self.config, self.sources, self.cache, self._owns_cache = config, sources, cache, owns_cache
         self.stats = ReloadStats()
         self._lock = threading.Lock()  # one reload at a time; readers never take it
         self._retry_at: dict[str, float] = {}
+        self._failed: dict[str, int] = {}  # consecutive failures of each snapshot name
 
     @classmethod
     def open(cls, config: ServingConfig) -> StateHolder:
         sources = Sources.read(config)
-        return cls(load_state(config, sources), config, sources)
+        owns = config.cache_dir is None
+        cache = Path(tempfile.mkdtemp(prefix="meta-embed-serve-")) if owns else config.cache_dir
+        try:
+            return cls(load_state(config, sources, cache=cache), config, sources, cache, owns)
+        except BaseException:
+            if owns:
+                shutil.rmtree(cache, ignore_errors=True)
+            raise
+
+    def close(self) -> None:
+        """Remove the cache directory if this holder created it."""
+        if self._owns_cache and self.cache is not None:
+            shutil.rmtree(self.cache, ignore_errors=True)
 
     @property
     def state(self) -> ServingState:
@@ -73,12 +100,15 @@ class StateHolder:
             if not force and time.monotonic() < self._retry_at.get(name, 0.0):
                 return False
             try:
-                new = load_state(self.config, self.sources, previous=self._state)
+                new = load_state(self.config, self.sources, previous=self._state, cache=self.cache)
             except Exception as err:  # any failure keeps the old state serving; surfaced in /v1/info
                 self._record_failure(name, err)
                 return False
-            self._retry_at.pop(name, None)
-            self.swap(new)
+            self._retry_at.clear()  # a success, or a new CURRENT, starts the back-off afresh
+            self._failed.clear()
+            old = self.swap(new)
+            if self.cache is not None and old.mapped != new.mapped:
+                remove_entry(old.mapped, self.cache)
             if (
                 gc.get_freeze_count()
             ):  # the app froze its heap at start: collect the old state, freeze the new
@@ -89,17 +119,21 @@ class StateHolder:
             return True
 
     def _record_failure(self, name: str, err: Exception) -> None:
+        """Count the failure and back off for this snapshot name: twice as long after each
+        consecutive failure of it, from one interval; another name starts at one interval."""
+        self._failed = {name: self._failed.get(name, 0) + 1}  # a new CURRENT forgets the old one's failures
         self.stats.failures += 1
-        self.stats.last_error = f"{name}: {type(err).__name__}: {err}"
+        root = str(self.config.root).rstrip("/") + "/" if self.config else ""
+        self.stats.last_error = f"{name}: {type(err).__name__}: {str(err).replace(root, '')}"
         interval = self.config.reload_interval_s if self.config else 10.0
-        backoff = min(300.0, max(interval, 1.0) * 2 ** min(self.stats.failures, 8))
-        self._retry_at[name] = time.monotonic() + backoff
+        backoff = min(300.0, max(interval, 1.0) * 2 ** min(self._failed[name] - 1, 8))
+        self._retry_at = {name: time.monotonic() + backoff}
         log.error(
             "cannot load snapshot %s; still serving %s; retry in %.0fs: %s",
             name,
             self._state.snapshot,
             backoff,
-            err,
+            self.stats.last_error,
         )
 
 

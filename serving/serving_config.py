@@ -74,9 +74,14 @@ class ServingConfig:
     rerank_depth: int = 200
     max_body_bytes: int = 1 << 20
     index: IndexConfig = dataclasses.field(default_factory=IndexConfig)
+    cache_dir: Path | None = None  # where the server's private artifact copies go (None: a temporary one)
+    keep_alive_s: float = 5.0  # an idle kept-alive connection is closed after this
+    header_timeout_s: float = 10.0  # a request's headers must arrive within this, else the connection closes
+    max_header_bytes: int = 64 * 1024  # larger request headers are answered 431
+    max_connections: int = 1024  # per server process; requests beyond them are answered 503
 
     def __post_init__(self) -> None:
-        for name in ("root", "items", "checkpoint", "users"):
+        for name in ("root", "items", "checkpoint", "users", "cache_dir"):
             value = getattr(self, name)
             if value is not None and not isinstance(value, Path):
                 object.__setattr__(self, name, Path(value))
@@ -92,5 +97,13 @@ class ServingConfig:
             )
         if not 1 <= self.rerank_depth <= 100_000:
             raise ValueError(f"ServingConfig.rerank_depth must be in 1..100000, got {self.rerank_depth}")
+        for name in ("keep_alive_s", "header_timeout_s"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"ServingConfig.{name} must be > 0 seconds, got {getattr(self, name)}")
+        if self.max_header_bytes < 1024 or self.max_connections < 1:
+            raise ValueError(
+                f"ServingConfig: need max_header_bytes >= 1024 and max_connections >= 1, got "
+                f"{self.max_header_bytes}, {self.max_connections}"
+            )
         if self.max_body_bytes < 1024:
             raise ValueError(f"ServingConfig.max_body_bytes must be >= 1024, got {self.max_body_bytes}")

@@ -34,6 +34,7 @@ import pyarrow as pa
 from meta_embed.checkpoint import Checkpoint, CheckpointError, load
 from meta_embed.config import to_dict, write_config
 from meta_embed.snapshot import MANIFEST, SnapshotError, current_dir
+from serving.cache import digests, private_copy
 from serving.index import META_JSON, VectorIndex, build_index, load_index, read_meta, save_index, write_meta
 from serving.scorer import Scorer, read_features
 from serving.serving_config import ServingConfig
@@ -64,7 +65,8 @@ class ServingState:
     store: EmbeddingStore
     items_index: VectorIndex
     users_index: VectorIndex
-    directory: Path
+    directory: Path  # the published artifact directory (ROOT/snapshots/NAME/indexes/KEY)
+    mapped: Path  # what the state reads: a private verified copy of it (see serving/cache.py), or itself
     max_age_s: float
     rerank_depth: int
     loaded_at: dt.datetime
@@ -200,17 +202,27 @@ def _write_artifacts(
             "users": users.ntotal,
             "fp16": cfg.fp16,
             "built_at": dt.datetime.now(dt.UTC).isoformat(),
+            "files": digests(tmp, skip=(META_JSON,)),  # what a server verifies its private copy against
         },
     )
 
 
-def open_state(directory: Path, scorer: Scorer, cfg: ServingConfig) -> ServingState:
-    """Open built artifacts, checking they belong to this scorer's model and catalog."""
+def open_state(
+    directory: Path, scorer: Scorer, cfg: ServingConfig, cache: Path | None = None
+) -> ServingState:
+    """Open built artifacts, checking they belong to this scorer's model and catalog; with a
+    `cache`, from a private copy verified against the digests in their meta.json (a server
+    must never map files that can be truncated underneath it)."""
     snapshot = directory.parent.parent.name
     meta = read_meta(directory, scorer.model_version, snapshot, scorer.catalog.fingerprint)
-    store = EmbeddingStore.open(directory, scorer.model_version)
-    items = load_index(directory / "items.faiss", meta["items_factory"], cfg.index)
-    users = load_index(directory / "users.faiss", meta["users_factory"], cfg.index)
+    mapped = directory
+    if cache is not None:
+        if "files" not in meta:
+            raise SnapshotError(f"{directory}: built before file digests were recorded; rebuild the indexes")
+        mapped = private_copy(directory, meta["files"], cache, extra=(META_JSON,))
+    store = EmbeddingStore.open(mapped, scorer.model_version)
+    items = load_index(mapped / "items.faiss", meta["items_factory"], cfg.index)
+    users = load_index(mapped / "users.faiss", meta["users_factory"], cfg.index)
     if items.ntotal != scorer.item_count or users.ntotal != len(store):
         raise SnapshotError(
             f"{directory}: index sizes ({items.ntotal} items, {users.ntotal} users) do not "
@@ -222,20 +234,31 @@ def open_state(directory: Path, scorer: Scorer, cfg: ServingConfig) -> ServingSt
         items,
         users,
         directory,
+        mapped,
         cfg.max_age_s,
         cfg.rerank_depth,
         dt.datetime.now(dt.UTC),
     )
 
 
-def load_state(cfg: ServingConfig, sources: Sources, previous: ServingState | None = None) -> ServingState:
-    """The state for the snapshot CURRENT names; reuses `previous`'s scorer if the model is the same."""
+def load_state(
+    cfg: ServingConfig, sources: Sources, previous: ServingState | None = None, cache: Path | None = None
+) -> ServingState:
+    """The state for the snapshot CURRENT names; reuses `previous`'s scorer if the model is the same.
+    `cache`: where the server's private copies of the artifacts go (None: read them in place,
+    for building them)."""
     snapshot_dir = current_dir(cfg.root)
     manifest = json.loads((snapshot_dir / MANIFEST).read_text())
+    if manifest.get("name") != snapshot_dir.name:
+        raise SnapshotError(
+            f"snapshots/{snapshot_dir.name}: its manifest names it {manifest.get('name')!r}; a snapshot "
+            "folder must not be renamed or copied under another name. Point CURRENT at a snapshot as "
+            "published"
+        )
     same_model = previous is not None and previous.model_version == manifest["model_version"]
     if same_model:
         scorer = previous.scorer
     else:
         scorer = Scorer(matching_checkpoint(cfg.root, manifest, cfg.checkpoint), sources.items, sources.users)
     items_from = previous.directory if same_model else None  # same model and catalog: reuse the item index
-    return open_state(build_artifacts(snapshot_dir, scorer, cfg, items_from), scorer, cfg)
+    return open_state(build_artifacts(snapshot_dir, scorer, cfg, items_from), scorer, cfg, cache)

@@ -46,6 +46,17 @@ def check_version(meta: SnapshotMeta, model_version: str, where: str) -> None:
         )
 
 
+def _check_finite(embeddings: np.ndarray, ids: pa.Array | pa.ChunkedArray, where: str) -> None:
+    """Refuse embeddings with NaN or inf: served, they would answer scores of null."""
+    ok = np.isfinite(embeddings).all(axis=1)
+    if not ok.all():
+        bad = np.flatnonzero(~ok)
+        raise SnapshotError(
+            f"{where}: {len(bad)} users have non-finite embeddings (e.g. user {ids[int(bad[0])]}); refusing "
+            "to serve the snapshot. Publish a good snapshot (the refresh job refuses such rows) or roll back"
+        )
+
+
 @dataclasses.dataclass(frozen=True)
 class EmbeddingStore:
     """Embeddings of one snapshot; rows are the snapshot's row order."""
@@ -64,6 +75,7 @@ class EmbeddingStore:
         meta = SnapshotMeta.from_dict(manifest)
         check_version(meta, model_version, str(directory))
         emb = embeddings_of(table).astype(np.float16 if fp16 else np.float32)
+        _check_finite(emb, table.column("user_id"), str(directory))
         if emb.shape[1] != meta.dim:
             raise SnapshotError(f"{directory}: embeddings have dim {emb.shape[1]}, manifest says {meta.dim}")
         ts = table.column("last_event_ts").cast(pa.int64()).fill_null(NO_TS)
@@ -95,11 +107,12 @@ class EmbeddingStore:
         info = json.loads((directory / STORE_JSON).read_text())
         meta = SnapshotMeta.from_dict(info)
         check_version(meta, model_version, str(directory))
-        emb = mapped(directory / "embeddings.npy")
+        emb, ids = mapped(directory / "embeddings.npy"), IdIndex.open(directory, "users")
+        _check_finite(emb, ids.ids, str(directory))
         store = cls(
             meta,
             info["name"],
-            IdIndex.open(directory, "users"),
+            ids,
             emb,
             mapped(directory / "n_support.npy"),
             mapped(directory / "last_event_us.npy"),

@@ -11,26 +11,20 @@ and `serve` exits with an error, so a process manager can restart the whole serv
 
 from __future__ import annotations
 
+import dataclasses
 import multiprocessing
+import shutil
 import signal
-import socket
+import tempfile
 from multiprocessing.connection import wait
+from pathlib import Path
 from typing import Any
 
 from meta_embed.config import from_dict, to_dict
+from serving.http_server import listening_socket, uvicorn_config
 from serving.serving_config import ServingConfig
 
 STOP_TIMEOUT_S = 30.0
-
-
-def listening_socket(host: str, port: int) -> socket.socket:
-    """A TCP socket bound to (host, port) with SO_REUSEPORT, ready for uvicorn to listen on."""
-    family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
-    sock = socket.socket(family, kind, proto)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-    sock.bind(address)
-    return sock
 
 
 def _worker(config: dict[str, Any], host: str, port: int, log_level: str) -> None:
@@ -39,13 +33,25 @@ def _worker(config: dict[str, Any], host: str, port: int, log_level: str) -> Non
     from serving.app import create_app
 
     cfg = from_dict(ServingConfig, config)
-    sock = listening_socket(host, port)
-    server = uvicorn.Server(uvicorn.Config(create_app(cfg.root, cfg), log_level=log_level, access_log=False))
-    server.run(sockets=[sock])
+    sock = listening_socket(host, port, reuse_port=True)
+    uvicorn.Server(uvicorn_config(create_app(cfg.root, cfg), cfg, log_level)).run(sockets=[sock])
 
 
 def serve_workers(cfg: ServingConfig, host: str, port: int, workers: int, log_level: str) -> int:
-    """Run `workers` server processes until a signal or a worker's exit; returns the exit code."""
+    """Run `workers` server processes until a signal or a worker's exit; returns the exit code.
+    The caller holds the port (`http_server.claim_port`); the workers share one cache of
+    private artifact copies, removed at the end if this call created it."""
+    own_cache = cfg.cache_dir is None
+    if own_cache:
+        cfg = dataclasses.replace(cfg, cache_dir=Path(tempfile.mkdtemp(prefix="meta-embed-serve-")))
+    try:
+        return _supervise(cfg, host, port, workers, log_level)
+    finally:
+        if own_cache:
+            shutil.rmtree(cfg.cache_dir, ignore_errors=True)
+
+
+def _supervise(cfg: ServingConfig, host: str, port: int, workers: int, log_level: str) -> int:
     ctx = multiprocessing.get_context("spawn")  # fresh interpreters: no torch/FAISS state forked
     procs = [
         ctx.Process(target=_worker, args=(to_dict(cfg), host, port, log_level), name=f"serve-worker-{i}")

@@ -5,25 +5,15 @@ from __future__ import annotations
 import json
 
 from meta_embed_cli.main import main
-from meta_embed_cli.serve_commands import serve, serving_config
+from meta_embed_cli.serve_commands import serve, serve_config
 from serving.state import Sources, load_state
 
 
 def _serve_config(argv: list[str]):
-    """The ServingConfig `serve` would run with, and the server-only flags."""
-    ctx = serve.make_context("serve", argv)
-    flags = dict(ctx.params)
-    server = {
-        k: flags.pop(k)
-        for k in ("host", "port", "reload_interval", "max_age", "max_body_bytes", "workers", "log_level")
-    }
-    cfg = serving_config(
-        **flags,
-        reload_interval_s=server["reload_interval"],
-        max_age_s=server["max_age"] * 3600,
-        max_body_bytes=server["max_body_bytes"],
-    )
-    return cfg, server
+    """The ServingConfig `serve` would run with, and the process flags (host, port, ...)."""
+    flags = dict(serve.make_context("serve", argv).params)
+    server = {k: flags.pop(k) for k in ("host", "port", "workers", "log_level")}
+    return serve_config(**flags), server
 
 
 def test_index_build_writes_the_artifacts_and_its_config(tmp_path, capsys) -> None:
