@@ -137,8 +137,10 @@ def validate(table: pa.Table, meta: SnapshotMeta, expected_users: int | None = N
         raise SnapshotError("snapshot has more than one row for some user_id")
     if expected_users is not None and table.num_rows != expected_users:
         raise SnapshotError(f"snapshot has {table.num_rows} users, expected {expected_users}")
-    if table.num_rows and not np.isfinite(embeddings_of(table)).all():
-        raise SnapshotError("snapshot embeddings contain NaN or inf")
+    bad = ~np.isfinite(embeddings_of(table)).all(axis=1) if table.num_rows else np.zeros(0, bool)
+    if bad.any():
+        users = table.column("user_id").take(pa.array(np.flatnonzero(bad)[:3])).to_pylist()
+        raise SnapshotError(f"{int(bad.sum())} users have NaN or inf embeddings (e.g. {users}); refusing them")
 
 
 def write_part(table: pa.Table, directory: str | Path, index: int) -> Path:

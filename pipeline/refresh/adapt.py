@@ -66,6 +66,7 @@ class BucketCounts:
     cold: int = 0  # users with a features row and no events
     without_features: int = 0  # users with events but no features row (default features)
     zero_step: int = 0  # cold users whose zero-step embedding was computed in this run
+    nonfinite: int = 0  # rows whose embedding is NaN or inf (the run must not publish)
 
 
 def load_adapt_state(settings: AdaptSettings) -> AdaptState:
@@ -172,5 +173,6 @@ def adapt_bucket(
         int((ev < 0).sum()),
         int(((ev >= 0) & (feat < 0)).sum()),
         len(cold),
+        int((~np.isfinite(emb).all(axis=1)).sum()),
     )
     return snapshot.to_table(settings.meta, ids, emb, n_support, last_ts), counts

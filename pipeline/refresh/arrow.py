@@ -134,8 +134,13 @@ def top_n(events: pa.Table, n: int) -> pa.Table:
     the other columns, so the result depends only on the set of events, never on
     their order or on how they were split into batches.
     """
+    return top_n_counted(events, n)[0]
+
+
+def top_n_counted(events: pa.Table, n: int) -> tuple[pa.Table, int]:
+    """`top_n`, and how many exact duplicates it dropped."""
     if events.num_rows == 0:
-        return events
+        return events, 0
     keys = [("user_id", "ascending"), ("ts", "descending")] + [
         (c, "ascending") for c in _tie_breakers(events)
     ]
@@ -147,7 +152,7 @@ def top_n(events: pa.Table, n: int) -> pa.Table:
     new_user = ~_same_as_previous(rows.column("user_id"))
     starts = np.flatnonzero(new_user)
     rank = np.arange(rows.num_rows) - starts[np.cumsum(new_user) - 1]  # position within the user, newest = 0
-    return rows if rank.max() < n else rows.filter(pa.array(rank < n))
+    return (rows if rank.max() < n else rows.filter(pa.array(rank < n))), int(same.sum())
 
 
 def user_runs(events: pa.Table) -> tuple[pa.Array, np.ndarray]:

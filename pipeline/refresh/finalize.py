@@ -78,6 +78,13 @@ def check_rows(
     table: pa.Table, counts: dict[str, int], max_support: int, meta: snapshot.SnapshotMeta, cold_users: bool
 ) -> None:
     """Refuse staged rows that disagree with what the pipeline counted or with the run's bounds."""
+    if counts.get("users_nonfinite"):
+        raise snapshot.SnapshotError(
+            f"{counts['users_nonfinite']} users got non-finite (NaN or inf) embeddings; nothing was "
+            "published. "
+            "The checkpoint's weights overflow on these users' inputs: check the model (or its training) "
+            "before refreshing with it"
+        )
     n_support = table.column("n_support").to_numpy()
     with_events = int((n_support > 0).sum())
     if "users_with_events" in counts and with_events != counts["users_with_events"]:
@@ -116,6 +123,8 @@ def finalize(
     """Validate the staged run, write its manifest and publish it; returns the snapshot directory."""
     counts = dict(counts)
     counts["dead_lettered"] = merge_dead_letters(staged)
+    if "events_used" in counts:  # exact duplicates in different batches were read as valid: not used
+        counts["events_used"] -= counts.get("duplicates_across_batches", 0)
     files = sorted(staged.glob("part-*.parquet"))
     table = (
         pa.concat_tables([pq.read_table(f) for f in files]) if files else snapshot.schema(meta).empty_table()

@@ -10,11 +10,13 @@ same files the launcher checked.
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
 import hashlib
 import os
 from collections.abc import Sequence
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from apache_beam.io.filesystems import FileSystems
 
@@ -116,6 +118,27 @@ def read_all(files: Sequence[str], columns: Sequence[str]) -> pa.Table:
         except (pa.ArrowInvalid, pa.ArrowIOError, OSError) as err:
             raise tables.decode_error(path, err) from err
     return pa.concat_tables(tables, promote_options="default")
+
+
+def first_event_time(files: Sequence[str]) -> dt.datetime | None:
+    """The earliest `ts` of the interaction files, from the row groups' statistics (reading
+    the column only where a row group has none); None when there are no events."""
+    first = None
+    for path in files:
+        pf = open_parquet(path)
+        col = pf.schema_arrow.get_field_index("ts")
+        for rg in range(pf.metadata.num_row_groups):
+            group = pf.metadata.row_group(rg)
+            if group.num_rows == 0:
+                continue
+            stats = group.column(col).statistics
+            if stats is not None and stats.has_min_max:
+                low = stats.min
+            else:
+                low = pc.min(pf.read_row_group(rg, columns=["ts"]).column("ts")).as_py()
+            if low is not None and (first is None or low < first):
+                first = low
+    return first
 
 
 def fingerprint(files: Sequence[str]) -> str:

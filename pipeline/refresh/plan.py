@@ -46,10 +46,16 @@ def plan(cfg: RefreshConfig) -> Plan:
     files = {k: inputs.list_files(getattr(cfg, k)) for k in ("interactions", "users", "items")}
     event_chunks = inputs.chunks(files["interactions"], inputs.interaction_schema(spec))
     user_chunks = inputs.chunks(files["users"], inputs.user_schema(spec))
-    items = inputs.read_all(
-        [c.path for c in inputs.chunks(files["items"], inputs.item_schema(spec))], [spec.item_key]
-    )
-    unique_ids(items.column(spec.item_key), f"{cfg.items}: '{spec.item_key}'")
+    inputs.chunks(files["items"], inputs.item_schema(spec))  # the items' schema, checked
+    for name, key in (("items", spec.item_key), ("users", spec.user_key)):  # duplicate ids: refused up front
+        unique_ids(inputs.read_all(files[name], [key]).column(key), f"{getattr(cfg, name)}: '{key}'")
+    first = inputs.first_event_time(files["interactions"])
+    if not cfg.allow_empty and (first is None or first >= cfg.as_of):
+        when = "there are no events" if first is None else f"the first event is at {first.isoformat()}"
+        raise ValueError(
+            f"--as-of {cfg.as_of.isoformat()}: no event precedes it ({when}), so every user would be "
+            "published at zero steps. Pass a later --as-of, or --allow-empty to publish such a snapshot"
+        )
     max_support = cfg.max_support or ckpt.maml_cfg.max_support
     meta = snapshot.SnapshotMeta(
         ckpt.model_version,

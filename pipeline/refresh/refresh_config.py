@@ -46,6 +46,9 @@ class RefreshConfig:
     read_batch_rows: int = dataclasses.field(
         default=1 << 18, metadata=flag("rows per Arrow batch when reading")
     )
+    allow_empty: bool = dataclasses.field(
+        default=False, metadata=flag("publish even when no event precedes --as-of (every user at zero steps)")
+    )
     shuffle: str = dataclasses.field(
         default="auto",
         metadata=flag(

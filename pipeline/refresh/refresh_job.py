@@ -321,7 +321,8 @@ def summary(result: RefreshResult) -> str:
             f"{c.get('cold_users', 0)}, "
             f"without features {c.get('users_without_features', 0)}",
             f"  events read {c.get('events_read', 0)}, used {c.get('events_used', 0)}, "
-            f"dead-lettered {c.get('dead_lettered', 0)}",
+            f"dead-lettered {c.get('dead_lettered', 0)}, duplicates across batches "
+            f"{c.get('duplicates_across_batches', 0)}",
             f"  stage time (ms, summed over workers): {result.stage_ms}",
             f"  {result.seconds:.1f} s, {result.users_per_s:,.0f} users/s",
         ]

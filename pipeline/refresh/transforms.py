@@ -4,9 +4,12 @@ and cut to each user's newest N events with vectorized code, then merged per buc
 a top-N CombineFn whose accumulator holds at most N events per user.
 
 Counters (namespace "refresh"): events_read, events_used, dead_lettered,
-users_with_events, users_adapted, users_zero_step, users_carried_forward (these three
-add up to the snapshot's rows), cold_users, users_without_features, rows_written, and
-*_ms timers per stage.
+duplicates_across_batches (exact duplicates in different row groups or files, found
+among each user's newest events: the job compares no others), users_with_events,
+users_adapted, users_zero_step, users_carried_forward (these three add up to the
+snapshot's rows), cold_users, users_without_features, users_nonfinite (rows whose
+embedding came out NaN or inf: the run then publishes nothing), rows_written, and *_ms
+timers per stage.
 """
 
 from __future__ import annotations
@@ -29,7 +32,15 @@ from apache_beam.utils.windowed_value import WindowedValue
 from meta_embed.tables import TS_TYPE, decode_error
 from pipeline.data.validate import validate_interactions
 from pipeline.refresh.adapt import AdaptSettings, adapt_bucket, load_adapt_state
-from pipeline.refresh.arrow import event_schema, pack, split_by_bucket, top_n, unpack, user_runs
+from pipeline.refresh.arrow import (
+    event_schema,
+    pack,
+    split_by_bucket,
+    top_n,
+    top_n_counted,
+    unpack,
+    user_runs,
+)
 from pipeline.refresh.inputs import Chunk, open_parquet, read_all
 from pipeline.refresh.runners import release_memory
 from pipeline.refresh.shuffle import Spill, tables_of
@@ -169,7 +180,9 @@ class TopNCombineFn(beam.CombineFn):
         if len(tables) < 2 or (not force and sum(t.num_rows for t in tables) < self.compact_rows):
             return tables
         start = time.perf_counter()
-        out = [top_n(pa.concat_tables(tables), self.n)]
+        merged, duplicates = top_n_counted(pa.concat_tables(tables), self.n)
+        _counter("duplicates_across_batches").inc(duplicates)  # within a batch, validation dead-letters them
+        out = [merged]
         _counter("combine_ms").inc(_ms(start))
         return out
 
@@ -236,7 +249,7 @@ class AdaptUsers(beam.DoFn):
         prev = pa.concat_tables(previous) if previous else None
         rows, counts = adapt_bucket(self._state, self.settings, events, user_table, prev)
         release_memory()
-        for name in ("adapted", "carried_forward", "without_features", "zero_step"):
+        for name in ("adapted", "carried_forward", "without_features", "zero_step", "nonfinite"):
             _counter(f"users_{name}").inc(getattr(counts, name))
         _counter("cold_users").inc(counts.cold)
         _counter("adapt_ms").inc(_ms(start))

@@ -4,18 +4,20 @@ with its path; a checkpoint from another feature spec is refused; nothing is pub
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+import torch
 
-from meta_embed import snapshot
+from meta_embed import checkpoint, snapshot
 from meta_embed.checkpoint import CheckpointError
 from meta_embed.tables import CorruptInputError, SchemaError
 from pipeline.refresh.refresh_config import RefreshConfig
 from pipeline.refresh.refresh_job import refresh
-from tests.pipeline.refresh.refresh_fixtures import AS_OF, make_dataset
+from tests.pipeline.refresh.refresh_fixtures import AS_OF, good_events, make_dataset
 
 FAST = ["--direct_running_mode=in_memory", "--direct_num_workers=1"]
 
@@ -126,3 +128,44 @@ def test_an_edited_checkpoint_is_refused_before_any_work(ds):
     with pytest.raises(CheckpointError, match="VERSION says .* but the files hash to"):
         refresh(config(ds), FAST)
     assert nothing_written(ds)
+
+
+def test_duplicate_user_ids_are_refused_before_any_work(ds):
+    users = pq.read_table(ds.users)
+    pq.write_table(pa.concat_tables([users, users.slice(5, 1)]), ds.users)
+    with pytest.raises(ValueError, match=r"users\.parquet: 'user_id': id 'u005' appears more than once"):
+        refresh(config(ds), FAST)
+    assert nothing_written(ds)
+
+
+def test_an_as_of_before_every_event_is_refused_unless_asked(ds):
+    early = dt.datetime(2019, 6, 1, tzinfo=dt.UTC)
+    with pytest.raises(ValueError, match=r"no event precedes it \(the first event is at 2020-01-01"):
+        refresh(dataclasses.replace(config(ds), as_of=early), FAST)
+    assert nothing_written(ds)
+    result = refresh(dataclasses.replace(config(ds), as_of=early, allow_empty=True), FAST)
+    assert result.counts["users_adapted"] == 0 and result.counts["users"] == result.counts["users_zero_step"]
+
+
+def test_non_finite_embeddings_are_counted_and_nothing_is_published(ds):
+    ckpt = checkpoint.load(ds.checkpoint)
+    with torch.no_grad():
+        ckpt.model.meta.weights["w2"].mul_(1e38)  # finite weights whose products overflow
+    checkpoint.save(ckpt.model, ckpt.maml_cfg, ds.checkpoint)
+    with pytest.raises(snapshot.SnapshotError, match=r"\d+ users got non-finite \(NaN or inf\) embeddings"):
+        refresh(config(ds), FAST)
+    assert nothing_written(ds)
+
+
+def test_duplicates_in_different_shards_are_counted_as_duplicates(ds):
+    shards = Path(ds.interactions).parent
+    events = good_events(ds).sort_by([("user_id", "ascending"), ("ts", "descending")])
+    newest = events.group_by("user_id", use_threads=False).aggregate([("ts", "max")])
+    again = events.join(newest.rename_columns(["user_id", "ts"]), ["user_id", "ts"]).slice(0, 4)
+    pq.write_table(again.cast(pq.read_schema(shards / "part-0.parquet")), shards / "part-3.parquet")
+    result = refresh(config(ds), FAST)
+    originals = str(shards / "part-[012].parquet")
+    clean = refresh(dataclasses.replace(config(ds), out=str(ds.root / "clean"), interactions=originals), FAST)
+    assert result.counts["duplicates_across_batches"] == 4
+    assert result.counts["events_used"] == clean.counts["events_used"]
+    assert result.counts["events_read"] == clean.counts["events_read"] + 4
