@@ -140,7 +140,9 @@ def validate(table: pa.Table, meta: SnapshotMeta, expected_users: int | None = N
     bad = ~np.isfinite(embeddings_of(table)).all(axis=1) if table.num_rows else np.zeros(0, bool)
     if bad.any():
         users = table.column("user_id").take(pa.array(np.flatnonzero(bad)[:3])).to_pylist()
-        raise SnapshotError(f"{int(bad.sum())} users have NaN or inf embeddings (e.g. {users}); refusing them")
+        raise SnapshotError(
+            f"{int(bad.sum())} users have NaN or inf embeddings (e.g. {users}); refusing them"
+        )
 
 
 def write_part(table: pa.Table, directory: str | Path, index: int) -> Path:

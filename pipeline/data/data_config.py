@@ -32,8 +32,10 @@ class PrepareConfig:
         if not self.source:
             raise ValueError("PrepareConfig.source must be a dataset name or a folder, got ''")
         if self.source not in SOURCES and not Path(self.source).is_dir():
-            raise ValueError(f"PrepareConfig.source {self.source!r} is neither a known dataset {sorted(SOURCES)} "
-                             f"nor an existing folder (the unpacked GroupLens ml-100k or ml-1m archive)")
+            raise ValueError(
+                f"PrepareConfig.source {self.source!r} is neither a known dataset {sorted(SOURCES)} "
+                f"nor an existing folder (the unpacked GroupLens ml-100k or ml-1m archive)"
+            )
         if not self.out:
             raise ValueError("PrepareConfig.out must name an output folder")
 
@@ -64,7 +66,9 @@ class SynthConfig:
             if getattr(self, name) < 0:
                 raise ValueError(f"SynthConfig.{name} must be >= 0, got {getattr(self, name)}")
         if self.activity_alpha <= 1:
-            raise ValueError(f"SynthConfig.activity_alpha must be > 1 (finite mean), got {self.activity_alpha}")
+            raise ValueError(
+                f"SynthConfig.activity_alpha must be > 1 (finite mean), got {self.activity_alpha}"
+            )
         if self.period_us[1] <= self.period_us[0]:
             raise ValueError(f"SynthConfig.end {self.end} must be after start {self.start}")
 
@@ -72,7 +76,7 @@ class SynthConfig:
     def period_us(self) -> tuple[int, int]:
         def us(text: str) -> int:
             t = dt.datetime.fromisoformat(text)
-            t = t if t.tzinfo else t.replace(tzinfo=dt.timezone.utc)
+            t = t if t.tzinfo else t.replace(tzinfo=dt.UTC)
             return int(round(t.timestamp() * 1e6))
 
         return us(self.start), us(self.end)

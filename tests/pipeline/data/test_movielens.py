@@ -9,7 +9,7 @@ import pytest
 from meta_embed.tables import INTERACTIONS, ITEMS, USERS, SchemaError
 from pipeline.data.movielens import detect_layout, load_grouplens, load_recbole
 
-UTC = dt.timezone.utc
+UTC = dt.UTC
 
 
 def by_id(table, key):
@@ -33,13 +33,23 @@ def test_grouplens_100k(ml100k_dir):
         "4": {"user_id": "4", "age": 33, "gender": "F", "occupation": "other", "zip_prefix": None},
     }
     assert by_id(ml.items, "item_id") == {
-        "10": {"item_id": "10", "title": "Toy Story", "year": 1995, "genres": ["Animation", "Children's", "Comedy"]},
+        "10": {
+            "item_id": "10",
+            "title": "Toy Story",
+            "year": 1995,
+            "genres": ["Animation", "Children's", "Comedy"],
+        },
         "20": {"item_id": "20", "title": "Cité des enfants perdus, La", "year": 1995, "genres": ["Sci-Fi"]},
         "30": {"item_id": "30", "title": "unknown", "year": None, "genres": ["unknown"]},
     }
     first = ml.interactions.to_pylist()[0]
-    assert first == {"user_id": "1", "item_id": "10", "ts": dt.datetime(1997, 12, 4, 15, 55, 49, tzinfo=UTC),
-                     "label": 1.0, "rating": 5.0}
+    assert first == {
+        "user_id": "1",
+        "item_id": "10",
+        "ts": dt.datetime(1997, 12, 4, 15, 55, 49, tzinfo=UTC),
+        "label": 1.0,
+        "rating": 5.0,
+    }
     assert ml.interactions["label"].to_pylist() == [1.0, 0.0, 1.0, 0.0, 1.0, 0.0]  # rating >= 4
     assert ml.dead_counts["malformed_row"] == 1 and ml.dead_counts["duplicate"] == 1
     dead = {(row["reason"], row["row"]) for row in ml.dead_letter.to_pylist()}
@@ -60,28 +70,52 @@ def test_grouplens_1m(ml1m_dir):
         "1": {"user_id": "1", "age": 1, "gender": "F", "occupation": "K-12 student", "zip_prefix": "480"},
         "2": {"user_id": "2", "age": 56, "gender": "M", "occupation": "self-employed", "zip_prefix": "700"},
     }
-    assert by_id(ml.items, "item_id")["2"] == {"item_id": "2", "title": "Misérables, Les", "year": 1995,
-                                               "genres": ["Drama", "Musical"]}
+    assert by_id(ml.items, "item_id")["2"] == {
+        "item_id": "2",
+        "title": "Misérables, Les",
+        "year": 1995,
+        "genres": ["Drama", "Musical"],
+    }
     assert ml.interactions.num_rows == 3 and ml.dead_letter.num_rows == 0
 
 
 def test_recbole_100k_reads_headers_by_name(recbole_100k):
     ml = load_recbole("ml-100k", recbole_100k)
     check_schemas(ml)
-    assert by_id(ml.users, "user_id")["2"] == {"user_id": "2", "age": 53, "gender": "F", "occupation": "other",
-                                               "zip_prefix": "024"}
+    assert by_id(ml.users, "user_id")["2"] == {
+        "user_id": "2",
+        "age": 53,
+        "gender": "F",
+        "occupation": "other",
+        "zip_prefix": "024",
+    }
     items = by_id(ml.items, "item_id")
     assert items["10"]["genres"] == ["Animation", "Children's", "Comedy"] and items["10"]["year"] == 1995
-    assert items["20"] == {"item_id": "20", "title": "Land Before Time III", "year": 1995, "genres": ["Animation"]}
-    assert ml.interactions.to_pylist()[1] == {"user_id": "2", "item_id": "10", "label": 0.0, "rating": 2.0,
-                                              "ts": dt.datetime(1997, 12, 4, 15, 55, 51, tzinfo=UTC)}
+    assert items["20"] == {
+        "item_id": "20",
+        "title": "Land Before Time III",
+        "year": 1995,
+        "genres": ["Animation"],
+    }
+    assert ml.interactions.to_pylist()[1] == {
+        "user_id": "2",
+        "item_id": "10",
+        "label": 0.0,
+        "rating": 2.0,
+        "ts": dt.datetime(1997, 12, 4, 15, 55, 51, tzinfo=UTC),
+    }
 
 
 def test_recbole_1m_strips_prefixes_and_maps_codes(recbole_1m):
     ml = load_recbole("ml-1m", recbole_1m)
     check_schemas(ml)
-    assert by_id(ml.users, "user_id")["2"] == {"user_id": "2", "age": 56, "gender": "M", "occupation": "self-employed",
-                                               "zip_prefix": "700"}
+    assert by_id(ml.users, "user_id")["2"] == {
+        "user_id": "2",
+        "age": 56,
+        "gender": "M",
+        "occupation": "self-employed",
+        "zip_prefix": "700",
+    }
     assert ml.interactions["user_id"].to_pylist() == ["1", "2"]
     assert ml.interactions["item_id"].to_pylist() == ["Toy Story (1995)", "Misérables, Les (1995)"]
     assert by_id(ml.items, "item_id")["Misérables, Les (1995)"]["title"] == "Misérables, Les"

@@ -1,20 +1,23 @@
-"""`prepare` end to end: files, summary and config; the real datasets behind markers."""
+"""`prepare` end to end: files, summary and config; values outside their domain, ids with
+spaces, empty and undecodable files, and a failed run that leaves no half output; the real
+datasets behind markers."""
 
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
-from meta_embed.tables import DEAD_LETTER, INTERACTIONS, ITEMS, USERS
+from meta_embed.tables import DEAD_LETTER, INTERACTIONS, ITEMS, USERS, SchemaError, read_table
 from pipeline.data import prepare as prepare_module
-from pipeline.data.fetch import WheelSource
-from meta_embed.tables import read_table
 from pipeline.data.data_config import PrepareConfig
-from pipeline.data.fetch import SOURCES
+from pipeline.data.fetch import SOURCES, WheelSource
+from pipeline.data.movielens import load_recbole
 from pipeline.data.prepare import prepare
+from tests.conftest import write_ml1m
 from tests.pipeline.data.test_fetch import PREFIX, build_wheel
 
 
@@ -23,7 +26,10 @@ def test_prepare_a_grouplens_folder(tmp_path, ml100k_dir):
     summary = prepare(str(ml100k_dir), out)
     assert (summary.n_users, summary.n_items, summary.n_interactions) == (4, 3, 6)
     assert (summary.n_interaction_users, summary.n_interaction_items, summary.n_dead_letter) == (4, 3, 2)
-    assert {k: v for k, v in summary.dead_letter_by_reason.items() if v} == {"malformed_row": 1, "duplicate": 1}
+    assert {k: v for k, v in summary.dead_letter_by_reason.items() if v} == {
+        "malformed_row": 1,
+        "duplicate": 1,
+    }
     inter = read_table(out / "interactions.parquet", INTERACTIONS)
     assert inter.num_rows == 6 and pc.all(pc.greater_equal(inter["ts"][1:], inter["ts"][:-1])).as_py()
     assert read_table(out / "users.parquet", USERS).num_rows == 4
@@ -70,3 +76,76 @@ def test_real_movielens_1m(tmp_path):
     assert (s.n_users, s.n_interaction_items, s.n_interactions) == (6040, 3706, 1_000_209)
     assert s.n_interaction_users == 6040 and s.n_dead_letter == 0
 
+
+def _reasons(out: Path) -> dict[str, int]:
+    dead = pq.read_table(out / "dead_letter.parquet")["reason"].to_pylist()
+    return {r: dead.count(r) for r in set(dead)}
+
+
+def test_values_outside_their_domain_are_dead_lettered_and_counted(tmp_path):
+    folder = write_ml1m(tmp_path / "ml-1m")
+    (folder / "ratings.dat").write_text(
+        "1::1::5::978300760\n1::2::1e39::978302109\n2::1::-3::978301968\n2::2::7::978301969\n"
+        "2::1::4::999999999999\n"
+    )
+    (folder / "users.dat").write_text("1::F::old::10::48067\n2::M::99999999999::99::70072\n")
+    s = prepare(str(folder), tmp_path / "out")
+    assert s.n_interactions == 1  # only the first rating is on the 1-5 scale, at a time before year 10000
+    assert _reasons(tmp_path / "out") == {"rating_out_of_domain": 3, "ts_out_of_range": 1,
+                                          "age_unparseable": 1, "age_out_of_domain": 1,
+                                          "occupation_out_of_domain": 1}  # fmt: skip
+    users = pq.read_table(tmp_path / "out" / "users.parquet")
+    assert users["age"].to_pylist() == [None, None] and users["occupation"].to_pylist()[1] is None
+    assert s.dead_letter_by_reason["rating_out_of_domain"] == 3 and s.n_dead_letter == 7
+
+
+def test_ids_are_trimmed_the_same_way_in_every_table(tmp_path):
+    folder = write_ml1m(tmp_path / "ml-1m")
+    (folder / "ratings.dat").write_text("1 ::1::5::978300760\n 2::2 ::4::978301968\n")
+    (folder / "users.dat").write_text("1::F::1::10::48067\n2 ::M::56::16::70072\n")
+    prepare(str(folder), tmp_path / "out")
+    events = pq.read_table(tmp_path / "out" / "interactions.parquet")
+    assert events["user_id"].to_pylist() == ["1", "2"] and events["item_id"].to_pylist() == ["1", "2"]
+    users = pq.read_table(tmp_path / "out" / "users.parquet")
+    assert set(events["user_id"].to_pylist()) <= set(
+        users["user_id"].to_pylist()
+    )  # every event keeps its features
+
+
+def test_an_empty_or_undecodable_file_names_the_file_and_line(tmp_path):
+    folder = write_ml1m(tmp_path / "ml-1m")
+    (folder / "users.dat").write_text("")
+    with pytest.raises(SchemaError, match=r"users\.dat: the file is empty"):
+        prepare(str(folder), tmp_path / "out")
+    assert not (tmp_path / "out").exists()  # a failed prepare writes nothing
+    folder = write_ml1m(tmp_path / "utf8")
+    good = b"user_id:token\titem_id:token\trating:float\ttimestamp:float\n1\t10\t5\t881250949\n"
+    bad = good + b"2\t1\xff0\t4\t881250950\n3\t10\t3\t881250951\n"
+    users = (b"user_id:token\tage:token\tgender:token\toccupation:token\tzip_code:token\n"
+             b"1\t24\tM\tx\t85711\n3\t30\tF\ty\t02460\n")  # fmt: skip
+    items = (b"item_id:token\tmovie_title:token_seq\trelease_year:token\tclass:token_seq\n"
+             b"10\tToy Story\t1995\tAnimation\n")  # fmt: skip
+    recbole = {"inter": bad, "user": users, "item": items}
+    ml = load_recbole("ml-100k", recbole, origin="probe")
+    assert ml.interactions.num_rows == 2 and ml.dead_counts["undecodable_row"] == 1
+    row = ml.dead_letter.filter(pc.equal(ml.dead_letter["reason"], "undecodable_row")).to_pylist()[0]
+    assert (
+        row["row"] == 3
+        and row["source"] == "probe:ml-100k.inter"
+        and "\ufffd" in json.loads(row["record"])["line"]
+    )
+
+
+def test_a_failed_prepare_leaves_the_previous_output_as_it_was(tmp_path, monkeypatch):
+    folder = write_ml1m(tmp_path / "ml-1m")
+    prepare(str(folder), tmp_path / "out")
+    before = {p.name: p.read_bytes() for p in (tmp_path / "out").iterdir()}
+
+    def fail(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(prepare_module, "write_dead_letter", fail)
+    with pytest.raises(OSError, match="disk full"):
+        prepare(str(folder), tmp_path / "out")
+    assert {p.name: p.read_bytes() for p in (tmp_path / "out").iterdir()} == before
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".out.prepare-")]

@@ -10,13 +10,19 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
-from meta_embed.tables import INTERACTIONS, ITEMS, USERS
-from meta_embed.tables import read_table
-from pipeline.data.synth import BLOCK_USERS, make_world, synth, true_logit
+from meta_embed.tables import INTERACTIONS, ITEMS, USERS, read_table
 from pipeline.data.data_config import SynthConfig
+from pipeline.data.synth import BLOCK_USERS, make_world, synth, true_logit
 
-CFG = SynthConfig(n_users=BLOCK_USERS + 904, n_items=300, events_per_user=20, seed=7, drift=1.0, n_shards=2,
-                  write_truth=True)
+CFG = SynthConfig(
+    n_users=BLOCK_USERS + 904,
+    n_items=300,
+    events_per_user=20,
+    seed=7,
+    drift=1.0,
+    n_shards=2,
+    write_truth=True,
+)
 
 
 @pytest.fixture(scope="module")
@@ -34,7 +40,10 @@ def auc(score: np.ndarray, label: np.ndarray) -> float:
 def test_outputs_and_summary(world_dir):
     out, summary = world_dir
     inter = read_table(out / "interactions", INTERACTIONS)
-    assert sorted(p.name for p in (out / "interactions").iterdir()) == ["part-00000.parquet", "part-00001.parquet"]
+    assert sorted(p.name for p in (out / "interactions").iterdir()) == [
+        "part-00000.parquet",
+        "part-00001.parquet",
+    ]
     assert read_table(out / "users.parquet", USERS).num_rows == CFG.n_users
     assert read_table(out / "items.parquet", ITEMS).num_rows == CFG.n_items
     assert pq.read_table(out / "dead_letter.parquet").num_rows == 0
@@ -55,7 +64,9 @@ def test_deterministic_for_a_seed_and_independent_of_sharding(tmp_path, world_di
     assert again.n_interactions == world_dir[1].n_interactions
     one_shard = read_table(tmp_path / "a" / "interactions", INTERACTIONS)
     assert one_shard.equals(read_table(out / "interactions", INTERACTIONS))
-    assert read_table(tmp_path / "a" / "users.parquet", USERS).equals(read_table(out / "users.parquet", USERS))
+    assert read_table(tmp_path / "a" / "users.parquet", USERS).equals(
+        read_table(out / "users.parquet", USERS)
+    )
     other = synth(SynthConfig(**{**CFG.__dict__, "seed": 8, "n_users": 500}), tmp_path / "b")
     first = read_table(tmp_path / "b" / "interactions", INTERACTIONS).slice(0, 50)
     assert not first.equals(read_table(out / "interactions", INTERACTIONS).slice(0, 50))
@@ -102,7 +113,11 @@ def test_item_and_user_attributes_carry_signal(world_dir):
     assert r_squared(design, world.item_latent) > 0.6
     users = read_table(out / "users.parquet", USERS)
     taste = np.stack(pq.read_table(out / "truth" / "users.parquet")["taste"].to_numpy(zero_copy_only=False))
-    onehots = [np.asarray(pc.equal(users[c], v)) for c in ("age", "gender", "occupation") for v in pc.unique(users[c])]
+    onehots = [
+        np.asarray(pc.equal(users[c], v))
+        for c in ("age", "gender", "occupation")
+        for v in pc.unique(users[c])
+    ]
     assert r_squared(np.column_stack(onehots).astype(float), taste) > 0.4
 
 
@@ -111,4 +126,3 @@ def test_config_is_validated():
         SynthConfig(n_users=0)
     with pytest.raises(ValueError, match="end .* must be after start"):
         SynthConfig(start="2021-01-01", end="2020-01-01")
-

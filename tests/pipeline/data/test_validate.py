@@ -8,11 +8,9 @@ import json
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from meta_embed.tables import INTERACTIONS, TS_TYPE
 from pipeline.data.validate import REASONS, parse_float, parse_timestamp, validate_interactions
-from tests.meta_embed.test_tables import events
 
 UTC = dt.UTC
 
@@ -20,23 +18,25 @@ UTC = dt.UTC
 def raw_with_one_bad_row_per_reason() -> pa.Table:
     return pa.table(
         {
-            "user_id": ["u1", None, "u3", "u4", "u5", "u6", "u7", "u8", "u1", "u9"],
-            "item_id": ["i1", "i2", " ", "i4", "i5", "i6", "i7", "i8", "i1", "i9"],
+            "user_id": ["u1", None, "u3", "u4", "u5", "u5b", "u6", "u6b", "u7", "u8", "u1", "u9"],
+            "item_id": ["i1", "i2", " ", "i4", "i5", "i5", "i6", "i6", "i7", "i8", "i1", "i9"],
             "ts": [
                 "881250949",
                 "881250949",
                 "881250949",
                 "",
                 "yesterday",
+                "999999999999",
+                "881250949",
                 "881250949",
                 "881250949",
                 "881250949",
                 "881250949",
                 "2020-01-02T03:04:05Z",
             ],
-            "label": ["1", "1", "1", "1", "1", "1", "nan", "2", "1", "0"],
-            "rating": ["4", "4", "4", "4", "4", "x", "4", "4", "4", None],
-            "device": ["a", "b", "c", "d", "e", "f", "g", "h", "a", "j"],
+            "label": ["1", "1", "1", "1", "1", "1", "1", "1", "nan", "2", "1", "0"],
+            "rating": ["4", "4", "4", "4", "4", "4", "x", "7", "4", "4", "4", None],
+            "device": ["a", "b", "c", "d", "e", "e2", "f", "f2", "g", "h", "a", "j"],
         }
     )
 
@@ -46,10 +46,10 @@ def test_dead_letter_counts_exact_one_per_reason():
         raw_with_one_bad_row_per_reason(), "events.csv", row_offset=100
     )
     assert counts == dict.fromkeys(REASONS, 1)
-    assert dead["reason"].to_pylist() == list(REASONS)  # rows 1..8 fail in priority order
-    assert dead["row"].to_pylist() == list(range(101, 109))
+    assert dead["reason"].to_pylist() == list(REASONS)  # rows 1..10 fail in priority order
+    assert dead["row"].to_pylist() == list(range(101, 111))
     assert set(dead["source"].to_pylist()) == {"events.csv"}
-    assert json.loads(dead["record"][5].as_py()) == {
+    assert json.loads(dead["record"][7].as_py()) == {
         "user_id": "u7",
         "item_id": "i7",
         "ts": "881250949",
