@@ -169,3 +169,11 @@ def test_duplicates_in_different_shards_are_counted_as_duplicates(ds):
     assert result.counts["duplicates_across_batches"] == 4
     assert result.counts["events_used"] == clean.counts["events_used"]
     assert result.counts["events_read"] == clean.counts["events_read"] + 4
+
+
+def test_a_malformed_model_json_is_refused_naming_the_field(ds):
+    path = Path(ds.checkpoint) / "model.json"
+    path.write_text(path.read_text().replace('"meta_dim": 8', '"meta_dim": "abc"'))
+    with pytest.raises(CheckpointError, match=r"model\.json: ModelConfig\.meta_dim must be an integer, got 'abc'"):
+        refresh(config(ds), FAST)
+    assert nothing_written(ds)
