@@ -174,6 +174,7 @@ def test_duplicates_in_different_shards_are_counted_as_duplicates(ds):
 def test_a_malformed_model_json_is_refused_naming_the_field(ds):
     path = Path(ds.checkpoint) / "model.json"
     path.write_text(path.read_text().replace('"meta_dim": 8', '"meta_dim": "abc"'))
-    with pytest.raises(CheckpointError, match=r"model\.json: ModelConfig\.meta_dim must be an integer, got 'abc'"):
+    says = r"model\.json: ModelConfig\.meta_dim must be an integer, got 'abc'"
+    with pytest.raises(CheckpointError, match=says):
         refresh(config(ds), FAST)
     assert nothing_written(ds)
