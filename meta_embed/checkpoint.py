@@ -91,9 +91,12 @@ def _read_json(path: Path) -> Any:
         ) from err
 
 
-def _configs(path: Path) -> tuple[ModelConfig, MamlConfig]:
-    """The model and MAML configs of model.json, refusing a malformed one naming the field."""
+def _configs(path: Path) -> tuple[ModelConfig, MamlConfig, str]:
+    """The model and MAML configs of model.json and its text, refusing a malformed one naming
+    the field. The version hashes the text as written: a config field added later (read with
+    its default) leaves an older checkpoint's version unchanged."""
     raw = _read_json(path / "model.json")
+    text = (path / "model.json").read_text()
     if not isinstance(raw, dict) or raw.get("format") != FORMAT:
         got = raw.get("format") if isinstance(raw, dict) else f"a JSON {type(raw).__name__}"
         raise CheckpointError(f"{path}/model.json: format {got} is not {FORMAT}; retrain or convert it")
@@ -101,7 +104,7 @@ def _configs(path: Path) -> tuple[ModelConfig, MamlConfig]:
         if key not in raw:
             raise CheckpointError(f"{path}/model.json: missing key '{key}'; restore the file or retrain")
     try:
-        return from_dict(ModelConfig, raw["model"]), from_dict(MamlConfig, raw["maml"])
+        return from_dict(ModelConfig, raw["model"]), from_dict(MamlConfig, raw["maml"]), text
     except ValueError as err:
         raise CheckpointError(f"{path}/model.json: {err}") from None
 
@@ -129,7 +132,7 @@ def load(path: str | Path, expect_spec_hash: str | None = None) -> Checkpoint:
                 f"{path}: not a checkpoint (missing {name}); point to a directory written by `meta-embed "
                 "train`"
             )
-    model_cfg, maml_cfg = _configs(path)
+    model_cfg, maml_cfg, model_json = _configs(path)
     spec, spec_json = _spec(path)
     if expect_spec_hash is not None and spec.hash != expect_spec_hash:
         raise CheckpointError(
@@ -150,7 +153,7 @@ def load(path: str | Path, expect_spec_hash: str | None = None) -> Checkpoint:
             f"{path}/weights.pt: tensors {bad} hold NaN or inf; retrain (or restore the file)"
         )
     model.eval()
-    version = _version(weights, _model_json(model_cfg, maml_cfg), spec_json)
+    version = _version(weights, model_json, spec_json)
     stamp = path / "VERSION"
     written = stamp.read_text().strip() if stamp.is_file() else version
     if written != version:

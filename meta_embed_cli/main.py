@@ -16,10 +16,12 @@ from collections.abc import Sequence
 import click
 
 from meta_embed import __version__
+from meta_embed.logs import configure
 from meta_embed_cli import config_file
 from meta_embed_cli.data_commands import data
 from meta_embed_cli.demo import demo
 from meta_embed_cli.evaluate_commands import evaluate
+from meta_embed_cli.options import add_verbose
 from meta_embed_cli.refresh_commands import nightly, refresh, release, rollback, snapshots
 from meta_embed_cli.serve_commands import index, serve
 from meta_embed_cli.train_commands import evidence, train
@@ -57,16 +59,22 @@ for command in (
     demo,
 ):
     cli.add_command(command)
+add_verbose(cli)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line `argv` (default: sys.argv[1:]); returns the exit code."""
     args = list(sys.argv[1:] if argv is None else argv)
+    configure()  # before Beam's import, which would otherwise configure the root logger itself
     try:
         args, path = config_file.pop_config(args)
         default_map = config_file.load(path, cli) if path else None
         code = cli.main(
-            args, prog_name="meta-embed", standalone_mode=False, default_map=default_map, obj={"config": path}
+            args,
+            prog_name="meta-embed",
+            standalone_mode=False,
+            default_map=default_map,
+            obj={"config": path, "verbose": False},
         )
         return int(code or 0)
     except click.exceptions.Exit as done:  # --help, --version

@@ -7,6 +7,7 @@
 - `BeamCommand`: a command whose unknown flags are Beam pipeline options, passed through;
   a flag that neither the command nor Beam knows is a usage error before any work.
 - `examples`: an epilog of example command lines that Click prints as written.
+- `add_verbose`: `--verbose` on a command and every subcommand (third-party logs back on).
 """
 
 from __future__ import annotations
@@ -140,3 +141,33 @@ class BeamCommand(click.Command):
 def examples(*lines: str) -> str:
     """An epilog of example command lines (Click keeps a paragraph after \\b as written)."""
     return "\b\nexamples:\n" + "\n".join(f"  {line}" for line in lines)
+
+
+def _verbose(ctx: click.Context, _: click.Parameter, on: bool) -> None:
+    if on:
+        from meta_embed.logs import LogConfig, configure
+
+        ctx.find_root().ensure_object(dict)["verbose"] = True
+        configure(LogConfig(verbose=True))
+
+
+def verbose(ctx: click.Context) -> bool:
+    """Whether `--verbose` was given on the command line (before or after the command)."""
+    return bool((ctx.find_root().obj or {}).get("verbose"))
+
+
+def add_verbose(command: click.Command) -> None:
+    """Give `command` and its subcommands a `--verbose` flag: Beam's worker INFO lines and
+    other third-party logs, which `meta_embed.logs` drops by default, are shown."""
+    command.params.append(
+        click.Option(
+            ["--verbose", "-v"],
+            is_flag=True,
+            expose_value=False,
+            is_eager=True,
+            callback=_verbose,
+            help="show third-party logs too (Beam's workers, ...)",
+        )
+    )
+    for sub in getattr(command, "commands", {}).values():
+        add_verbose(sub)

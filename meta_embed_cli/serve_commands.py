@@ -8,7 +8,7 @@ from typing import Any
 
 import click
 
-from meta_embed_cli.options import build, examples, option
+from meta_embed_cli.options import build, examples, option, verbose
 from serving.serving_config import IndexConfig, ServingConfig
 
 INDEX_EPILOG = examples(
@@ -143,7 +143,8 @@ def index() -> None:
 
 SERVER_FLAGS = {"reload_interval": "reload_interval_s", "max_body_bytes": "max_body_bytes",
                 "keep_alive": "keep_alive_s", "header_timeout": "header_timeout_s",
-                "max_header_bytes": "max_header_bytes", "max_connections": "max_connections"}  # fmt: skip
+                "max_header_bytes": "max_header_bytes", "max_connections": "max_connections",
+                "access_log": "access_log"}  # fmt: skip
 """`serve`'s own flags that set ServingConfig fields (besides --max-age, in hours)."""
 
 
@@ -199,6 +200,13 @@ def index_build(**flags: Any) -> int:
 )
 @option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]), default="info")
 @option(
+    "--log-format",
+    type=click.Choice(["text", "json"]),
+    default="text",
+    help="json: one JSON object per line (ts, level, logger, message)",
+)
+@option("--access-log", is_flag=True, help="log one line per request (client, method, path, status)")
+@option(
     "--keep-alive",
     type=float,
     default=ServingConfig.keep_alive_s,
@@ -222,21 +230,22 @@ def index_build(**flags: Any) -> int:
     default=ServingConfig.max_connections,
     help="connections per server process; requests beyond them are answered 503",
 )
-def serve(host: str, port: int, workers: int, log_level: str, **flags: Any) -> int:
+def serve(host: str, port: int, workers: int, log_level: str, log_format: str, **flags: Any) -> int:
     """Serve embeddings, scores, recommendations and lookalikes over HTTP."""
     import json
-    import logging
 
     import uvicorn
 
     from meta_embed.config import to_dict
+    from meta_embed.logs import LogConfig, configure
     from serving.app import create_app
     from serving.http_server import claim_port, listening_socket, uvicorn_config
     from serving.state import Sources, load_state
     from serving.workers import serve_workers
 
     cfg = serve_config(**flags)
-    logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    log = LogConfig(log_level, log_format, verbose=verbose(click.get_current_context()))
+    configure(log)
     click.echo("config: " + json.dumps(to_dict(cfg), sort_keys=True))  # serve writes no files
     with claim_port(host, port):
         if workers > 1:
@@ -246,7 +255,7 @@ def serve(host: str, port: int, workers: int, log_level: str, **flags: Any) -> i
             click.echo(f"serving snapshot {state.snapshot} (model_version {state.model_version}) on "
                        f"http://{host}:{port} with {workers} worker processes")  # fmt: skip
             del state
-            return serve_workers(cfg, host, port, workers, log_level)
+            return serve_workers(cfg, host, port, workers, log)
         app = create_app(cfg.root, cfg)
         state = app.state.holder.state
         click.echo(f"serving snapshot {state.snapshot} (model_version {state.model_version}) on "

@@ -127,11 +127,12 @@ def limited_protocol(header_timeout_s: float, max_header_bytes: int) -> type:
     return LimitedHttpToolsProtocol
 
 
-def uvicorn_config(app: Any, cfg: ServingConfig, log_level: str, access_log: bool = False) -> Any:
-    """The uvicorn.Config of a server process: its app, log level and the limits of `cfg`."""
+def uvicorn_config(app: Any, cfg: ServingConfig, log_level: str) -> Any:
+    """The uvicorn.Config of a server process: its app, log level and the limits of `cfg`.
+    uvicorn leaves the handlers to `meta_embed.logs.configure` (log_config=None)."""
     import uvicorn
 
     http = limited_protocol(cfg.header_timeout_s, cfg.max_header_bytes)
-    return uvicorn.Config(app, log_level=log_level, access_log=access_log, http=http,
+    return uvicorn.Config(app, log_level=log_level, access_log=cfg.access_log, http=http, log_config=None,
                           timeout_keep_alive=cfg.keep_alive_s,
                           limit_concurrency=cfg.max_connections)  # fmt: skip

@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 
 from meta_embed.snapshot import current_name
+from serving import metrics
 from serving.cache import remove_entry
 from serving.serving_config import ServingConfig
 from serving.state import ServingState, Sources, load_state
@@ -103,6 +104,7 @@ class StateHolder:
                 new = load_state(self.config, self.sources, previous=self._state, cache=self.cache)
             except Exception as err:  # any failure keeps the old state serving; surfaced in /v1/info
                 self._record_failure(name, err)
+                metrics.RELOAD_FAILED.inc()
                 return False
             self._retry_at.clear()  # a success, or a new CURRENT, starts the back-off afresh
             self._failed.clear()
@@ -115,7 +117,8 @@ class StateHolder:
                 gc.unfreeze()
                 gc.collect()
                 gc.freeze()
-            log.info("serving snapshot %s (model_version %s)", new.snapshot, new.model_version)
+            _log_swap(old, new)
+            metrics.RELOAD_OK.inc()
             return True
 
     def _record_failure(self, name: str, err: Exception) -> None:
@@ -135,6 +138,22 @@ class StateHolder:
             backoff,
             self.stats.last_error,
         )
+
+
+def _log_swap(old: ServingState, new: ServingState) -> None:
+    """One line per swap; a swap to an older as_of (ROOT/CURRENT rolled back) is a warning."""
+    was, now = old.store.meta.as_of, new.store.meta.as_of
+    model = "" if new.model_version == old.model_version else f", model_version was {old.model_version}"
+    if now < was:
+        log.warning(
+            "rolled back to snapshot %s (as_of %s, model_version %s) from %s (as_of %s)%s",
+            new.snapshot, now.isoformat(), new.model_version, old.snapshot, was.isoformat(), model,
+        )  # fmt: skip
+    else:
+        log.info(
+            "serving snapshot %s (as_of %s, model_version %s) in place of %s%s",
+            new.snapshot, now.isoformat(), new.model_version, old.snapshot, model,
+        )  # fmt: skip
 
 
 class Watcher:

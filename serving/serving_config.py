@@ -79,6 +79,7 @@ class ServingConfig:
     header_timeout_s: float = 10.0  # a request's headers must arrive within this, else the connection closes
     max_header_bytes: int = 64 * 1024  # larger request headers are answered 431
     max_connections: int = 1024  # per server process; requests beyond them are answered 503
+    access_log: bool = False  # one log line per request (uvicorn's access log)
 
     def __post_init__(self) -> None:
         for name in ("root", "items", "checkpoint", "users", "cache_dir"):

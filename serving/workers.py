@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import multiprocessing
+import os
 import shutil
 import signal
 import tempfile
@@ -21,40 +22,49 @@ from pathlib import Path
 from typing import Any
 
 from meta_embed.config import from_dict, to_dict
+from meta_embed.logs import LogConfig, configure
 from serving.http_server import listening_socket, uvicorn_config
+from serving.metrics import MULTIPROC_ENV
 from serving.serving_config import ServingConfig
 
 STOP_TIMEOUT_S = 30.0
 
 
-def _worker(config: dict[str, Any], host: str, port: int, log_level: str) -> None:
+def _worker(config: dict[str, Any], host: str, port: int, log: LogConfig) -> None:
     import uvicorn
 
     from serving.app import create_app
 
+    configure(log)  # a spawned interpreter starts with logging unconfigured
     cfg = from_dict(ServingConfig, config)
     sock = listening_socket(host, port, reuse_port=True)
-    uvicorn.Server(uvicorn_config(create_app(cfg.root, cfg), cfg, log_level)).run(sockets=[sock])
+    uvicorn.Server(uvicorn_config(create_app(cfg.root, cfg), cfg, log.level)).run(sockets=[sock])
 
 
-def serve_workers(cfg: ServingConfig, host: str, port: int, workers: int, log_level: str) -> int:
+def serve_workers(cfg: ServingConfig, host: str, port: int, workers: int, log: LogConfig) -> int:
     """Run `workers` server processes until a signal or a worker's exit; returns the exit code.
     The caller holds the port (`http_server.claim_port`); the workers share one cache of
-    private artifact copies, removed at the end if this call created it."""
+    private artifact copies and one folder of metric files, each removed at the end if this
+    call created it."""
     own_cache = cfg.cache_dir is None
     if own_cache:
         cfg = dataclasses.replace(cfg, cache_dir=Path(tempfile.mkdtemp(prefix="meta-embed-serve-")))
+    own_metrics = not os.environ.get(MULTIPROC_ENV)
+    if own_metrics:  # the workers' metric files (see serving.metrics); inherited by the spawned workers
+        os.environ[MULTIPROC_ENV] = tempfile.mkdtemp(prefix="meta-embed-metrics-")
     try:
-        return _supervise(cfg, host, port, workers, log_level)
+        return _supervise(cfg, host, port, workers, log)
     finally:
         if own_cache:
             shutil.rmtree(cfg.cache_dir, ignore_errors=True)
+        if own_metrics:
+            shutil.rmtree(os.environ.pop(MULTIPROC_ENV), ignore_errors=True)
 
 
-def _supervise(cfg: ServingConfig, host: str, port: int, workers: int, log_level: str) -> int:
+def _supervise(cfg: ServingConfig, host: str, port: int, workers: int, log: LogConfig) -> int:
     ctx = multiprocessing.get_context("spawn")  # fresh interpreters: no torch/FAISS state forked
     procs = [
-        ctx.Process(target=_worker, args=(to_dict(cfg), host, port, log_level), name=f"serve-worker-{i}")
+        ctx.Process(target=_worker, args=(to_dict(cfg), host, port, log), name=f"serve-worker-{i}")
         for i in range(workers)
     ]
     stopping = False

@@ -236,7 +236,7 @@ def refresh(
     staged = snapshot.staging_dir(cfg.out, plan.meta, run_id)
     try:
         transform = RefreshSnapshot(plan, str(staged), cfg.read_batch_rows, spill, fail_after_users)
-        counters = _run(pipeline or beam.Pipeline(options=opts), transform)
+        counters = _run(pipeline or beam.Pipeline(runner=runners.runner(opts), options=opts), transform)
         shutil.rmtree(staged / SHUFFLE_DIR, ignore_errors=True)
         phase["pipeline"] = time.perf_counter() - start - phase["plan"]
         write_config(cfg, staged, "refresh_config.json")

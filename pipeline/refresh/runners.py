@@ -13,8 +13,12 @@ from __future__ import annotations
 import argparse
 import ctypes
 import functools
+import logging
 import platform
+import shlex
+import sys
 from collections.abc import Iterator, Sequence
+from typing import Any
 
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
@@ -79,6 +83,35 @@ def runner_name(opts: PipelineOptions) -> str:
 def is_local(opts: PipelineOptions) -> bool:
     """Whether this process itself runs the pipeline (the local FnApiRunner or DirectRunner)."""
     return (opts.view_as(StandardOptions).runner or LOCAL_RUNNER) in ("FnApiRunner", "DirectRunner")
+
+
+def worker_command() -> str:
+    """The command line of a local worker process: `beam_worker`, at the launcher's log level."""
+    level = "INFO" if logging.getLogger().isEnabledFor(logging.INFO) else "WARNING"
+    return f"{shlex.quote(sys.executable)} -m pipeline.refresh.beam_worker --log-level {level}"
+
+
+def runner(opts: PipelineOptions) -> Any:
+    """The runner instance for `opts`: a `LocalRunner` for the local default (the FnApiRunner
+    with worker processes); None where Beam resolves the runner by its name."""
+    from apache_beam.options.pipeline_options import DirectOptions
+    from apache_beam.portability import python_urns
+    from apache_beam.runners.portability.fn_api_runner.fn_runner import FnApiRunner
+
+    class LocalRunner(FnApiRunner):
+        """The FnApiRunner whose worker processes start through `beam_worker` (its logging set up
+        like the launcher's) rather than Beam's bare `sdk_worker_main`."""
+
+        def run_via_runner_api(self, pipeline_proto: Any, options: PipelineOptions) -> Any:
+            for env in pipeline_proto.components.environments.values():
+                if env.urn == python_urns.SUBPROCESS_SDK:
+                    env.payload = worker_command().encode()
+            return super().run_via_runner_api(pipeline_proto, options)
+
+    name = opts.view_as(StandardOptions).runner or LOCAL_RUNNER
+    if name == LOCAL_RUNNER and opts.view_as(DirectOptions).direct_running_mode == "multi_processing":
+        return LocalRunner()
+    return None
 
 
 def _glibc() -> ctypes.CDLL | None:

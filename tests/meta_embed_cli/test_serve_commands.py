@@ -12,7 +12,7 @@ from serving.state import Sources, load_state
 def _serve_config(argv: list[str]):
     """The ServingConfig `serve` would run with, and the process flags (host, port, ...)."""
     flags = dict(serve.make_context("serve", argv).params)
-    server = {k: flags.pop(k) for k in ("host", "port", "workers", "log_level")}
+    server = {k: flags.pop(k) for k in ("host", "port", "workers", "log_level", "log_format")}
     return serve_config(**flags), server
 
 
@@ -66,12 +66,13 @@ def test_serve_flags_map_to_the_config() -> None:
             "0",
             "--port",
             "9000",
+            "--access-log",
         ]
     )
     assert (server["host"], server["port"]) == ("127.0.0.1", 9000)  # loopback unless told otherwise
     assert cfg.fp16 and cfg.threads == 2 and cfg.max_age_s == 5400.0 and cfg.reload_interval_s == 0.0
     assert cfg.index.users_approx == "hnsw" and cfg.index.items_approx == "hnsw" and cfg.index.ef_search == 64
-    assert cfg.checkpoint is None
+    assert cfg.checkpoint is None and cfg.access_log
 
 
 def test_bad_flags_fail_with_the_flag_named(capsys) -> None:

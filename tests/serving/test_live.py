@@ -1,11 +1,14 @@
 """A real uvicorn server on loopback (one process, and two worker processes) under a bounded
 request loop while a new snapshot (from a new model release) is published: no request fails,
 answers switch to the new as_of, and every answer is consistent (scores, embeddings and
-model_version of one state). Stopping the server by its pid stops its workers too."""
+model_version of one state). /metrics, scraped from the server, counts every request and
+reload of every worker; the JSON log has each worker's swap and an access line per request.
+Stopping the server by its pid stops its workers too."""
 
 from __future__ import annotations
 
 import datetime as dt
+import json
 import os
 import socket
 import subprocess
@@ -21,7 +24,15 @@ import torch
 
 from meta_embed import checkpoint
 from meta_embed.features import encode, take
-from tests.serving.world import MAML_CFG, SPEC, build_world, make_model, publish, serve_command
+from tests.serving.world import (
+    MAML_CFG,
+    SPEC,
+    build_world,
+    make_model,
+    metric_samples,
+    publish,
+    serve_command,
+)
 
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[2]
@@ -41,7 +52,7 @@ def server(tmp_path, request):
     w = build_world(tmp_path / "w", as_of=AS_OF)
     port = free_port()
     cmd = serve_command(w, port, "--users", str(w.base / "users.parquet"), "--reload-interval", "0.2",
-                        "--log-level", "warning", "--workers", str(request.param))  # fmt: skip
+                        "--log-format", "json", "--access-log", "--workers", str(request.param))  # fmt: skip
     log = open(tmp_path / "server.log", "w")
     proc = subprocess.Popen(
         cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, env=os.environ | {"PYTHONPATH": str(REPO)}
@@ -60,7 +71,7 @@ def server(tmp_path, request):
             pytest.fail("server did not come up: " + (tmp_path / "server.log").read_text())
         workers = psutil.Process(proc.pid).children(recursive=True)
         assert len(workers) >= (request.param if request.param > 1 else 0)
-        yield w, base
+        yield w, base, request.param, tmp_path / "server.log"
     finally:
         proc.terminate()  # the server, by its pid; uvicorn stops its worker processes
         try:
@@ -94,7 +105,7 @@ def load_loop(base: str, results: list, stop: threading.Event, worker: int) -> N
 
 
 def test_publishing_under_load_swaps_without_a_failed_request(server, tmp_path) -> None:
-    w, base = server
+    w, base, n_workers, log = server
     new_model = make_model(seed=11)
     new_version = checkpoint.save(new_model, MAML_CFG, tmp_path / "release")
     new_emb = np.random.default_rng(5).normal(size=(30, 8)).astype(np.float32)
@@ -139,6 +150,19 @@ def test_publishing_under_load_swaps_without_a_failed_request(server, tmp_path) 
         and info["reload"]["failures"] == 0
         and info["model_version"] == new_version
     )
+    scrape = lambda: metric_samples(httpx.get(base + "/metrics").text)  # noqa: E731 (any worker: all counts)
+    swapped = ("meta_embed_reloads_total", (("result", "success"),))
+    _wait(lambda: scrape().get(swapped) == n_workers)  # one swap per worker (the last may still be loading)
+    scraped = scrape()
+    score_ok = (("method", "POST"), ("route", "/v1/score"), ("status", "200"))
+    assert scraped["meta_embed_requests_total", score_ok] == len(results)
+    assert scraped["meta_embed_answers_total", (("embedding_status", "fresh"),)] == len(results)
+    assert scraped["meta_embed_snapshot_users", ()] == 30
+    records = [json.loads(line) for line in log.read_text().splitlines() if line.startswith("{")]
+    swaps = [r for r in records if r["logger"] == "serving.reload"]
+    assert len(swaps) == n_workers and all(f"model_version was {w.version}" in r["message"] for r in swaps)
+    access = [r for r in records if r["logger"] == "uvicorn.access" and r["path"] == "/v1/score"]
+    assert len(access) == len(results) and {r["status"] for r in access} == {200}
 
 
 def _wait(condition, timeout_s: float = MAX_SECONDS) -> None:

@@ -146,3 +146,27 @@ def test_checkpoint_candidates_in_order_of_precedence(tmp_path) -> None:
     ]
     (tmp_path / "MODEL").unlink()
     assert checkpoint_candidates(tmp_path, {}, None) == []
+
+
+def test_swaps_failures_and_rollbacks_are_logged_and_counted(small, tmp_path, caplog) -> None:
+    from meta_embed import snapshot
+    from serving import metrics
+
+    holder = StateHolder.open(small.config())
+    first = holder.state.snapshot
+    ok, failed = metrics.RELOAD_OK._value.get(), metrics.RELOAD_FAILED._value.get()
+    caplog.set_level("INFO", logger="serving.reload")
+    publish(small.root, small.version, IDS, new_embeddings(1), later(small, 1), "r2")
+    assert holder.refresh() is True
+    second = holder.state.snapshot
+    snapshot.rollback(small.root)  # CURRENT back to the first snapshot: an older as_of
+    assert holder.refresh() is True
+    _, version, _ = _release(small, tmp_path, seed=9)  # no checkpoint anywhere for this version
+    publish(small.root, version, IDS, new_embeddings(2), later(small, 2), "r3")
+    assert holder.refresh() is False
+    lines = [(r.levelname, r.getMessage()) for r in caplog.records if r.name == "serving.reload"]
+    assert [level for level, _ in lines] == ["INFO", "WARNING", "ERROR"]
+    assert lines[0][1].startswith(f"serving snapshot {second} (as_of {later(small, 1).isoformat()}")
+    assert lines[1][1].startswith(f"rolled back to snapshot {first} ") and f"from {second}" in lines[1][1]
+    assert lines[2][1].startswith("cannot load snapshot") and f"still serving {first}" in lines[2][1]
+    assert metrics.RELOAD_OK._value.get() - ok == 2 and metrics.RELOAD_FAILED._value.get() - failed == 1

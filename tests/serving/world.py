@@ -184,3 +184,14 @@ def serve_command(w: World, port: int, *flags: str) -> list[str]:
     return [sys.executable, "-m", "meta_embed_cli", "serve", "--root", str(w.root), "--items",
             str(w.base / "items.parquet"), "--checkpoint", str(w.ckpt_path), "--host", "127.0.0.1",
             "--port", str(port), *flags]  # fmt: skip
+
+
+def metric_samples(text: str) -> dict[tuple[str, tuple], float]:
+    """Every sample of a Prometheus text exposition, by (name, sorted label pairs)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
