@@ -4,6 +4,7 @@ spec, or a damaged one, is refused with a message that says what to do."""
 from __future__ import annotations
 
 import dataclasses
+import json
 
 import pytest
 import torch
@@ -120,3 +121,20 @@ def test_non_finite_weights_are_refused(tmp_path, spec):
     checkpoint.save(model, MamlConfig(), tmp_path / "ckpt")
     with pytest.raises(checkpoint.CheckpointError, match=r"tensors \['meta.weights.b2'\] hold NaN or inf"):
         checkpoint.load(tmp_path / "ckpt")
+
+
+def test_a_checkpoint_written_before_a_config_field_existed_keeps_its_version(tmp_path, spec, tables):
+    """model.json as written is hashed: an older checkpoint, whose model.json lacks a field
+    added since (read with its default), loads under the version it was written with."""
+    model = tiny_model(spec)
+    path = tmp_path / "old"
+    checkpoint.save(model, MamlConfig(), path)
+    raw = json.loads((path / "model.json").read_text())
+    del raw["model"]["user_id_dim"]  # as written before ModelConfig.user_id_dim existed
+    old_text = json.dumps(raw, sort_keys=True, indent=2)
+    (path / "model.json").write_text(old_text)
+    weights = torch.load(path / "weights.pt", weights_only=True)
+    old_version = checkpoint._version(weights, old_text, (path / "feature_spec.json").read_text())
+    (path / "VERSION").write_text(old_version + "\n")
+    loaded = checkpoint.load(path)
+    assert loaded.model_version == old_version and loaded.model_cfg.user_id_dim == 0

@@ -129,3 +129,25 @@ def test_nightly_release_rollback(tmp_path, capsys):
 def test_rollback_without_history_is_an_error(tmp_path, capsys):
     assert main(["rollback", "--out", str(tmp_path)]) == 1
     assert "roll back" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_the_local_runner_workers_are_quiet_unless_verbose(tmp_path):
+    """The default runner's worker processes log their start-up and shut-down at INFO, and
+    Beam's import warns about apitools: none of it reaches the output unless --verbose."""
+    import os
+    import subprocess
+    import sys
+
+    ds = make_dataset(tmp_path / "data")
+
+    def run(*flags: str) -> str:
+        argv = [sys.executable, "-m", "meta_embed_cli", *_refresh(ds, tmp_path / "snapshots", *flags)]
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=300, env=os.environ)
+        assert done.returncode == 0, done.stderr
+        return done.stderr
+
+    quiet = run("--keep", "2")
+    assert "INFO" not in quiet and "apitools" not in quiet and "semi_persistent" not in quiet, quiet
+    loud = run("--keep", "2", "--verbose")
+    assert loud.count("Python sdk harness starting") >= 2 and "apitools" in loud  # two worker processes
