@@ -3,7 +3,7 @@
 Layout under a snapshot root:
 
     ROOT/CURRENT                       one line: the name of the published snapshot
-    ROOT/snapshots/NAME/part-*.parquet user_id, embedding, n_support, last_event_ts
+    ROOT/snapshots/NAME/part-*.parquet user_id, embedding, n_support, last_event_ts, seen_item_ids
     ROOT/snapshots/NAME/manifest.json  counts, as_of, model_version, spec hash, files...
     ROOT/snapshots/NAME/indexes/       FAISS indexes built for this snapshot (serving)
     ROOT/staging/                      work in progress; never read by serving
@@ -12,6 +12,10 @@ Publishing is atomic: data files are written to staging, validated, the manifest
 written, the directory is renamed into snapshots/, and only then is CURRENT replaced
 (write a temp file, fsync, os.replace). A reader that follows CURRENT never sees a
 partial snapshot.
+
+`seen_item_ids` holds the distinct items of the user's most recent events, newest first
+(at most `--seen-items`, 50 by default): serving leaves them out of recommendations. A
+snapshot written before the column existed reads as every user having seen nothing.
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ import pyarrow.parquet as pq
 from meta_embed.tables import TS_TYPE
 
 FORMAT = 1
+SEEN_TYPE = pa.list_(pa.string())
 CURRENT = "CURRENT"
 MANIFEST = "manifest.json"
 
@@ -84,6 +89,7 @@ def schema(meta: SnapshotMeta) -> pa.Schema:
             pa.field("embedding", pa.list_(pa.float32(), meta.dim), nullable=False),
             pa.field("n_support", pa.int32(), nullable=False),
             pa.field("last_event_ts", TS_TYPE, nullable=True),
+            pa.field("seen_item_ids", SEEN_TYPE, nullable=False),
         ],
         metadata=meta.to_metadata(),
     )
@@ -95,8 +101,10 @@ def to_table(
     embeddings: np.ndarray,
     n_support: np.ndarray,
     last_event_ts: pa.Array | np.ndarray,
+    seen_item_ids: pa.Array | None = None,
 ) -> pa.Table:
-    """Rows of a snapshot; `embeddings` is (users, dim) float32, `last_event_ts` in µs or timestamps."""
+    """Rows of a snapshot; `embeddings` is (users, dim) float32, `last_event_ts` in µs or
+    timestamps, `seen_item_ids` a list of item ids per user (None: empty lists)."""
     emb = np.ascontiguousarray(embeddings, dtype=np.float32)
     if emb.ndim != 2 or emb.shape[1] != meta.dim:
         raise SnapshotError(f"embeddings have shape {emb.shape}, expected (users, {meta.dim})")
@@ -106,15 +114,25 @@ def to_table(
         if isinstance(last_event_ts, (pa.Array, pa.ChunkedArray))
         else pa.array(last_event_ts, pa.int64())
     )
+    if seen_item_ids is None:
+        seen_item_ids = pa.ListArray.from_arrays(np.zeros(len(emb) + 1, np.int32), pa.array([], pa.string()))
     return pa.table(
         [
             pa.array(user_ids, pa.string()),
             pa.FixedSizeListArray.from_arrays(flat, meta.dim),
             pa.array(n_support, pa.int32()),
             ts.cast(TS_TYPE),
+            seen_item_ids.cast(SEEN_TYPE),
         ],
         schema=schema(meta),
     )
+
+
+def seen_of(table: pa.Table) -> pa.ListArray:
+    """The seen_item_ids column as one list array (empty lists for a snapshot without it)."""
+    if "seen_item_ids" not in table.column_names:
+        return pa.ListArray.from_arrays(np.zeros(table.num_rows + 1, np.int32), pa.array([], pa.string()))
+    return table.column("seen_item_ids").combine_chunks()
 
 
 def embeddings_of(table: pa.Table) -> np.ndarray:
@@ -189,6 +207,12 @@ def content_hash(table: pa.Table) -> str:
         h.update(text.buffers()[1] or b"")  # offsets: value boundaries
         h.update(text.buffers()[2] or b"")
     h.update(embeddings_of(rows).tobytes())
+    if "seen_item_ids" in rows.column_names:
+        seen = rows.column("seen_item_ids").combine_chunks()
+        h.update(np.diff(seen.offsets.to_numpy()).astype(np.int64).tobytes())
+        values = seen.flatten().cast(pa.large_binary())
+        h.update(values.buffers()[1] or b"")
+        h.update(values.buffers()[2] or b"")
     return h.hexdigest()[:8]
 
 

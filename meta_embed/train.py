@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import logging
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -27,6 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
+from tqdm.contrib.logging import logging_redirect_tqdm
 
 from meta_embed import metrics
 from meta_embed.config import MamlConfig, TrainConfig, default_threshold
@@ -36,6 +38,8 @@ from meta_embed.maml import adapt, masked_user_mean, pointwise_loss
 from meta_embed.model import TwoBlockModel
 from meta_embed.pretrain import pretrain
 from meta_embed.tasks import Episodes, FeatureTables, Padded, TaskSet, build_tasks, cut, episodes
+
+log = logging.getLogger("meta_embed.train")
 
 
 @dataclasses.dataclass
@@ -312,10 +316,13 @@ def meta_train(
 
         validate(0, float("nan"))  # the untrained model, for reference; the best state is a trained one
         best, best_epoch, best_state = -np.inf, 0, {}
-        with tqdm(
-            total=cfg.max_epochs * n_batches, desc="meta-train", unit="batch", disable=not cfg.progress
-        ) as bar:
+        # one bar per epoch (early stopping makes a whole-run ETA wrong); none when stderr is not
+        # a terminal (disable=None), so a log file gets the epoch lines and no bar updates
+        bar = tqdm(total=n_batches, unit="batch", disable=None if cfg.progress else True)
+        with bar, logging_redirect_tqdm():  # log lines printed above the bar, not through it
             for epoch in range(1, cfg.max_epochs + 1):
+                bar.reset(total=n_batches)
+                bar.set_description(f"meta-train epoch {epoch}/{cfg.max_epochs}")
                 tasks = cut(
                     history,
                     train_users,
@@ -328,7 +335,13 @@ def meta_train(
                     best, best_epoch = value, epoch
                     best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
                 bar.set_postfix(loss=f"{rows[-1]['train_loss']:.4f}", **{f"val_{metric}": f"{value:.4f}"})
+                log.info(
+                    "epoch %d/%d: train loss %.4f, validation %s %.4f (best %.4f at epoch %d), %.1f s",
+                    epoch, cfg.max_epochs, rows[-1]["train_loss"], metric, value, best, best_epoch,
+                    rows[-1]["seconds"],
+                )  # fmt: skip
                 if epoch - best_epoch >= cfg.patience:
+                    log.info("stopped early: no better validation %s for %d epochs", metric, cfg.patience)
                     break
         model.load_state_dict(best_state)
     return TrainResult(

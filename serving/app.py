@@ -267,7 +267,9 @@ def _routes(
     def recommend_body(raw: bytes) -> Response:
         body = _parse(raw, schemas.RecommendRequest)
         state = holder.state
-        user, rec = service.recommend(state, body.user_id, body.k, body.exclude_item_ids, body.context)
+        user, rec = service.recommend(
+            state, body.user_id, body.k, body.exclude_item_ids, body.context, body.exclude_seen
+        )
         items = [
             {"item_id": i, "score": s, "retrieval_score": r}
             for i, s, r in zip(rec.item_ids, rec.scores.tolist(), rec.retrieval_scores.tolist())

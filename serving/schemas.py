@@ -37,6 +37,9 @@ class RecommendRequest(_Strict):
     user_id: Id
     k: int = Field(10, ge=1, le=MAX_K)
     exclude_item_ids: list[Id] = Field(default_factory=list, max_length=10_000)
+    exclude_seen: bool = Field(
+        True, description="leave out the items of the user's recent events (as of the snapshot)"
+    )
     context: Context | None = None
 
 

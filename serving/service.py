@@ -80,14 +80,18 @@ def recommend(
     k: int,
     exclude_item_ids: Sequence[str] = (),
     context: Mapping[str, ContextValue] | None = None,
+    exclude_seen: bool = True,
 ) -> tuple[UserEmbedding, Recommendation]:
     """Top-k items: FAISS candidates by the retrieval head, reranked by the global block.
 
-    Unknown ids in `exclude_item_ids` are ignored (there is nothing to exclude).
+    Left out: `exclude_item_ids` (unknown ids are ignored: there is nothing to exclude) and,
+    with `exclude_seen`, the items the snapshot lists as the user's recent ones.
     """
     user = user_embedding(state, user_id)
     excluded = state.scorer.item_rows(list(exclude_item_ids)) if exclude_item_ids else np.zeros(0, np.int64)
     excluded = excluded[excluded >= 0]
+    if exclude_seen and user.row >= 0:
+        excluded = np.concatenate([excluded, state.store.seen(user.row)])
     depth = max(k, state.rerank_depth) + len(excluded)
     retrieval, rows = state.items_index.search(state.scorer.query(user.embedding), depth)
     retrieval, rows = retrieval[0], rows[0]

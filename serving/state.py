@@ -38,7 +38,7 @@ from serving.cache import digests, private_copy
 from serving.index import META_JSON, VectorIndex, build_index, load_index, read_meta, save_index, write_meta
 from serving.scorer import Scorer, read_features
 from serving.serving_config import ServingConfig
-from serving.store import EmbeddingStore
+from serving.store import STORE_FORMAT, EmbeddingStore
 
 MODEL_POINTER = "MODEL"
 
@@ -133,6 +133,7 @@ def artifact_key(model_version: str, snapshot: str, items_fingerprint: str, cfg:
         "items": items_fingerprint,
         "index": to_dict(cfg.index),
         "fp16": cfg.fp16,
+        "store_format": STORE_FORMAT,
     }
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:12]
 
@@ -174,7 +175,7 @@ def build_artifacts(
 def _write_artifacts(
     tmp: Path, snapshot_dir: Path, scorer: Scorer, cfg: ServingConfig, items_from: Path | None
 ) -> None:
-    store = EmbeddingStore.from_snapshot(snapshot_dir, scorer.model_version, cfg.fp16)
+    store = EmbeddingStore.from_snapshot(snapshot_dir, scorer.model_version, scorer.catalog.ids, cfg.fp16)
     store.save(tmp)
     if items_from is not None and (items_from / "items.faiss").is_file():
         items_factory = json.loads((items_from / META_JSON).read_text())["items_factory"]

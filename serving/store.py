@@ -2,9 +2,12 @@
 
 Built from the snapshot's Parquet parts (`EmbeddingStore.from_snapshot`) and written
 beside the FAISS indexes as plain arrays (`save`): the `IdIndex` files, the embeddings
-as one (users, D) `.npy` (float32, or float16 with `fp16`), n_support and
-last_event_ts. `EmbeddingStore.open` memory-maps them, so a server holds no Python
-object per user and a 10M-user snapshot costs page cache, not heap.
+as one (users, D) `.npy` (float32, or float16 with `fp16`), n_support, last_event_ts,
+and the items each user has seen as catalog rows in CSR form (`seen_offsets`, users + 1
+int64; `seen_rows`, int32). `EmbeddingStore.open` memory-maps them, so a server holds no
+Python object per user and a 10M-user snapshot costs page cache, not heap. The seen
+items cost 8 + 4 x (at most 50) bytes per user, beside 4 x D (2 x D in fp16) for the
+embedding (docs/api.md has the figures measured on MovieLens).
 
 A store refuses a snapshot whose model_version is not the scorer's: embeddings are
 only meaningful to the global block they were computed for.
@@ -21,11 +24,12 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from meta_embed.snapshot import SnapshotError, SnapshotMeta, embeddings_of, read_dir
+from meta_embed.snapshot import SnapshotError, SnapshotMeta, embeddings_of, read_dir, seen_of
 from serving.ids import IdIndex, mapped
 
 NO_TS = np.iinfo(np.int64).min
 STORE_JSON = "store.json"
+STORE_FORMAT = 2  # part of the artifact key: 2 added the seen items (stores of format 1 are rebuilt)
 
 
 class Status(str, enum.Enum):
@@ -67,10 +71,15 @@ class EmbeddingStore:
     embeddings: np.ndarray  # (users, D) float32 or float16
     n_support: np.ndarray  # (users,) int32
     last_event_us: np.ndarray  # (users,) int64 µs since the epoch, NO_TS when unknown
+    seen_offsets: np.ndarray  # (users + 1,) int64: user r's seen items are seen_rows[offsets[r]:offsets[r+1]]
+    seen_rows: np.ndarray  # int32 catalog rows, newest first per user
 
     @classmethod
-    def from_snapshot(cls, directory: str | Path, model_version: str, fp16: bool = False) -> EmbeddingStore:
-        """Read a published snapshot directory (Parquet parts + manifest) into memory."""
+    def from_snapshot(
+        cls, directory: str | Path, model_version: str, items: IdIndex, fp16: bool = False
+    ) -> EmbeddingStore:
+        """Read a published snapshot directory (Parquet parts + manifest) into memory; seen
+        item ids become rows of the catalog `items` (ids it does not hold are dropped)."""
         table, manifest = read_dir(directory)
         meta = SnapshotMeta.from_dict(manifest)
         check_version(meta, model_version, str(directory))
@@ -79,6 +88,9 @@ class EmbeddingStore:
         if emb.shape[1] != meta.dim:
             raise SnapshotError(f"{directory}: embeddings have dim {emb.shape[1]}, manifest says {meta.dim}")
         ts = table.column("last_event_ts").cast(pa.int64()).fill_null(NO_TS)
+        seen = seen_of(table)
+        rows = items.find_many(seen.flatten())
+        user = np.repeat(np.arange(len(seen)), np.diff(seen.offsets.to_numpy()))[rows >= 0]
         return cls(
             meta,
             str(manifest.get("name", Path(directory).name)),
@@ -86,6 +98,8 @@ class EmbeddingStore:
             emb,
             table.column("n_support").to_numpy().astype(np.int32),
             ts.to_numpy().astype(np.int64),
+            np.concatenate([[0], np.cumsum(np.bincount(user, minlength=len(seen)))]).astype(np.int64),
+            rows[rows >= 0].astype(np.int32),
         )
 
     def save(self, directory: Path) -> None:
@@ -94,6 +108,8 @@ class EmbeddingStore:
         np.save(directory / "embeddings.npy", np.ascontiguousarray(self.embeddings))
         np.save(directory / "n_support.npy", np.ascontiguousarray(self.n_support))
         np.save(directory / "last_event_us.npy", np.ascontiguousarray(self.last_event_us))
+        np.save(directory / "seen_offsets.npy", np.ascontiguousarray(self.seen_offsets))
+        np.save(directory / "seen_rows.npy", np.ascontiguousarray(self.seen_rows))
         info = json.loads(self.meta.to_metadata()[b"meta_embed"]) | {
             "name": self.name,
             "users": len(self),
@@ -116,10 +132,14 @@ class EmbeddingStore:
             emb,
             mapped(directory / "n_support.npy"),
             mapped(directory / "last_event_us.npy"),
+            mapped(directory / "seen_offsets.npy"),
+            mapped(directory / "seen_rows.npy"),
         )
+        offsets = store.seen_offsets
         if (
-            not (len(store.ids) == emb.shape[0] == len(store.n_support) == info["users"])
+            not (len(store.ids) == emb.shape[0] == len(store.n_support) == len(offsets) - 1 == info["users"])
             or emb.shape[1] != meta.dim
+            or offsets[-1] != len(store.seen_rows)
         ):
             raise SnapshotError(f"{directory}: store files disagree with {STORE_JSON}; rebuild the indexes")
         return store
@@ -131,7 +151,8 @@ class EmbeddingStore:
     def nbytes(self) -> int:
         """Bytes of every array the store holds (ids, hashes, rows, embeddings, columns)."""
         ids = sum(b.size for b in self.ids.ids.buffers() if b is not None)
-        arrays = (self.ids.hashes, self.ids.order, self.embeddings, self.n_support, self.last_event_us)
+        arrays = (self.ids.hashes, self.ids.order, self.embeddings, self.n_support, self.last_event_us,
+                  self.seen_offsets, self.seen_rows)  # fmt: skip
         return ids + sum(a.nbytes for a in arrays)
 
     def row(self, user_id: str) -> int:
@@ -141,6 +162,10 @@ class EmbeddingStore:
     def embedding(self, row: int) -> np.ndarray:
         """The stored embedding of a row as float32 (D,)."""
         return np.array(self.embeddings[row], dtype=np.float32)  # a copy: the store may be read-only mmap
+
+    def seen(self, row: int) -> np.ndarray:
+        """Catalog rows of the items the user of `row` has seen, newest first."""
+        return self.seen_rows[self.seen_offsets[row] : self.seen_offsets[row + 1]]
 
     def last_event(self, row: int) -> dt.datetime | None:
         us = int(self.last_event_us[row])

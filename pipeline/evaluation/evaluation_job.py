@@ -200,7 +200,7 @@ def evaluate(cfg: EvalConfig) -> EvalResult:
             cfg.retrain_every,
         )
         test = replay_events(inter, period)
-        bar = tqdm(total=len(period.points), desc="replay", unit="day", file=sys.stderr)
+        bar = tqdm(total=len(period.points), desc="replay", unit="day", file=sys.stderr, disable=None)
         preds, log = replay(
             setup, test, lambda d, info: (bar.update(1), bar.set_postfix(info, refresh=False))
         )

@@ -10,6 +10,9 @@ mode, the previous snapshot's rows, and returns the bucket's snapshot rows:
 - users with a features row but no events get the zero-step (cold) embedding (`inference.zero_step`);
 - users whose support set is unchanged since the previous snapshot are carried forward.
 
+Every row also lists the items the user has seen (`seen_items`): the distinct items of
+the user's events in the bucket, newest first, at most `settings.seen_items`.
+
 Batches are formed deterministically (users sorted by support length, then user id).
 """
 
@@ -46,6 +49,7 @@ class AdaptSettings:
     batch_size: int = 64
     cold_users: bool = True
     torch_threads: int = 1
+    seen_items: int = 50
 
 
 @dataclasses.dataclass(frozen=True)
@@ -54,6 +58,7 @@ class AdaptState:
 
     ckpt: Checkpoint
     catalog: torch.Tensor  # (items + 1, item_dim)
+    item_ids: pa.Array  # (items,) string: the id of each catalog row
 
 
 @dataclasses.dataclass
@@ -79,7 +84,28 @@ def load_adapt_state(settings: AdaptSettings) -> AdaptState:
         )
     spec = ckpt.spec
     items = read_all(settings.item_files, [spec.item_key] + [c.name for c in spec.item])
-    return AdaptState(ckpt, catalog_vectors(ckpt.model, encode_with_default(items, spec.item, "items")))
+    item_ids = items.column(spec.item_key).combine_chunks().cast(pa.string())
+    return AdaptState(
+        ckpt, catalog_vectors(ckpt.model, encode_with_default(items, spec.item, "items")), item_ids
+    )
+
+
+def seen_items(offsets: np.ndarray, item_row: np.ndarray, n_items: int, cap: int) -> tuple[np.ndarray, ...]:
+    """Per user run [offsets[u], offsets[u+1]) of events, oldest first: the distinct item rows
+    below `n_items` (known items), newest first, at most `cap`. Returns (lengths (users,),
+    the rows of every user concatenated)."""
+    n_users = len(offsets) - 1
+    user = np.repeat(np.arange(n_users), np.diff(offsets))
+    pos = np.arange(len(item_row))
+    order = np.lexsort((-pos, item_row, user))  # each (user, item): its newest event first
+    newest = np.ones(len(order), bool)
+    newest[1:] = (np.diff(user[order]) != 0) | (np.diff(item_row[order]) != 0)
+    keep = order[newest]
+    keep = keep[item_row[keep] < n_items]
+    keep = keep[np.lexsort((-pos[keep], user[keep]))]  # by user, newest first
+    rank = np.arange(len(keep)) - np.searchsorted(user[keep], user[keep])
+    keep = keep[rank < cap]
+    return np.bincount(user[keep], minlength=n_users), item_row[keep]
 
 
 def _index(values: pa.Array, known: pa.Array) -> np.ndarray:
@@ -175,4 +201,13 @@ def adapt_bucket(
         len(cold),
         int((~np.isfinite(emb).all(axis=1)).sum()),
     )
-    return snapshot.to_table(settings.meta, ids, emb, n_support, last_ts), counts
+    lengths, rows = seen_items(
+        offsets, events.column("item_row").to_numpy(), len(state.item_ids), settings.seen_items
+    )
+    ends = np.cumsum(lengths, dtype=np.int32)
+    by_user = pa.ListArray.from_arrays(  # one list per event user, then an empty one for the rest
+        pa.array(np.concatenate([[0], ends, ends[-1:] if len(ends) else [0]]), pa.int32()),
+        state.item_ids.take(pa.array(rows, pa.int64())),
+    )
+    seen = by_user.take(pa.array(np.where(ev >= 0, ev, len(ev_users))))
+    return snapshot.to_table(settings.meta, ids, emb, n_support, last_ts, seen), counts

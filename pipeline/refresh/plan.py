@@ -86,6 +86,7 @@ def plan(cfg: RefreshConfig) -> Plan:
         cfg.batch_size,
         cfg.cold_users,
         cfg.torch_threads,
+        cfg.seen_items,
     )
     return Plan(
         meta,

@@ -39,6 +39,9 @@ class RefreshConfig:
     cold_users: bool = dataclasses.field(
         default=True, metadata=flag("write zero-step embeddings for users without events")
     )
+    seen_items: int = dataclasses.field(
+        default=50, metadata=flag("recent items kept per user, left out of recommendations (0 = none)")
+    )
     expect_spec_hash: str | None = dataclasses.field(
         default=None, metadata=flag("refuse a checkpoint whose feature spec has another hash")
     )
@@ -68,6 +71,8 @@ class RefreshConfig:
         for name in ("keep", "batch_size", "torch_threads", "read_batch_rows"):
             if getattr(self, name) < 1:
                 raise ValueError(f"RefreshConfig.{name} must be >= 1, got {getattr(self, name)}")
+        if self.seen_items < 0:
+            raise ValueError(f"RefreshConfig.seen_items must be >= 0, got {self.seen_items}")
         if self.shuffle not in SHUFFLES:
             raise ValueError(f"RefreshConfig.shuffle must be one of {SHUFFLES}, got {self.shuffle!r}")
         for name in ("max_support", "buckets"):

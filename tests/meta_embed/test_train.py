@@ -198,3 +198,22 @@ def test_event_weighting_counts_every_query_event_and_user_weighting_every_user(
     per_user = torch.stack([losses[u][m[u]].mean() for u in range(len(m)) if m[u].any()])
     torch.testing.assert_close(by_user, per_user.mean())
     assert len(set(m.sum(1).tolist())) > 1 and not torch.isclose(by_event, by_user)  # the two differ here
+
+
+def test_each_epoch_logs_its_loss_validation_and_best_so_far(spec, tables, history, caplog):
+    caplog.set_level("INFO", logger="meta_embed.train")
+    cfg = dataclasses.replace(FAST, max_epochs=6, patience=1, lr=1.0)  # a huge step: stops early
+    result = meta_train(tiny_model(spec), tables, history, cfg, MamlConfig(inner_steps=1, max_support=10))
+    lines = [r.getMessage() for r in caplog.records if r.name == "meta_embed.train"]
+    epochs = result.history[1:]
+    assert (
+        len(epochs) < cfg.max_epochs
+        and lines[-1] == "stopped early: no better validation user_auc for 1 epochs"
+    )
+    for row, line in zip(epochs, lines):
+        best = max(r["val_user_auc"] for r in result.history[1 : row["epoch"] + 1])
+        assert line.startswith(
+            f"epoch {row['epoch']}/6: train loss {row['train_loss']:.4f}, validation user_auc "
+            f"{row['val_user_auc']:.4f} (best {best:.4f} at epoch "
+        ), line
+    assert len(lines) == len(epochs) + 1

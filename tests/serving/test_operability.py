@@ -67,3 +67,39 @@ def test_api_docs_reference_only_assets_the_server_serves(client) -> None:
             asset = client.get(url)
             assert asset.status_code == 200 and len(asset.content) > 0, url
     assert client.get("/openapi.json").json()["paths"]["/v1/score"]
+
+
+def test_recommendations_leave_out_the_items_the_user_has_seen(tmp_path) -> None:
+    """exclude_seen (default true) drops the snapshot's seen items of the user, and only
+    those: the rest of the ranking is the unexcluded one; an id the catalog lacks is ignored."""
+    import datetime as dt
+
+    from fastapi.testclient import TestClient
+
+    from serving.app import create_app
+    from serving.reload import StateHolder
+    from tests.serving.world import build_world, publish
+
+    as_of = dt.datetime(2030, 1, 1, tzinfo=dt.UTC)
+    w = build_world(tmp_path / "w", n_users=12, n_items=60, in_snapshot=8, as_of=as_of)
+    holder = StateHolder.open(w.config())
+    with TestClient(create_app(holder)) as client:
+
+        def ranked(user: str, **flags) -> list[str]:
+            r = client.post("/v1/recommend", json={"user_id": user, "k": 10} | flags)
+            assert r.status_code == 200, r.text
+            return [i["item_id"] for i in r.json()["items"]]
+
+        before = ranked("u1")
+        seen = [before[0], before[3], "not-in-the-catalog"]
+        lists = [seen if u == 1 else [] for u in range(8)]
+        publish(w.root, w.version, [f"u{i}" for i in range(8)], w.embeddings[:8], as_of, "r2", seen=lists)
+        assert holder.refresh() is True
+        full = ranked("u1", exclude_seen=False, k=20)
+        assert full[:10] == before  # same embeddings: same ranking
+        assert ranked("u1") == [i for i in full if i not in seen][:10]
+        assert ranked("u1", exclude_item_ids=[full[1]]) == [i for i in full if i not in seen + [full[1]]][:10]
+        assert ranked("u2") == ranked("u2", exclude_seen=False)  # nothing seen: nothing left out
+    assert list(holder.state.store.seen(holder.state.store.row("u1"))) == list(
+        holder.state.scorer.item_rows(seen[:2])
+    )

@@ -56,7 +56,7 @@ def test_unknown_user_gets_the_default_embedding(world, state) -> None:
 def test_store_refuses_a_snapshot_of_another_model_version(world, state, tmp_path) -> None:
     directory = snapshot.current_dir(world.root)
     with pytest.raises(snapshot.SnapshotError, match="refusing to mix"):
-        EmbeddingStore.from_snapshot(directory, "0123456789abcdef")
+        EmbeddingStore.from_snapshot(directory, "0123456789abcdef", state.scorer.catalog.ids)
     with pytest.raises(snapshot.SnapshotError, match="refusing to mix"):
         EmbeddingStore.open(state.directory, "0123456789abcdef")
 

@@ -134,6 +134,7 @@ def publish(
     as_of: dt.datetime,
     run_id: str,
     manifest: dict | None = None,
+    seen: list[list[str]] | None = None,
 ) -> Path:
     mode = "activation" if embeddings.shape[1] == MODEL_CFG.meta_dim else "weights"
     meta = snapshot.SnapshotMeta(model_version, SPEC.hash, mode, embeddings.shape[1], as_of)
@@ -144,6 +145,7 @@ def publish(
         embeddings,
         np.arange(n) % 7,
         np.full(n, int(as_of.timestamp() * 1e6) - 3_600_000_000, dtype=np.int64),
+        None if seen is None else pa.array(seen, pa.list_(pa.string())),
     )
     staged = snapshot.staging_dir(root, meta, run_id)
     snapshot.write_part(table, staged, 0)

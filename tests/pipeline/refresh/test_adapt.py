@@ -19,7 +19,14 @@ from pipeline.refresh.adapt import AdaptSettings, adapt_bucket, load_adapt_state
 from pipeline.refresh.arrow import bucket_of, top_n, unpack
 from pipeline.refresh.inputs import chunks, list_files
 from pipeline.refresh.transforms import AdaptUsers, ReadEvents
-from tests.pipeline.refresh.refresh_fixtures import AS_OF, MAX_SUPPORT, make_dataset, reference, snapshot_rows
+from tests.pipeline.refresh.refresh_fixtures import (
+    AS_OF,
+    MAX_SUPPORT,
+    good_events,
+    make_dataset,
+    reference,
+    snapshot_rows,
+)
 
 
 @pytest.fixture(scope="module")
@@ -168,3 +175,26 @@ def test_dofn_in_a_test_pipeline(settings, events, ds, whole):
             | beam.FlatMap(lambda kv: zip(kv[1]["user_id"].to_pylist(), kv[1]["n_support"].to_pylist()))
         )
         assert_that(rows, equal_to(expected))
+
+
+def test_seen_item_ids_are_the_distinct_recent_items_newest_first(state, settings, events, ds, whole):
+    """From the raw interactions: each user's events before AS_OF, newest first, distinct
+    known items, the first `seen_items` of them (within the most recent MAX_SUPPORT events)."""
+    known = set(pq.read_table(ds.items)["item_id"].to_pylist())
+    by_user = collections.defaultdict(list)
+    for e in sorted(good_events(ds).to_pylist(), key=lambda e: e["ts"], reverse=True):
+        by_user[e["user_id"]].append(e["item_id"])
+
+    def expected(user: str, cap: int) -> list[str]:
+        distinct = list(dict.fromkeys(i for i in by_user[user][:MAX_SUPPORT] if i in known))
+        return distinct[:cap]
+
+    rows = whole[0]
+    for user, seen in zip(rows["user_id"].to_pylist(), rows["seen_item_ids"].to_pylist()):
+        assert seen == expected(user, 50), user
+    assert any(len(s) < n for s, n in zip(rows["seen_item_ids"].to_pylist(), rows["n_support"].to_pylist()))
+    capped, _ = adapt_bucket(
+        state, dataclasses.replace(settings, seen_items=3), events, pq.read_table(ds.users)
+    )
+    for user, seen in zip(capped["user_id"].to_pylist(), capped["seen_item_ids"].to_pylist()):
+        assert seen == expected(user, 3), user
