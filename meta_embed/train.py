@@ -335,13 +335,17 @@ def meta_train(
                     best, best_epoch = value, epoch
                     best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
                 bar.set_postfix(loss=f"{rows[-1]['train_loss']:.4f}", **{f"val_{metric}": f"{value:.4f}"})
-                log.info(
+                log.log(
+                    logging.INFO if cfg.progress else logging.DEBUG,  # quiet inside evaluate's replays
                     "epoch %d/%d: train loss %.4f, validation %s %.4f (best %.4f at epoch %d), %.1f s",
                     epoch, cfg.max_epochs, rows[-1]["train_loss"], metric, value, best, best_epoch,
                     rows[-1]["seconds"],
                 )  # fmt: skip
                 if epoch - best_epoch >= cfg.patience:
-                    log.info("stopped early: no better validation %s for %d epochs", metric, cfg.patience)
+                    log.log(
+                        logging.INFO if cfg.progress else logging.DEBUG,
+                        "stopped early: no better validation %s for %d epochs", metric, cfg.patience,
+                    )  # fmt: skip
                     break
         model.load_state_dict(best_state)
     return TrainResult(

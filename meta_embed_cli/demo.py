@@ -147,8 +147,17 @@ def requests_tour(url: str, user: str, items: list[str]) -> dict[str, Any]:
             c.post("/v1/score", json={"user_id": user, "item_ids": items}),
         )
         out["recommend"] = _show(
-            f"POST /v1/recommend user {user} k=5", c.post("/v1/recommend", json={"user_id": user, "k": 5})
+            f"POST /v1/recommend user {user} k=10 (exclude_seen: true, the default: none of the user's "
+            "recent items)",
+            c.post("/v1/recommend", json={"user_id": user, "k": 10, "exclude_seen": True}),
         )
+        out["recommend_seen"] = _show(
+            f"POST /v1/recommend user {user} k=10, exclude_seen: false",
+            c.post("/v1/recommend", json={"user_id": user, "k": 10, "exclude_seen": False}),
+        )
+        fresh = {i["item_id"] for i in out["recommend"]["items"]}
+        back = [i["item_id"] for i in out["recommend_seen"]["items"] if i["item_id"] not in fresh]
+        print(f"     exclude_seen: false brings back {len(back)} items user {user} rated recently: {back}")
         out["similar"] = _show(
             f"GET /v1/users/{user}/similar?k=5", c.get(f"/v1/users/{user}/similar", params={"k": 5})
         )
@@ -240,8 +249,11 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
             )
             .fetchall()
         ]
-        print("   (MovieLens-100K ends in April 1998, so every snapshot user reads as 'stale')")
-        answers = requests_tour(url, "1", items)
+        print(
+            "   (MovieLens-100K ends in April 1998: every snapshot is older than `serve --max-age` hours, "
+            "48 by default, so its users read 'stale')"
+        )
+        answers = requests_tour(url, "42", items)
     finally:
         stop_server(proc)
         print(f"   server pid {proc.pid} stopped")

@@ -28,7 +28,11 @@ D = EvalConfig  # the defaults the flags below name (the preset's defaults, with
 
 
 @click.command(cls=BeamCommand, epilog=EPILOG)
-@option("--dataset", default=D.dataset, help=f"one of {', '.join(DATASETS)} or a prepared data folder")
+@option(
+    "--dataset",
+    default=D.dataset,
+    help=f"one of {', '.join(DATASETS)}, a prepared data folder or raw MovieLens files",
+)
 @option("--out", required=True, help="report directory")
 @option("--quick", is_flag=True, help="the demo preset: MovieLens-100K, 14 days, small grid")
 @option("--render-only", is_flag=True, help="re-render the report of a finished run in --out")

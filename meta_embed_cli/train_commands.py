@@ -19,6 +19,14 @@ TRAIN_EPILOG = examples(
 )
 
 
+EVIDENCE_COLUMNS = """\
+Items to ask a new user about first: their ratings move the meta embedding most.
+  score      grad_norm x popularity, each min-max scaled over the items with events (0..1)
+  grad_norm  mean norm of the first local update of the meta block by an event on the item
+  pop        events on the item in the data used
+"""
+
+
 @click.command(epilog=TRAIN_EPILOG)
 @option("--data", required=True, help="prepared data folder (interactions, users, items)")
 @option("--out", required=True, help="checkpoint directory to write")
@@ -174,11 +182,13 @@ def evidence(
         seed=seed,
     )
     table, rows = evidence_job(cfg)
+    click.echo(EVIDENCE_COLUMNS)
     click.echo(f"{'rank':>4}  {'score':>6}  {'grad_norm':>9}  {'pop':>5}  item")
     for rank, r in enumerate(table.to_pylist(), 1):
+        title = r["title"] if r["title"] and r["title"] != r["item_id"] else ""  # ML-1M's ids are titles
         click.echo(
             f"{rank:>4}  {r['score']:6.3f}  {r['grad_norm']:9.4g}  {r['popularity']:>5}  "
-            f"{r['item_id']} {r['title'] or ''}"
+            f"{r['item_id']}{'  ' + title if title else ''}"
         )
     if rows:
         click.echo(f"\n{'strategy':<9} {'k':>3} {'users':>5} {'auc':>7} {'user_auc':>8}")

@@ -16,7 +16,8 @@ two W&D baselines, and the references of the decomposition (shared model and lif
 
 @dataclasses.dataclass(frozen=True)
 class EvalConfig:
-    """The evaluation. `dataset` is one of DATASETS or a prepared data folder; `model`,
+    """The evaluation. `dataset` is one of DATASETS, a prepared data folder, or a folder of
+    raw MovieLens files (prepared under OUT/work/data); `model`,
     `maml` and `train` configure the meta model (its seed, epochs and threads come from
     `seed`, `meta_epochs` and `torch_threads`)."""
 
@@ -52,7 +53,7 @@ class EvalConfig:
                 object.__setattr__(self, name, from_dict(cls, getattr(self, name)))
         if self.dataset not in DATASETS and not Path(self.dataset).is_dir():
             raise ValueError(
-                f"EvalConfig.dataset must be one of {DATASETS} or a prepared data folder, got "
+                f"EvalConfig.dataset must be one of {DATASETS} or a data folder (prepared or raw MovieLens), got "
                 f"{self.dataset!r}"
             )
         if not 0 < self.valid_quantile < self.t0_quantile < 1:

@@ -73,8 +73,9 @@ def _say(text: str) -> None:
 
 
 def dataset_folder(cfg: EvalConfig, work: Path) -> Path:
-    """The prepared data folder of cfg.dataset (prepared or generated under `work` if needed)."""
-    if cfg.dataset not in DATASETS:
+    """The prepared data folder of cfg.dataset (prepared or generated under `work` if needed):
+    a dataset name, a prepared folder, or a folder of raw MovieLens files."""
+    if cfg.dataset not in DATASETS and (Path(cfg.dataset) / "users.parquet").exists():
         return Path(cfg.dataset)
     target = work / "data"
     if (target / "users.parquet").is_file():

@@ -12,6 +12,7 @@ of it (`meta_refresh - meta_init` against `wd_static - wd_no_id`).
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Callable, Iterable
 
 from pipeline.evaluation.melu import PUBLISHED, SCENARIO_NAMES
@@ -82,9 +83,10 @@ def check(differences: list[Row], melu_rows: Iterable[dict] = ()) -> tuple[dict,
     out = []
     for t in TARGETS:
         r = find(differences, t.metric, t.arm, t.reference, t.slice)
-        if r is None:
-            out.append({"name": t.name, "target": t.text, "measured": "not measured (slice empty)",
-                        "met": None, "verdict": "not measured: the slice is empty",
+        if r is None or not math.isfinite(r["diff"]):  # no user (or user-day) with both labels
+            why = "slice empty" if r is None else f"no {t.metric} defined on it"
+            out.append({"name": t.name, "target": t.text, "measured": f"not measured ({why})",
+                        "met": None, "verdict": f"not measured: {why}",
                         "stretch": t.stretch})  # fmt: skip
             continue
         met = bool(t.test(r))

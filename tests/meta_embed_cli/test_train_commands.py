@@ -73,3 +73,6 @@ def test_train_and_evidence_commands_on_a_synthetic_folder(tmp_path, capsys):
     table = pq.read_table(tmp_path / "ev.parquet")
     assert table.num_rows == 5 and np.all(np.diff(table["score"].to_numpy()) <= 0)
     assert all(name in out for name in ("evidence", "popular", "random", "recent", "none"))
+    listed = out.split("  item\n", 1)[1].split("\n\n", 1)[0].splitlines()  # one line per item, each once
+    assert [line.split()[4] for line in listed] == table["item_id"].to_pylist()
+    assert "grad_norm  mean norm" in out  # the columns are explained

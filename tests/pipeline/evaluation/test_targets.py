@@ -18,7 +18,8 @@ def test_each_target_is_judged_on_its_own_row():
         row("gauc", "meta_refresh", "wd_static", "overall", -0.004, -0.008, 0.0),  # hi = 0: includes 0
         row("gauc_day", "meta_refresh", "wd_static", "joined_later_days", 0.025, 0.01, 0.04),
         row("gauc_day", "meta_refresh", "wd_static", "existing_at_T0", -0.01, -0.02, -0.001),
-        # first day and the stretch target: no rows (empty slices)
+        row("gauc_day", "meta_refresh", "wd_retrained", "overall", *[float("nan")] * 3),  # no user-day
+        # first day: no rows (an empty slice)
     ]
     got = {t["name"]: t for t in check(rows)}
     assert [t.name for t in TARGETS] == list(got)
@@ -29,6 +30,7 @@ def test_each_target_is_judged_on_its_own_row():
     assert (
         got["first day"]["measured"] == "not measured (slice empty)"
         and got["stretch, vs retrained W&D"]["stretch"]
+        and got["stretch, vs retrained W&D"]["verdict"] == "not measured: no gauc_day defined on it"
     )
 
 
