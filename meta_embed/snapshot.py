@@ -225,6 +225,7 @@ def publish(
     same result twice is idempotent (the second copy is dropped and CURRENT re-pointed).
     """
     root, staged = Path(root), Path(staged)
+    require_not_older(root, meta.as_of)
     files = sorted(staged.glob("part-*.parquet"))
     table = pa.concat_tables([pq.read_table(f) for f in files]) if files else schema(meta).empty_table()
     validate(table, meta, manifest.get("counts", {}).get("users"))
@@ -246,6 +247,23 @@ def publish(
     set_current(root, name)
     prune(root, keep)
     return final
+
+
+def require_not_older(root: str | Path, as_of: dt.datetime) -> None:
+    """Refuse to publish a snapshot older than the one CURRENT names: a publish never moves
+    CURRENT back (an older --as-of, or an overlapping run that finished last); only a
+    rollback does, on purpose."""
+    live = current_name(root)
+    path = Path(root) / "snapshots" / str(live) / MANIFEST
+    if live is None or not path.is_file():
+        return
+    live_as_of = dt.datetime.fromisoformat(json.loads(path.read_text())["as_of"])
+    if live_as_of > as_of:
+        raise SnapshotError(
+            f"{root}: CURRENT is {live} with as_of {live_as_of.isoformat()}, newer than {as_of.isoformat()}; "
+            "a publish never moves CURRENT back. Refresh with a later --as-of, or go back on purpose with "
+            "`meta-embed rollback`"
+        )
 
 
 def set_current(root: str | Path, name: str) -> None:

@@ -37,9 +37,9 @@ def write_raw_ml1m(folder: Path, n_users: int = 80, n_items: int = 40, seed: int
     rng = np.random.default_rng(seed)
     folder.mkdir(parents=True)
     genres = ["Action", "Comedy", "Drama", "Horror", "Romance"]
-    (folder / "movies.dat").write_bytes("".join(
-        f"{i}::Movie {i} ({1980 + i % 20})::{genres[i % 5]}|{genres[(i * 3) % 5]}\n" for i in range(1, n_items + 1)
-    ).encode("latin-1"))  # fmt: skip
+    movies = (f"{i}::Movie {i} ({1980 + i % 20})::{genres[i % 5]}|{genres[(i * 3) % 5]}\n"
+              for i in range(1, n_items + 1))  # fmt: skip
+    (folder / "movies.dat").write_bytes("".join(movies).encode("latin-1"))
     (folder / "users.dat").write_text("".join(
         f"{u}::{'MF'[u % 2]}::{[1, 18, 25, 35, 45, 50, 56][u % 7]}::{u % 21}::{10000 + u}\n"
         for u in range(1, n_users + 1)

@@ -53,8 +53,8 @@ class EvalConfig:
                 object.__setattr__(self, name, from_dict(cls, getattr(self, name)))
         if self.dataset not in DATASETS and not Path(self.dataset).is_dir():
             raise ValueError(
-                f"EvalConfig.dataset must be one of {DATASETS} or a data folder (prepared or raw MovieLens), got "
-                f"{self.dataset!r}"
+                f"EvalConfig.dataset must be one of {DATASETS} or a data folder (prepared or raw "
+                f"MovieLens), got {self.dataset!r}"
             )
         if not 0 < self.valid_quantile < self.t0_quantile < 1:
             raise ValueError(

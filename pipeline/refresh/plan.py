@@ -41,6 +41,7 @@ class Plan:
 
 def plan(cfg: RefreshConfig) -> Plan:
     """Check the run's inputs and decide its shape (see the module docstring)."""
+    snapshot.require_not_older(cfg.out, cfg.as_of)  # up front; publish checks again at the end
     ckpt = checkpoint.load(cfg.checkpoint, expect_spec_hash=cfg.expect_spec_hash)
     spec = ckpt.spec
     files = {k: inputs.list_files(getattr(cfg, k)) for k in ("interactions", "users", "items")}

@@ -202,7 +202,9 @@ def test_event_weighting_counts_every_query_event_and_user_weighting_every_user(
 
 def test_each_epoch_logs_its_loss_validation_and_best_so_far(spec, tables, history, caplog):
     caplog.set_level("INFO", logger="meta_embed.train")
-    cfg = dataclasses.replace(FAST, max_epochs=6, patience=1, lr=1.0, progress=True)  # a huge step: stops early
+    cfg = dataclasses.replace(
+        FAST, max_epochs=6, patience=1, lr=1.0, progress=True
+    )  # a huge step: stops early
     result = meta_train(tiny_model(spec), tables, history, cfg, MamlConfig(inner_steps=1, max_support=10))
     lines = [r.getMessage() for r in caplog.records if r.name == "meta_embed.train"]
     epochs = result.history[1:]

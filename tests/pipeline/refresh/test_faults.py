@@ -27,9 +27,9 @@ def ds(tmp_path):
     return make_dataset(tmp_path / "data")
 
 
-def config(ds, **kw) -> RefreshConfig:
+def config(ds, as_of: dt.datetime = AS_OF, **kw) -> RefreshConfig:
     return RefreshConfig(
-        ds.interactions, ds.users, ds.items, ds.checkpoint, AS_OF, str(ds.root / "out"), **kw
+        ds.interactions, ds.users, ds.items, ds.checkpoint, as_of, str(ds.root / "out"), **kw
     )
 
 
@@ -178,3 +178,19 @@ def test_a_malformed_model_json_is_refused_naming_the_field(ds):
     with pytest.raises(CheckpointError, match=says):
         refresh(config(ds), FAST)
     assert nothing_written(ds)
+
+
+def test_a_refresh_older_than_current_is_refused_and_current_stays(ds):
+    """A publish never moves CURRENT back: an older --as-of is refused before any work, and
+    again by the publish step itself (a run that overlapped a newer one); rollback still can."""
+    out = ds.root / "out"
+    first = refresh(config(ds, as_of=AS_OF - dt.timedelta(days=3)), FAST).name
+    second = refresh(config(ds), FAST).name
+    with pytest.raises(snapshot.SnapshotError, match="a publish never moves CURRENT back"):
+        refresh(config(ds, as_of=AS_OF - dt.timedelta(days=1)), FAST)
+    assert snapshot.current_name(out) == second and not any((out / "staging").glob("*"))
+    older = snapshot.SnapshotMeta("v", "h", "activation", 4, AS_OF - dt.timedelta(days=1))
+    with pytest.raises(snapshot.SnapshotError, match="newer than"):
+        snapshot.publish(out, snapshot.staging_dir(out, older, "overlapping-run"), older, {})
+    assert snapshot.current_name(out) == second
+    assert snapshot.rollback(out) == first and snapshot.current_name(out) == first
