@@ -140,7 +140,7 @@ class TrainConfig:
     patience: int = 4
     retrieval_weight: float = 0.1
     retrieval_loss: Literal["softmax", "bce"] = "softmax"
-    max_query: int = 50
+    max_query: int = 200
     val_fraction: float = 0.1
     cold_fraction: float = 0.1
     grad_clip: float = 5.0
