@@ -157,7 +157,8 @@ def requests_tour(url: str, user: str, items: list[str]) -> dict[str, Any]:
         )
         fresh = {i["item_id"] for i in out["recommend"]["items"]}
         back = [i["item_id"] for i in out["recommend_seen"]["items"] if i["item_id"] not in fresh]
-        print(f"     exclude_seen: false brings back {len(back)} items user {user} rated recently: {back}")
+        noun = "item" if len(back) == 1 else "items"
+        print(f"     exclude_seen: false brings back {len(back)} {noun} user {user} rated recently: {back}")
         out["similar"] = _show(
             f"GET /v1/users/{user}/similar?k=5", c.get(f"/v1/users/{user}/similar", params={"k": 5})
         )
