@@ -31,7 +31,7 @@ from fastapi_offline import FastAPIOffline
 from pydantic import BaseModel, ValidationError
 from starlette.routing import BaseRoute, Match
 
-from serving import metrics, schemas, service
+from serving import schemas, service, telemetry
 from serving.reload import StateHolder, Watcher
 from serving.scorer import ContextError
 from serving.serving_config import MAX_ID_LENGTH, MAX_K, ServingConfig
@@ -61,7 +61,7 @@ def _json(payload: dict[str, Any], status_code: int = 200) -> Response:
 
 
 def _served(state: ServingState, user: service.UserEmbedding) -> dict[str, Any]:
-    metrics.ANSWERS[user.status].inc()
+    telemetry.ANSWERS[user.status].inc()
     return {
         "user_id": user.user_id,
         "status": user.status.value,
@@ -107,7 +107,7 @@ class Front:
         try:
             await self._answer(scope, receive, send_status)
         finally:
-            metrics.observe(self._route(scope), scope["method"], status, time.perf_counter() - start)
+            telemetry.observe(self._route(scope), scope["method"], status, time.perf_counter() - start)
 
     def _route(self, scope: dict) -> str:
         """The route template of a request ("unmatched" when no route takes its path)."""
@@ -282,7 +282,7 @@ def _routes(
 
     @app.get("/metrics", include_in_schema=False)
     async def prometheus_metrics() -> Response:
-        return Response(metrics.exposition(holder), media_type=metrics.CONTENT_TYPE)
+        return Response(telemetry.exposition(holder), media_type=telemetry.CONTENT_TYPE)
 
     @app.get("/v1/info", response_model=schemas.InfoResponse)
     async def info() -> Response:

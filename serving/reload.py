@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 from meta_embed.snapshot import current_name
-from serving import metrics
+from serving import telemetry
 from serving.cache import remove_entry
 from serving.serving_config import ServingConfig
 from serving.state import ServingState, Sources, load_state
@@ -104,7 +104,7 @@ class StateHolder:
                 new = load_state(self.config, self.sources, previous=self._state, cache=self.cache)
             except Exception as err:  # any failure keeps the old state serving; surfaced in /v1/info
                 self._record_failure(name, err)
-                metrics.RELOAD_FAILED.inc()
+                telemetry.RELOAD_FAILED.inc()
                 return False
             self._retry_at.clear()  # a success, or a new CURRENT, starts the back-off afresh
             self._failed.clear()
@@ -118,7 +118,7 @@ class StateHolder:
                 gc.collect()
                 gc.freeze()
             _log_swap(old, new)
-            metrics.RELOAD_OK.inc()
+            telemetry.RELOAD_OK.inc()
             return True
 
     def _record_failure(self, name: str, err: Exception) -> None:

@@ -24,8 +24,8 @@ from typing import Any
 from meta_embed.config import from_dict, to_dict
 from meta_embed.logs import LogConfig, configure
 from serving.http_server import listening_socket, uvicorn_config
-from serving.metrics import MULTIPROC_ENV
 from serving.serving_config import ServingConfig
+from serving.telemetry import MULTIPROC_ENV
 
 STOP_TIMEOUT_S = 30.0
 
@@ -50,7 +50,7 @@ def serve_workers(cfg: ServingConfig, host: str, port: int, workers: int, log: L
     if own_cache:
         cfg = dataclasses.replace(cfg, cache_dir=Path(tempfile.mkdtemp(prefix="meta-embed-serve-")))
     own_metrics = not os.environ.get(MULTIPROC_ENV)
-    if own_metrics:  # the workers' metric files (see serving.metrics); inherited by the spawned workers
+    if own_metrics:  # the workers' metric files (see serving.telemetry); inherited by the spawned workers
         os.environ[MULTIPROC_ENV] = tempfile.mkdtemp(prefix="meta-embed-metrics-")
     try:
         return _supervise(cfg, host, port, workers, log)

@@ -150,11 +150,11 @@ def test_checkpoint_candidates_in_order_of_precedence(tmp_path) -> None:
 
 def test_swaps_failures_and_rollbacks_are_logged_and_counted(small, tmp_path, caplog) -> None:
     from meta_embed import snapshot
-    from serving import metrics
+    from serving import telemetry
 
     holder = StateHolder.open(small.config())
     first = holder.state.snapshot
-    ok, failed = metrics.RELOAD_OK._value.get(), metrics.RELOAD_FAILED._value.get()
+    ok, failed = telemetry.RELOAD_OK._value.get(), telemetry.RELOAD_FAILED._value.get()
     caplog.set_level("INFO", logger="serving.reload")
     publish(small.root, small.version, IDS, new_embeddings(1), later(small, 1), "r2")
     assert holder.refresh() is True
@@ -169,4 +169,4 @@ def test_swaps_failures_and_rollbacks_are_logged_and_counted(small, tmp_path, ca
     assert lines[0][1].startswith(f"serving snapshot {second} (as_of {later(small, 1).isoformat()}")
     assert lines[1][1].startswith(f"rolled back to snapshot {first} ") and f"from {second}" in lines[1][1]
     assert lines[2][1].startswith("cannot load snapshot") and f"still serving {first}" in lines[2][1]
-    assert metrics.RELOAD_OK._value.get() - ok == 2 and metrics.RELOAD_FAILED._value.get() - failed == 1
+    assert telemetry.RELOAD_OK._value.get() - ok == 2 and telemetry.RELOAD_FAILED._value.get() - failed == 1
