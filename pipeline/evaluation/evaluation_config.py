@@ -28,6 +28,7 @@ class EvalConfig:
     valid_quantile: float = 0.7
     retrain_every: int = 7
     weights_arm: bool = True
+    user_id_arm: int = 16  # user-id embedding size of the meta_refresh_user_ids arm (0: no such arm)
     meta_epochs: int = 30
     wd_lrs: tuple[float, ...] = (1e-3, 3e-3)
     wd_dims: tuple[int, ...] = (16, 32)
@@ -51,6 +52,8 @@ class EvalConfig:
         for name, cls in (("model", ModelConfig), ("maml", MamlConfig), ("train", TrainConfig)):
             if isinstance(getattr(self, name), dict):  # read back from config.json
                 object.__setattr__(self, name, from_dict(cls, getattr(self, name)))
+        if self.user_id_arm < 0:
+            raise ValueError(f"EvalConfig.user_id_arm must be >= 0 (0: no such arm), got {self.user_id_arm}")
         if self.dataset not in DATASETS and not Path(self.dataset).is_dir():
             raise ValueError(
                 f"EvalConfig.dataset must be one of {DATASETS} or a data folder (prepared or raw "
@@ -92,5 +95,6 @@ def quick_config(out: str = "reports/ml-100k-quick") -> EvalConfig:
         wd_dims=(16, 32),
         wd_max_epochs=6,
         melu=False,
+        user_id_arm=0,
         note="Quick demo: MovieLens-100K with a 14-day test period (not 8 weeks) and a reduced W&D grid.",
     )

@@ -28,7 +28,7 @@ import torch
 from tqdm import tqdm
 
 from meta_embed.baseline import FitResult
-from meta_embed.config import WideDeepConfig, write_config
+from meta_embed.config import ModelConfig, WideDeepConfig, write_config
 from meta_embed.features import fit_spec, movielens_template
 from meta_embed.tables import TS_TYPE
 from pipeline.evaluation import bootstrap, melu, report, wd_tuning
@@ -103,23 +103,34 @@ def dataset_folder(cfg: EvalConfig, work: Path) -> Path:
     return target
 
 
+def meta_variants(cfg: EvalConfig) -> dict[str, ModelConfig]:
+    """The meta models to train, by variant: the main one ("activation"), and the ones of
+    the `meta_refresh_weights` and `meta_refresh_user_ids` arms where enabled."""
+    variants = {"activation": dataclasses.replace(cfg.model, embedding_mode="activation")}
+    if cfg.weights_arm:
+        variants["weights"] = dataclasses.replace(cfg.model, embedding_mode="weights")
+    if cfg.user_id_arm:
+        variants["user_ids"] = dataclasses.replace(variants["activation"], user_id_dim=cfg.user_id_arm)
+    return variants
+
+
 def train_meta(cfg: EvalConfig, data: Path, work: Path, t0_iso: str) -> dict[str, dict]:
-    """Meta-train one checkpoint per embedding mode on events before T0."""
+    """Meta-train one checkpoint per variant (`meta_variants`) on events before T0."""
     out = {}
-    for mode in ("activation", "weights") if cfg.weights_arm else ("activation",):
-        _say(f"meta-training ({mode} mode) on events before T0")
+    for variant, model in meta_variants(cfg).items():
+        _say(f"meta-training ({variant}) on events before T0")
         job = TrainJobConfig(
             str(data),
-            str(work / f"ckpt-{mode}"),
+            str(work / f"ckpt-{variant}"),
             until=t0_iso,
-            model=dataclasses.replace(cfg.model, embedding_mode=mode),
+            model=model,
             maml=cfg.maml,
             train=dataclasses.replace(
                 cfg.train, seed=cfg.seed, max_epochs=cfg.meta_epochs, threads=cfg.torch_threads
             ),
         )
         result = train(job)
-        out[mode] = {
+        out[variant] = {
             "checkpoint": str(result.checkpoint),
             "seconds": result.seconds,
             "val_auc": result.best_metric,

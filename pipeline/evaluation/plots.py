@@ -32,6 +32,7 @@ STYLE = {  # arm -> (colour, marker): W&D arms in greys and black, meta arms in 
     "meta_static": ("#17becf", "v"),
     "meta_init": ("#ff7f0e", "P"),
     "meta_refresh_weights": ("#2ca02c", "*"),
+    "meta_refresh_user_ids": ("#9467bd", "p"),
 }
 NAMES = {
     "gauc": "GAUC (per-user AUC, event-weighted)",

@@ -5,7 +5,8 @@ Time is cut at T0 (a quantile of the event timestamps); the test period is
 period; the events of day d, [point d, point d + 1), are scored with what each arm
 knew at point d:
 
-- `meta_refresh` (and `meta_refresh_weights`): the snapshot that the real refresh job
+- `meta_refresh` (and `meta_refresh_weights`, `meta_refresh_user_ids`: the meta models in
+  the weights mode and with a user-id embedding): the snapshot that the real refresh job
   (Beam, incremental mode) published at point d from the events before it;
 - `meta_static`: the snapshot published at T0; `meta_init`: zero-step embeddings;
 - `wd_no_id`: the same wide-and-deep without any user-id input, fitted at T0 (its shared
@@ -50,8 +51,11 @@ ARMS = (
     "meta_static",
     "meta_init",
     "meta_refresh_weights",
+    "meta_refresh_user_ids",
 )
 """The arms the replay scores every test event with, in the order reports list them."""
+VARIANT_ARMS = {"weights": "meta_refresh_weights", "user_ids": "meta_refresh_user_ids"}
+"""The refreshed arm of each extra meta model (variant -> arm), where it was trained."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -196,7 +200,7 @@ class ReplaySetup:
     users: pa.Table
     items: pa.Table
     period: Period
-    checkpoints: dict[str, Path]  # embedding mode -> checkpoint ("activation" required)
+    checkpoints: dict[str, Path]  # variant -> checkpoint ("activation" required; see VARIANT_ARMS)
     wd_static: baseline.WideDeep
     wd_no_id: baseline.WideDeep
     retrain: Callable[[pa.Table], baseline.FitResult]  # fit W&D on the events before a point
@@ -214,22 +218,22 @@ class ReplayLog:
     scoring_seconds: float = 0.0
 
 
-def _refresh(setup: ReplaySetup, mode: str, point: dt.datetime, log: ReplayLog, day: int) -> pa.Table:
+def _refresh(setup: ReplaySetup, variant: str, point: dt.datetime, log: ReplayLog, day: int) -> pa.Table:
     d = setup.data_dir
     cfg = RefreshConfig(
         interactions=str(data_table(d, "interactions")),
         users=str(data_table(d, "users")),
         items=str(data_table(d, "items")),
-        checkpoint=str(setup.checkpoints[mode]),
+        checkpoint=str(setup.checkpoints[variant]),
         as_of=point,
-        out=str(setup.workdir / f"snapshots-{mode}"),
+        out=str(setup.workdir / f"snapshots-{variant}"),
         incremental=True,
         keep=2,
     )
     result = refresh(cfg, list(setup.beam_args))
     log.refreshes.append(
         {
-            "mode": mode,
+            "variant": variant,
             "day": day,
             "as_of": point.isoformat(),
             "run": result.mode,
@@ -273,7 +277,7 @@ def _day_models(
     setup: ReplaySetup, d: int, point: dt.datetime, log: ReplayLog, state: dict
 ) -> dict[str, pa.Table]:
     """Refresh every meta checkpoint at `point`, retrain W&D when due; returns the snapshots."""
-    snaps = {mode: _refresh(setup, mode, point, log, d) for mode in setup.checkpoints}
+    snaps = {variant: _refresh(setup, variant, point, log, d) for variant in setup.checkpoints}
     if d == 0:
         state["static_snapshot"] = snaps["activation"]
         state["wd_retrained"] = setup.wd_static
@@ -302,7 +306,8 @@ def replay(
         pa.chunked_array(setup.items.column("item_id").chunks + test.column("item_id").chunks)
     )
     scorers = {
-        mode: MetaScorer(path, setup.users, setup.items, catalog) for mode, path in setup.checkpoints.items()
+        variant: MetaScorer(path, setup.users, setup.items, catalog)
+        for variant, path in setup.checkpoints.items()
     }
     log, state, parts = ReplayLog(), {}, []
     popular = popularity_logits(before(setup.interactions, setup.period.t0), catalog)
@@ -327,10 +332,9 @@ def replay(
             "meta_static": act.matrix(act.lookup(state["static_snapshot"], users)),
             "meta_init": act.matrix(act.zero_step(users)),
         }
-        if "weights" in scorers:
-            matrices["meta_refresh_weights"] = scorers["weights"].matrix(
-                scorers["weights"].lookup(snaps["weights"], users)
-            )
+        for variant, arm in VARIANT_ARMS.items():
+            if variant in scorers:
+                matrices[arm] = scorers[variant].matrix(scorers[variant].lookup(snaps[variant], users))
         parts += [_day_rows(events, arm, m, seen, row, col) for arm, m in matrices.items()]
         log.scoring_seconds += time.perf_counter() - start
         if progress is not None:

@@ -19,7 +19,7 @@ import pyarrow.parquet as pq
 from pipeline.evaluation import plots, targets
 from pipeline.evaluation.melu import PUBLISHED, SCENARIO_NAMES
 from pipeline.evaluation.queries import METRICS, SLICES, calibration, compute_metrics
-from pipeline.evaluation.replay import ARMS, Period, ReplayLog
+from pipeline.evaluation.replay import ARMS, VARIANT_ARMS, Period, ReplayLog
 
 SLICE_NAMES = [s for s, _, _ in SLICES]
 
@@ -32,8 +32,8 @@ def costs(meta: dict, wd: Any, log: ReplayLog, period: Period, test: pa.Table) -
     """Training time, refresh time (per 1k users) and serving bytes per user, per arm; `wd`
     holds the tuned and fitted W&D arms (`evaluation_job.Baselines`)."""
 
-    def refresh_costs(mode: str) -> dict:
-        runs = [r for r in log.refreshes if r["mode"] == mode]
+    def refresh_costs(variant: str) -> dict:
+        runs = [r for r in log.refreshes if r["variant"] == variant]
         full, nightly = runs[0], runs[1:]
         return {
             "refresh_full_s": full["seconds"],
@@ -77,12 +77,13 @@ def costs(meta: dict, wd: Any, log: ReplayLog, period: Period, test: pa.Table) -
         "refresh_full_s": out["meta_refresh"]["refresh_full_s"],
     }
     out["meta_init"] = {"training_s": act["seconds"], "serving_bytes_per_user": bytes_act}
-    if "weights" in meta:
-        out["meta_refresh_weights"] = {
-            "training_s": meta["weights"]["seconds"],
-            "serving_bytes_per_user": 4 * meta["weights"]["embedding_dim"],
-            **refresh_costs("weights"),
-        }
+    for variant, arm in VARIANT_ARMS.items():
+        if variant in meta:
+            out[arm] = {
+                "training_s": meta[variant]["seconds"],
+                "serving_bytes_per_user": 4 * meta[variant]["embedding_dim"],
+                **refresh_costs(variant),
+            }
     out["popularity"] = {"training_s": 0.0, "serving_bytes_per_user": 0}
     out["_scoring"] = {"scoring_s": log.scoring_seconds, "test_events": test.num_rows}
     return out

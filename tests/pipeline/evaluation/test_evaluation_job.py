@@ -22,6 +22,7 @@ ARMS = {
     "meta_static",
     "meta_init",
     "meta_refresh_weights",
+    "meta_refresh_user_ids",
 }
 
 
@@ -50,6 +51,9 @@ def test_synthetic_end_to_end(tmp_path):
         pc.min(preds["rank"]).as_py() >= 0 and pc.all(pc.less(preds["rank"], preds["n_candidates"])).as_py()
     )
     assert result.costs["meta_refresh"]["nightly_refreshes"] == 3  # after the full refresh at T0
+    assert result.costs["meta_refresh_user_ids"]["nightly_refreshes"] == 3
+    uid_model = json.loads((out / "work" / "ckpt-user_ids" / "model.json").read_text())["model"]
+    assert uid_model["user_id_dim"] == cfg.user_id_arm > 0  # the arm's model has the user-id input
     assert result.costs["wd_retrained"]["retrains"] == 1  # day 2 of days 0..3
     report = (out / "report.md").read_text()
     for needle in (
