@@ -93,7 +93,9 @@ def worker_command() -> str:
 
 def runner(opts: PipelineOptions) -> Any:
     """The runner instance for `opts`: a `LocalRunner` for the local default (the FnApiRunner
-    with worker processes); None where Beam resolves the runner by its name."""
+    with worker processes); None where Beam resolves the runner by its name. (The class is
+    made here: importing Beam's runner modules at module level would slow every command
+    that only checks Beam flags.)"""
     from apache_beam.options.pipeline_options import DirectOptions
     from apache_beam.portability import python_urns
     from apache_beam.runners.portability.fn_api_runner.fn_runner import FnApiRunner
