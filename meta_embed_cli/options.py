@@ -21,7 +21,7 @@ from typing import Any
 import click
 from click.core import ParameterSource
 
-from meta_embed.config import flag_specs, parse_time
+from meta_embed.flags import flag_specs, parse_time
 
 
 class Option(click.Option):
@@ -64,7 +64,7 @@ _TYPES: dict[Any, click.ParamType] = {str: click.STRING, int: click.INT, float: 
 
 def config_options(cls: type, *, skip: Iterable[str] = (), optional: Iterable[str] = ()) -> Callable:
     """Decorator: one option per flag field of the config dataclass `cls` (see
-    `meta_embed.config.flag_specs`), except `skip`; fields in `optional` are not required."""
+    `meta_embed.flags.flag_specs`), except `skip`; fields in `optional` are not required."""
     skip, optional = set(skip), set(optional)
 
     def decorate(f: Callable) -> Callable:

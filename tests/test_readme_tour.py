@@ -9,7 +9,6 @@ from __future__ import annotations
 import os
 import shlex
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -18,6 +17,8 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
+
+from tests.serving.test_live import free_port
 
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[1]
@@ -51,12 +52,6 @@ def write_raw_ml1m(folder: Path, n_users: int = 80, n_items: int = 40, seed: int
             rows.append(f"{u}::{i}::{1 + (u * i) % 5}::{int(rng.integers(start, end))}\n")
     (folder / "ratings.dat").write_text("".join(rows))
     return folder
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def curl(argv: list[str], port: int) -> httpx.Response:

@@ -1,7 +1,7 @@
 """`RefreshConfig`: one run of the refresh job, and the flags that set it.
 
 Light to import (no Beam, no torch): the command line reads its flags, help and defaults
-from the fields here (`meta_embed.config.flag_specs`), and so does the job's own `run(argv)`.
+from the fields here (`meta_embed.flags.flag_specs`), and so does the job's own `run(argv)`.
 """
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 
-from meta_embed.config import flag
+from meta_embed.flags import flag
 
 SHUFFLES = ("auto", "beam", "files")
 

@@ -36,7 +36,8 @@ from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.runners.runner import PipelineState
 
 from meta_embed import snapshot
-from meta_embed.config import flag_specs, to_dict, write_config
+from meta_embed.config import to_dict, write_config
+from meta_embed.flags import flag_specs
 from pipeline.refresh import runners
 from pipeline.refresh.arrow import event_schema, pack
 from pipeline.refresh.finalize import DEAD_LETTER_PARTS, finalize

@@ -20,8 +20,9 @@ import pyarrow.parquet as pq
 import torch
 
 from meta_embed import checkpoint
-from meta_embed.config import parse_time, to_dict, write_config
+from meta_embed.config import to_dict, write_config
 from meta_embed.features import fit_spec, movielens_template, with_user_ids
+from meta_embed.flags import parse_time
 from meta_embed.tables import INTERACTIONS, ITEMS, TS_TYPE, USERS, data_table, read_table
 from meta_embed.tasks import FeatureTables
 from meta_embed.train import meta_train, timelines

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import dataclasses
 
-from meta_embed.config import MamlConfig, ModelConfig, TrainConfig, parse_time
+from meta_embed.config import MamlConfig, ModelConfig, TrainConfig
+from meta_embed.flags import parse_time
 
 
 @dataclasses.dataclass(frozen=True)

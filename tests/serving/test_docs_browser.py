@@ -5,19 +5,13 @@ unresolvable: the pages' scripts come from the server, so the operations render.
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
-import time
-from pathlib import Path
 
-import httpx
 import pytest
 
-from tests.serving.test_live import free_port
-from tests.serving.world import build_world, serve_command
+from tests.serving.test_faults_live import Server
 
-REPO = Path(__file__).resolve().parents[2]
 BROWSER = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(BROWSER is None, reason="no Chromium installed")]
 
@@ -30,26 +24,11 @@ def rendered(url: str) -> str:
 
 
 def test_docs_and_redoc_render_their_operations_offline(tmp_path) -> None:
-    w = build_world(tmp_path / "w")
-    port = free_port()
-    log = open(tmp_path / "server.log", "w")
-    proc = subprocess.Popen(serve_command(w, port), cwd=REPO, stdout=log, stderr=subprocess.STDOUT,
-                            env=os.environ | {"PYTHONPATH": str(REPO)})  # fmt: skip
-    base = f"http://127.0.0.1:{port}"
+    server = Server(tmp_path)
     try:
-        deadline = time.monotonic() + 90
-        while True:
-            assert proc.poll() is None and time.monotonic() < deadline, (tmp_path / "server.log").read_text()
-            try:
-                if httpx.get(base + "/healthz", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                time.sleep(0.2)
-        swagger = rendered(base + "/docs")
+        swagger = rendered(server.base + "/docs")
         assert "opblock-summary-path" in swagger and "/v1/recommend" in swagger, swagger[:2000]
-        redoc = rendered(base + "/redoc")
+        redoc = rendered(server.base + "/redoc")
         assert "/v1/recommend" in redoc and "meta-embed serving" in redoc, redoc[:2000]
     finally:
-        proc.terminate()
-        proc.wait(timeout=30)
-        log.close()
+        server.stop()
