@@ -154,7 +154,8 @@ def test_hot_routes_answer_as_fastapi_does_and_errors_go_through_fastapi(holder)
     from fastapi.responses import Response
     from fastapi.testclient import TestClient
 
-    from serving.app import Front, create_app
+    from serving.app import create_app
+    from serving.front import Front
     from serving.service import UnknownItems
 
     plain = create_app(holder)  # the same app without `Front` (its middleware stack is built on first use)
