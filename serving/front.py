@@ -60,13 +60,17 @@ class Front:
             telemetry.observe(self._route(scope), scope["method"], status, time.perf_counter() - start)
 
     def _route(self, scope: dict) -> str:
-        """The route template of a request ("unmatched" when no route takes its path)."""
-        path = scope["path"]
-        if path in self.hot:
-            return path
+        """The route template of an answered request: the route FastAPI's router put in the
+        scope, or the hot path; matched here only for requests the router never saw (a 413)
+        or found no route for ("unmatched")."""
+        route = scope.get("route")
+        if route is not None:
+            return getattr(route, "path", scope["path"])
+        if scope["path"] in self.hot:
+            return scope["path"]
         for route in self.routes:
             if route.matches(scope)[0] is not Match.NONE:
-                return getattr(route, "path", path)
+                return getattr(route, "path", scope["path"])
         return "unmatched"
 
     async def _answer(self, scope: dict, receive: Any, send: Any) -> None:
