@@ -82,9 +82,11 @@ def save(model: TwoBlockModel, maml_cfg: MamlConfig, path: str | Path) -> str:
     return version
 
 
-def _read_json(path: Path) -> Any:
+def _read_json(path: Path) -> tuple[Any, str]:
+    """The parsed JSON of `path` and its text."""
     try:
-        return json.loads(path.read_text())
+        text = path.read_text()
+        return json.loads(text), text
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
         raise CheckpointError(
             f"{path}: not readable JSON ({err}); restore the file written by `meta-embed train`"
@@ -95,8 +97,7 @@ def _configs(path: Path) -> tuple[ModelConfig, MamlConfig, str]:
     """The model and MAML configs of model.json and its text, refusing a malformed one naming
     the field. The version hashes the text as written: a config field added later (read with
     its default) leaves an older checkpoint's version unchanged."""
-    raw = _read_json(path / "model.json")
-    text = (path / "model.json").read_text()
+    raw, text = _read_json(path / "model.json")
     if not isinstance(raw, dict) or raw.get("format") != FORMAT:
         got = raw.get("format") if isinstance(raw, dict) else f"a JSON {type(raw).__name__}"
         raise CheckpointError(f"{path}/model.json: format {got} is not {FORMAT}; retrain or convert it")
