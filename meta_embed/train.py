@@ -319,6 +319,7 @@ def meta_train(
         # one bar per epoch (early stopping makes a whole-run ETA wrong); none when stderr is not
         # a terminal (disable=None), so a log file gets the epoch lines and no bar updates
         bar = tqdm(total=n_batches, unit="batch", disable=None if cfg.progress else True)
+        level = logging.INFO if cfg.progress else logging.DEBUG  # quiet epoch lines without progress
         with bar, logging_redirect_tqdm():  # log lines printed above the bar, not through it
             for epoch in range(1, cfg.max_epochs + 1):
                 bar.reset(total=n_batches)
@@ -336,16 +337,15 @@ def meta_train(
                     best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
                 bar.set_postfix(loss=f"{rows[-1]['train_loss']:.4f}", **{f"val_{metric}": f"{value:.4f}"})
                 log.log(
-                    logging.INFO if cfg.progress else logging.DEBUG,  # quiet inside evaluate's replays
+                    level,
                     "epoch %d/%d: train loss %.4f, validation %s %.4f (best %.4f at epoch %d), %.1f s",
                     epoch, cfg.max_epochs, rows[-1]["train_loss"], metric, value, best, best_epoch,
                     rows[-1]["seconds"],
                 )  # fmt: skip
                 if epoch - best_epoch >= cfg.patience:
                     log.log(
-                        logging.INFO if cfg.progress else logging.DEBUG,
-                        "stopped early: no better validation %s for %d epochs", metric, cfg.patience,
-                    )  # fmt: skip
+                        level, "stopped early: no better validation %s for %d epochs", metric, cfg.patience
+                    )
                     break
         model.load_state_dict(best_state)
     return TrainResult(
