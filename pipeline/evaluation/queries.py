@@ -91,7 +91,7 @@ aucs AS (
 _WEIGHTED_MEAN = """
 SELECT arm, slice,
        sum(n * auc) FILTER (WHERE auc IS NOT NULL) / sum(n) FILTER (WHERE auc IS NOT NULL) AS value,
-       sum(n) FILTER (WHERE auc IS NOT NULL) AS n_events,
+       coalesce(sum(n) FILTER (WHERE auc IS NOT NULL), 0) AS n_events,
        count(DISTINCT user_id) FILTER (WHERE auc IS NOT NULL) AS n_users
 FROM aucs GROUP BY ALL"""
 """The groups' AUCs averaged with weights = their events, over groups with both classes."""

@@ -280,7 +280,7 @@ def write(s: Summary, out: Path) -> Path:
             s.differences, present, metric, "wd_static", users, out / f"{metric}_vs_wd_static.png"
         )
     day_events = {
-        int(r["slice"].split()[1]): r["n_events"] or 0 for r in s.daily.to_pylist() if r["arm"] == "wd_static"
+        int(r["slice"].split()[1]): r["n_events"] for r in s.daily.to_pylist() if r["arm"] == "wd_static"
     }
     plots.by_day(s.daily, "gauc", day_events, out / "gauc_by_day.png")
     plots.calibration(s.calibration, out / "calibration.png")
