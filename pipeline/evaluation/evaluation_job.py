@@ -32,6 +32,7 @@ from meta_embed.config import ModelConfig, WideDeepConfig, write_config
 from meta_embed.features import fit_spec, movielens_template
 from meta_embed.tables import TS_TYPE
 from pipeline.evaluation import bootstrap, melu, report, wd_tuning
+from pipeline.evaluation.costs import costs
 from pipeline.evaluation.evaluation_config import DATASETS, REFERENCES, EvalConfig
 from pipeline.evaluation.queries import compute_metrics
 from pipeline.evaluation.replay import ARMS, ReplaySetup, before, make_period, replay, replay_events
@@ -220,7 +221,7 @@ def evaluate(cfg: EvalConfig) -> EvalResult:
         pq.write_table(preds, out / "predictions.parquet")
         summary = {
             "period": dataclasses.asdict(period),
-            "costs": report.costs(meta, wd, log, period, test),
+            "costs": costs(meta, wd, log, period, test),
             "tuned": dataclasses.asdict(wd.tuned),
             "tuned_no_id": dataclasses.asdict(wd.tuned_no_id),
             "meta": meta,
