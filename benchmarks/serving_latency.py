@@ -127,10 +127,9 @@ def make_world(base: Path, n_users: int, items: pa.Table, seed: int = 0) -> Serv
         np.full(n_users, int(AS_OF.timestamp() * 1e6), np.int64),
     )
     staged = snapshot.staging_dir(base / "snapshots", meta, "bench")
-    snapshot.write_part(table, staged, 0)
-    snapshot.publish(
-        base / "snapshots", staged, meta, {"counts": {"users": n_users}, "checkpoint": str(base / "ckpt")}
-    )
+    shards = [snapshot.write_part(table, staged, 0)]
+    manifest = {"counts": {"users": n_users}, "checkpoint": str(base / "ckpt")}
+    snapshot.publish(base / "snapshots", staged, meta, manifest, shards)
     return ServingConfig(
         root=base / "snapshots",
         items=base / "items.parquet",

@@ -301,10 +301,12 @@ def _type_name(hint: Any) -> str:
     return names.get(hint, getattr(typing.get_origin(hint) or hint, "__name__", str(hint)))
 
 
-def write_config(cfg: Any, directory: str | Path, name: str = "config.json") -> Path:
-    """Write `cfg` as JSON into `directory` (created if needed); returns the path."""
-    path = Path(directory) / name
-    path.parent.mkdir(parents=True, exist_ok=True)
+def write_config(cfg: Any, directory: str | Path, name: str = "config.json") -> str:
+    """Write `cfg` as JSON into `directory` (local, created if needed, or an object-store
+    prefix: `meta_embed.storage`); returns the path."""
+    from meta_embed import storage
+
+    path = storage.join(directory, name)
     payload = {"type": type(cfg).__name__, "config": to_dict(cfg)}
-    path.write_text(json.dumps(payload, indent=2, sort_keys=True) + "\n")
+    storage.write_text(path, json.dumps(payload, indent=2, sort_keys=True) + "\n")
     return path

@@ -1,17 +1,26 @@
 """The meta-embedding snapshot format, shared by the refresh job (writer) and serving (reader).
 
-Layout under a snapshot root:
+Layout under a snapshot root (a local directory or an object-store prefix, `meta_embed.storage`):
 
     ROOT/CURRENT                       one line: the name of the published snapshot
     ROOT/snapshots/NAME/part-*.parquet user_id, embedding, n_support, last_event_ts, seen_item_ids
-    ROOT/snapshots/NAME/manifest.json  counts, as_of, model_version, spec hash, files...
+    ROOT/snapshots/NAME/manifest.json  counts, as_of, model_version, spec hash, files, content hash
     ROOT/snapshots/NAME/indexes/       FAISS indexes built for this snapshot (serving)
-    ROOT/staging/                      work in progress; never read by serving
+    ROOT/staging/                      local disk only: work in progress, never read by serving
 
-Publishing is atomic: data files are written to staging, validated, the manifest is
-written, the directory is renamed into snapshots/, and only then is CURRENT replaced
-(write a temp file, fsync, os.replace). A reader that follows CURRENT never sees a
-partial snapshot.
+Each data file is summarized by its writer (`Shard`: rows, users with events, support
+bounds, finiteness, bytes, sha256, a hash of its rows), so publishing checks and hashes a
+snapshot from its shards' summaries and never reads a row back. The snapshot's content
+hash is the sha256 of its shards' `file content` lines in file order.
+
+Publishing (`publish`): the manifest is the last file written into the snapshot, and
+CURRENT is written after it with a compare-and-swap against the name the run started
+from (`storage.swap`), so a concurrent second publisher is refused, never silently
+overwritten; a publish never moves CURRENT to an older as_of (only `rollback` does). On
+a local disk the data goes to staging/ and the directory is renamed into snapshots/; on
+an object store (no rename) the run writes straight into a write-once prefix with a
+unique name, and a prefix without a manifest is never read. A reader that follows
+CURRENT never sees a partial snapshot.
 
 `seen_item_ids` holds the distinct items of the user's most recent events, newest first
 (at most `--seen-items`, 50 by default): serving leaves them out of recommendations. A
@@ -26,6 +35,7 @@ import hashlib
 import json
 import os
 import shutil
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +44,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from meta_embed import storage
 from meta_embed.tables import TS_TYPE
 
 FORMAT = 1
@@ -142,58 +153,103 @@ def embeddings_of(table: pa.Table) -> np.ndarray:
     return col.flatten().to_numpy(zero_copy_only=False).reshape(-1, dim)
 
 
-def validate(table: pa.Table, meta: SnapshotMeta, expected_users: int | None = None) -> None:
-    """Refuse a snapshot with duplicate users, NaN/inf, the wrong dim or another model_version."""
+@dataclasses.dataclass(frozen=True)
+class Shard:
+    """What a writer records about one data file it wrote; publishing checks a snapshot from
+    these alone. `misplaced` counts rows its writer found outside the file's user bucket."""
+
+    file: str
+    rows: int
+    users_with_events: int
+    min_support: int
+    max_support: int
+    late: int  # rows with last_event_ts >= as_of
+    ts_mismatch: int  # rows whose last_event_ts is set when n_support is 0, or missing when not
+    nonfinite: int
+    duplicate_users: int
+    dim: int
+    model_version: str
+    content: str  # content_hash of the rows
+    bytes: int
+    sha256: str
+    misplaced: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Shard:
+        return cls(**{f.name: d[f.name] for f in dataclasses.fields(cls) if f.name in d})
+
+
+def summarize(table: pa.Table, file: str, data: bytes, meta: SnapshotMeta, misplaced: int = 0) -> Shard:
+    """The `Shard` of rows `table`, written as the Parquet bytes `data` under the name `file`."""
+    n_support = table.column("n_support").to_numpy()
+    last = table.column("last_event_ts")
+    late = pc.sum(pc.greater_equal(last, pa.scalar(meta.as_of, last.type))).as_py() or 0
+    emb = embeddings_of(table) if table.num_rows else np.zeros((0, meta.dim), np.float32)
     got = json.loads((table.schema.metadata or {}).get(b"meta_embed", b"{}"))
-    if got.get("model_version") != meta.model_version:
-        raise SnapshotError(
-            f"snapshot rows carry model_version {got.get('model_version')}, expected {meta.model_version}"
-        )
-    if table.schema.field("embedding").type.list_size != meta.dim:
-        raise SnapshotError(f"embedding dim {table.schema.field('embedding').type.list_size} != {meta.dim}")
-    if pc.count_distinct(table.column("user_id")).as_py() != table.num_rows:
-        raise SnapshotError("snapshot has more than one row for some user_id")
-    if expected_users is not None and table.num_rows != expected_users:
-        raise SnapshotError(f"snapshot has {table.num_rows} users, expected {expected_users}")
-    bad = ~np.isfinite(embeddings_of(table)).all(axis=1) if table.num_rows else np.zeros(0, bool)
-    if bad.any():
-        users = table.column("user_id").take(pa.array(np.flatnonzero(bad)[:3])).to_pylist()
-        raise SnapshotError(
-            f"{int(bad.sum())} users have NaN or inf embeddings (e.g. {users}); refusing them"
-        )
+    return Shard(
+        file=file,
+        rows=table.num_rows,
+        users_with_events=int((n_support > 0).sum()),
+        min_support=int(n_support.min()) if n_support.size else 0,
+        max_support=int(n_support.max()) if n_support.size else 0,
+        late=int(late),
+        ts_mismatch=int(np.sum((n_support > 0) == np.asarray(last.is_null()))),
+        nonfinite=int((~np.isfinite(emb).all(axis=1)).sum()),
+        duplicate_users=table.num_rows - (pc.count_distinct(table.column("user_id")).as_py() or 0),
+        dim=table.schema.field("embedding").type.list_size,
+        model_version=str(got.get("model_version")),
+        content=content_hash(table),
+        bytes=len(data),
+        sha256=hashlib.sha256(data).hexdigest(),
+        misplaced=misplaced,
+    )
 
 
-def write_part(table: pa.Table, directory: str | Path, index: int) -> Path:
-    path = Path(directory) / f"part-{index:05d}.parquet"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    pq.write_table(table, path)
-    return path
+def parquet_bytes(table: pa.Table) -> bytes:
+    sink = pa.BufferOutputStream()
+    pq.write_table(table, sink)
+    return sink.getvalue().to_pybytes()
 
 
-def staging_dir(root: str | Path, meta: SnapshotMeta, run_id: str) -> Path:
+def write_part(table: pa.Table, directory: str | Path, index: int) -> Shard:
+    """Write rows as DIRECTORY/part-INDEX.parquet (local or object store); returns its summary."""
+    name = f"part-{index:05d}.parquet"
+    data = parquet_bytes(table)
+    storage.write_bytes(storage.join(directory, name), data)
+    meta = SnapshotMeta.from_dict(json.loads((table.schema.metadata or {})[b"meta_embed"]))
+    return summarize(table, name, data, meta)
+
+
+def staging_dir(root: str | Path, meta: SnapshotMeta, run_id: str) -> str:
+    """Where a run writes its data files: ROOT/staging/NAME-RUN on a local disk (renamed into
+    snapshots/ when published); on an object store the write-once prefix
+    ROOT/snapshots/NAME-RUN itself, never read before its manifest is there."""
+    if storage.is_remote(root):
+        return storage.join(root, "snapshots", f"{meta.name}-{run_id.rsplit('-', 1)[-1]}")
     path = Path(root) / "staging" / f"{meta.name}-{run_id}"
     path.mkdir(parents=True, exist_ok=True)
-    return path
+    return str(path)
+
+
+def read_manifest(directory: str | Path) -> dict[str, Any]:
+    """A published snapshot's manifest (local or object store)."""
+    try:
+        return json.loads(storage.read_bytes(storage.join(directory, MANIFEST)))
+    except FileNotFoundError:
+        raise SnapshotError(f"{directory}: no {MANIFEST}; this is not a published snapshot") from None
 
 
 def read_dir(directory: str | Path, memory_map: bool = True) -> tuple[pa.Table, dict[str, Any]]:
-    """Read a snapshot directory's rows and manifest."""
+    """Read a local snapshot directory's rows and manifest."""
     directory = Path(directory)
-    manifest_path = directory / MANIFEST
-    if not manifest_path.is_file():
-        raise SnapshotError(f"{directory}: no {MANIFEST}; this is not a published snapshot")
-    manifest = json.loads(manifest_path.read_text())
+    manifest = read_manifest(directory)
     parts = [pq.read_table(directory / f["name"], memory_map=memory_map) for f in manifest["files"]]
     meta = SnapshotMeta.from_dict(manifest)
     table = pa.concat_tables(parts) if parts else schema(meta).empty_table()
     return table, manifest
-
-
-def _fsync_write(path: Path, text: str) -> None:
-    with open(path, "w") as fh:
-        fh.write(text)
-        fh.flush()
-        os.fsync(fh.fileno())
 
 
 def content_hash(table: pa.Table) -> str:
@@ -213,38 +269,90 @@ def content_hash(table: pa.Table) -> str:
         values = seen.flatten().cast(pa.large_binary())
         h.update(values.buffers()[1] or b"")
         h.update(values.buffers()[2] or b"")
-    return h.hexdigest()[:8]
+    return h.hexdigest()
+
+
+def check_shards(shards: Sequence[Shard], meta: SnapshotMeta, expected_users: int | None = None) -> None:
+    """Refuse a snapshot, from its shards' summaries, with duplicate users, NaN/inf, the wrong
+    dim or another model_version."""
+    for s in shards:
+        if s.model_version != meta.model_version:
+            raise SnapshotError(
+                f"{s.file}: rows carry model_version {s.model_version}, expected {meta.model_version}"
+            )
+        if s.dim != meta.dim:
+            raise SnapshotError(f"{s.file}: embedding dim {s.dim} != {meta.dim}")
+        if s.duplicate_users or s.misplaced:
+            raise SnapshotError(f"{s.file}: snapshot has more than one row for some user_id")
+        if s.nonfinite:
+            raise SnapshotError(f"{s.file}: {s.nonfinite} users have NaN or inf embeddings; refusing them")
+    if len({s.file for s in shards}) != len(shards):
+        raise SnapshotError("two shard summaries name the same file; some buckets were written twice")
+    users = sum(s.rows for s in shards)
+    if expected_users is not None and users != expected_users:
+        raise SnapshotError(f"snapshot has {users} users, expected {expected_users}")
+
+
+def combined_hash(shards: Sequence[Shard]) -> str:
+    """The snapshot's content hash: sha256 of its shards' `file content` lines, by file name."""
+    lines = "".join(f"{s.file} {s.content}\n" for s in sorted(shards, key=lambda s: s.file))
+    return hashlib.sha256(lines.encode()).hexdigest()
+
+
+_READ = object()  # `expect` default of set_current: whatever CURRENT names when it is read
 
 
 def publish(
-    root: str | Path, staged: str | Path, meta: SnapshotMeta, manifest: dict[str, Any], keep: int = 3
-) -> Path:
-    """Validate the staged files, write the manifest, move into place, switch CURRENT, prune old ones.
+    root: str | Path,
+    staged: str | Path,
+    meta: SnapshotMeta,
+    manifest: dict[str, Any],
+    shards: Sequence[Shard],
+    keep: int = 3,
+    expect: Any = _READ,
+) -> str:
+    """Check the shards, write the manifest, put the snapshot in place, switch CURRENT (only
+    if it still names `expect`: the snapshot the run started from), prune old ones; returns
+    the snapshot's path.
 
-    The snapshot is named by as_of, model version and a hash of its rows, so publishing the
-    same result twice is idempotent (the second copy is dropped and CURRENT re-pointed).
+    On a local disk the snapshot is named by as_of, model version and its content hash, so
+    publishing the same result twice is idempotent (the second copy is dropped and CURRENT
+    re-pointed); on an object store it keeps its write-once prefix.
     """
-    root, staged = Path(root), Path(staged)
     require_not_older(root, meta.as_of)
-    files = sorted(staged.glob("part-*.parquet"))
-    table = pa.concat_tables([pq.read_table(f) for f in files]) if files else schema(meta).empty_table()
-    validate(table, meta, manifest.get("counts", {}).get("users"))
-    name = f"{meta.name}-{content_hash(table)}"
+    check_shards(shards, meta, manifest.get("counts", {}).get("users"))
+    content = combined_hash(shards)
+    remote = storage.is_remote(root)
+    name = storage.basename(staged) if remote else f"{meta.name}-{content[:8]}"
+    files = [
+        {"name": s.file, "rows": s.rows, "bytes": s.bytes, "sha256": s.sha256, "content": s.content}
+        for s in sorted(shards, key=lambda s: s.file)
+    ]
     full = dict(manifest) | {
         "format": FORMAT,
         "name": name,
         **json.loads(meta.to_metadata()[b"meta_embed"]),
-        "files": [{"name": f.name, "rows": pq.read_metadata(f).num_rows} for f in files],
+        "content_hash": content,
+        "files": files,
     }
-    _fsync_write(staged / MANIFEST, json.dumps(full, indent=2, sort_keys=True, default=str) + "\n")
-    final = root / "snapshots" / name
-    final.parent.mkdir(parents=True, exist_ok=True)
-    if (final / MANIFEST).is_file():
-        shutil.rmtree(staged)
-    else:
-        shutil.rmtree(final, ignore_errors=True)  # an incomplete leftover of a crashed move
-        os.replace(staged, final)
-    set_current(root, name)
+    storage.write_text(
+        storage.join(staged, MANIFEST), json.dumps(full, indent=2, sort_keys=True, default=str) + "\n"
+    )
+    final, fresh = storage.join(root, "snapshots", name), True
+    if not remote:
+        Path(final).parent.mkdir(parents=True, exist_ok=True)
+        if (Path(final) / MANIFEST).is_file():
+            shutil.rmtree(staged)
+            fresh = False
+        else:
+            shutil.rmtree(final, ignore_errors=True)  # an incomplete leftover of a crashed move
+            os.replace(staged, final)
+    try:
+        set_current(root, name, expect)
+    except SnapshotError:
+        if fresh:
+            storage.delete_tree(final)  # never left where a rollback could find it
+        raise
     prune(root, keep)
     return final
 
@@ -254,10 +362,9 @@ def require_not_older(root: str | Path, as_of: dt.datetime) -> None:
     CURRENT back (an older --as-of, or an overlapping run that finished last); only a
     rollback does, on purpose."""
     live = current_name(root)
-    path = Path(root) / "snapshots" / str(live) / MANIFEST
-    if live is None or not path.is_file():
+    if live is None or not storage.exists(storage.join(root, "snapshots", live, MANIFEST)):
         return
-    live_as_of = dt.datetime.fromisoformat(json.loads(path.read_text())["as_of"])
+    live_as_of = dt.datetime.fromisoformat(read_manifest(storage.join(root, "snapshots", live))["as_of"])
     if live_as_of > as_of:
         raise SnapshotError(
             f"{root}: CURRENT is {live} with as_of {live_as_of.isoformat()}, newer than {as_of.isoformat()}; "
@@ -266,22 +373,38 @@ def require_not_older(root: str | Path, as_of: dt.datetime) -> None:
         )
 
 
-def set_current(root: str | Path, name: str) -> None:
-    """Atomically point CURRENT at snapshots/NAME (which must exist and be complete)."""
-    root = Path(root)
-    if not (root / "snapshots" / name / MANIFEST).is_file():
+def set_current(root: str | Path, name: str, expect: Any = _READ) -> None:
+    """Point CURRENT at snapshots/NAME (which must be complete), atomically and only if CURRENT
+    still names `expect` (None: no CURRENT yet); a concurrent writer is refused, never overwritten."""
+    if not storage.exists(storage.join(root, "snapshots", name, MANIFEST)):
         raise SnapshotError(f"{root}/snapshots/{name}: not a complete snapshot; cannot point CURRENT at it")
-    tmp = root / f".{CURRENT}.tmp"
-    _fsync_write(tmp, name + "\n")
-    os.replace(tmp, root / CURRENT)
+    path = storage.join(root, CURRENT)
+    try:
+        now: bytes | None = storage.read_bytes(path)
+    except FileNotFoundError:
+        now = None
+    live = now.decode().strip() if now is not None else None
+    try:
+        if expect is not _READ and live != expect:
+            raise storage.Conflict(f"CURRENT names {live}")
+        storage.swap(path, f"{name}\n".encode(), now)
+    except storage.Conflict as err:
+        raise SnapshotError(
+            f"{root}: another publisher moved CURRENT (from {expect if expect is not _READ else live} "
+            f"while this one ran; {err}); {name} was not published. Only one refresh may publish to a "
+            "root at a time: rerun this one once the other has finished"
+        ) from err
 
 
 def current_name(root: str | Path) -> str | None:
-    path = Path(root) / CURRENT
-    return path.read_text().strip() if path.is_file() else None
+    try:
+        return storage.read_text(storage.join(root, CURRENT)).strip()
+    except FileNotFoundError:
+        return None
 
 
 def current_dir(root: str | Path) -> Path:
+    """The local directory of the snapshot CURRENT names (serving reads local roots)."""
     name = current_name(root)
     if name is None:
         raise SnapshotError(
@@ -292,10 +415,12 @@ def current_dir(root: str | Path) -> Path:
 
 def published(root: str | Path) -> list[str]:
     """Names of complete snapshots, oldest first (names sort by as_of)."""
-    base = Path(root) / "snapshots"
-    if not base.is_dir():
-        return []
-    return sorted(p.name for p in base.iterdir() if (p / MANIFEST).is_file() and not p.name.startswith("."))
+    base = storage.join(root, "snapshots")
+    return [
+        n
+        for n in storage.listdir(base)
+        if not n.startswith(".") and storage.exists(storage.join(base, n, MANIFEST))
+    ]
 
 
 def listing(root: str | Path) -> list[dict[str, Any]]:
@@ -303,7 +428,7 @@ def listing(root: str | Path) -> list[dict[str, Any]]:
     and whether CURRENT names it."""
     live, rows = current_name(root), []
     for name in published(root):
-        manifest = json.loads((Path(root) / "snapshots" / name / MANIFEST).read_text())
+        manifest = read_manifest(storage.join(root, "snapshots", name))
         users = sum(int(f["rows"]) for f in manifest.get("files", []))
         rows.append(
             {
@@ -318,11 +443,19 @@ def listing(root: str | Path) -> list[dict[str, Any]]:
 
 
 def prune(root: str | Path, keep: int) -> list[str]:
-    """Delete all but the newest `keep` snapshots (never the one CURRENT names); returns deleted names."""
+    """Delete all but the newest `keep` snapshots (never the one CURRENT names), and the
+    incomplete prefixes of runs older than CURRENT (they can never publish); returns the
+    deleted names."""
     names, live = published(root), current_name(root)
     doomed = [n for n in names[: max(len(names) - keep, 0)] if n != live]
+    if live is not None:
+        stamp = live[:16]  # %Y%m%dT%H%M%SZ of its as_of
+        base = storage.join(root, "snapshots")
+        doomed += [
+            n for n in storage.listdir(base) if n not in names and not n.startswith(".") and n[:16] < stamp
+        ]
     for name in doomed:
-        shutil.rmtree(Path(root) / "snapshots" / name)
+        storage.delete_tree(storage.join(root, "snapshots", name))
     return doomed
 
 
@@ -332,5 +465,5 @@ def rollback(root: str | Path) -> str:
     if live not in names or names.index(live) == 0:
         raise SnapshotError(f"{root}: no snapshot older than {live!r} to roll back to (kept: {names})")
     previous = names[names.index(live) - 1]
-    set_current(root, previous)
+    set_current(root, previous, expect=live)
     return previous

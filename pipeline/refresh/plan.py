@@ -37,10 +37,12 @@ class Plan:
     target: str
     buckets: int
     fingerprints: dict[str, str]
+    current: str | None  # the snapshot CURRENT named when the run started: publishing expects it still
 
 
 def plan(cfg: RefreshConfig) -> Plan:
     """Check the run's inputs and decide its shape (see the module docstring)."""
+    current = snapshot.current_name(cfg.out)
     snapshot.require_not_older(cfg.out, cfg.as_of)  # up front; publish checks again at the end
     ckpt = checkpoint.load(cfg.checkpoint, expect_spec_hash=cfg.expect_spec_hash)
     spec = ckpt.spec
@@ -71,10 +73,7 @@ def plan(cfg: RefreshConfig) -> Plan:
         if cfg.incremental
         else Previous(None, "full recompute (not incremental)")
     )
-    prev_files = (
-        sorted(str(p) for p in previous.directory.glob("part-*.parquet")) if previous.directory else []
-    )
-    prev_chunks = inputs.chunks(prev_files, snapshot.schema(meta)) if prev_files else []
+    prev_chunks = inputs.chunks(previous.files, snapshot.schema(meta)) if previous.files else []
     context = inputs.open_parquet(files["interactions"][0]).schema_arrow
     users = sum(c.rows for c in user_chunks) + sum(c.rows for c in event_chunks) // 30
     settings = AdaptSettings(
@@ -101,4 +100,5 @@ def plan(cfg: RefreshConfig) -> Plan:
         "label" if ckpt.model_cfg.objective == "binary" else "rating",
         cfg.buckets or max(8, math.ceil(users / USERS_PER_BUCKET)),
         fingerprints,
+        current,
     )

@@ -7,12 +7,16 @@ RefreshSnapshot, one composite transform:
       one empty seed per bucket ──────────────────────────────────────────────┤    spill files on
         GroupByKey ──> TopNCombineFn ──> (bucket, newest N per user)  <────────┘    local runners)
     ──> AdaptUsers (users, previous snapshot: per-bucket side inputs) ──> WriteParts (staging)
+    ──> each part's summary ──> ToList ──> WriteShardList (staging/_shards.json)
     dead letters ──> WriteDeadLetters
 
 All checks that need no data (checkpoint and its feature spec, every input file's
 schema) run before the pipeline starts (`plan.py`). The pipeline writes into a private
-staging directory; `finalize.finalize` validates it and publishes atomically. A run
-that fails leaves CURRENT where it was and removes its staging directory.
+staging directory (on an object store: the snapshot's own write-once prefix);
+`finalize.finalize` checks the writers' summaries of it and publishes. A run that fails
+leaves CURRENT where it was and removes what it wrote. `--out` and `--checkpoint` may be
+s3:// URLs (`meta_embed.storage`); Beam's `--s3_*` options configure both the workers'
+and the launcher's client.
 
 `refresh(cfg)` is the library entry; `run(argv)` the command-line one, Beam's way: the
 job's flags, then pipeline options.
@@ -23,24 +27,25 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import datetime as dt
-import json
-import os
-import shutil
+import tempfile
 import time
 import uuid
 from collections.abc import Sequence
 from pathlib import Path
 
 import apache_beam as beam
+from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics.metric import MetricsFilter
+from apache_beam.options.pipeline_options import S3Options
 from apache_beam.runners.runner import PipelineState
 
-from meta_embed import snapshot
+from meta_embed import snapshot, storage
 from meta_embed.config import to_dict, write_config
+from meta_embed.devices import resolve_device
 from meta_embed.flags import flag_specs
 from pipeline.refresh import runners
 from pipeline.refresh.arrow import event_schema, pack
-from pipeline.refresh.finalize import DEAD_LETTER_PARTS, finalize
+from pipeline.refresh.finalize import DEAD_LETTER_PARTS, SHARDS, finalize
 from pipeline.refresh.plan import Plan
 from pipeline.refresh.plan import plan as make_plan
 from pipeline.refresh.refresh_config import RefreshConfig
@@ -57,12 +62,13 @@ from pipeline.refresh.transforms import (
     TopNCombineFn,
     WriteDeadLetters,
     WriteParts,
+    WriteShardList,
 )
 
 
 @dataclasses.dataclass(frozen=True)
 class RefreshResult:
-    snapshot_dir: Path
+    snapshot_dir: str  # a local path or an object-store URL
     name: str
     mode: str  # "full" or "incremental"
     reason: str  # why incremental carried forward or recomputed everyone
@@ -108,8 +114,9 @@ class RefreshSnapshot(beam.PTransform):
     """The refresh job as one composite transform, from the pipeline's start: read the
     events before as_of, keep each user's newest N, join each bucket with its users'
     feature rows and (incremental) previous snapshot rows, adapt, and write the snapshot
-    parts and dead letters under `staged` (and, with `spill`, the exchanged events under
-    staged/_shuffle: see shuffle.py). Returns the written paths: `parts`, `dead_letters`.
+    parts, their summaries (staged/_shards.json) and the dead letters under `staged` (and,
+    with `spill`, the exchanged events under that directory: see shuffle.py). Returns the
+    written paths: `shards`, `dead_letters`.
     """
 
     def __init__(
@@ -117,7 +124,7 @@ class RefreshSnapshot(beam.PTransform):
         plan: Plan,
         staged: str,
         read_batch_rows: int,
-        spill: bool = False,
+        spill: str | None = None,
         fail_after_users: int | None = None,
     ):
         super().__init__()
@@ -135,7 +142,7 @@ class RefreshSnapshot(beam.PTransform):
             plan.settings.max_support,
             plan.buckets,
             self.read_batch_rows,
-            os.path.join(self.staged, SHUFFLE_DIR) if self.spill else None,
+            self.spill,
         )
         newest = (
             pbegin
@@ -168,11 +175,16 @@ class RefreshSnapshot(beam.PTransform):
                 previous=beam.pvalue.AsMultiMap(previous),
             )
         )
-        parts = rows | "WriteParts" >> beam.ParDo(WriteParts(self.staged))
-        dead = newest[DEAD] | "WriteDeadLetters" >> beam.ParDo(
-            WriteDeadLetters(os.path.join(self.staged, DEAD_LETTER_PARTS))
+        shards = (
+            rows
+            | "WriteParts" >> beam.ParDo(WriteParts(self.staged, plan.meta, plan.buckets))
+            | "GatherShards" >> beam.combiners.ToList()
+            | "WriteShardList" >> beam.ParDo(WriteShardList(storage.join(self.staged, SHARDS)))
         )
-        return {"parts": parts, "dead_letters": dead}
+        dead = newest[DEAD] | "WriteDeadLetters" >> beam.ParDo(
+            WriteDeadLetters(storage.join(self.staged, DEAD_LETTER_PARTS))
+        )
+        return {"shards": shards, "dead_letters": dead}
 
 
 def _metrics(result: beam.runners.runner.PipelineResult) -> dict[str, int]:
@@ -193,7 +205,9 @@ def _run(p: beam.Pipeline, transform: RefreshSnapshot) -> dict[str, int]:
     return _metrics(result)
 
 
-def _manifest(cfg: RefreshConfig, plan: Plan, runner: str, seconds: float, spill: bool, run_id: str) -> dict:
+def _manifest(
+    cfg: RefreshConfig, plan: Plan, runner: str, seconds: float, spill: str | None, run_id: str
+) -> dict:
     """What the manifest records besides counts (publish adds the snapshot meta and the files)."""
     return {
         "as_of": plan.meta.as_of.isoformat(),
@@ -205,9 +219,11 @@ def _manifest(cfg: RefreshConfig, plan: Plan, runner: str, seconds: float, spill
         "max_support": plan.settings.max_support,
         "buckets": plan.buckets,
         "cold_users": cfg.cold_users,
-        "shuffle": "files" if spill else "beam",
+        "shuffle": "files" if spill is not None else "beam",
         "run_id": run_id,
-        "checkpoint": str(Path(cfg.checkpoint).resolve()),
+        "checkpoint": cfg.checkpoint
+        if storage.is_remote(cfg.checkpoint)
+        else str(Path(cfg.checkpoint).resolve()),
         "config": to_dict(cfg),
     }
 
@@ -226,36 +242,58 @@ def refresh(
     injects a fault into the adapt step (tests of failure handling).
     """
     start = time.perf_counter()
-    plan = make_plan(cfg)
-    phase = {"plan": time.perf_counter() - start}
     opts = runners.options(pipeline_options)
+    s3 = opts.view_as(S3Options)
+    storage.configure(s3.s3_endpoint_url, s3.s3_access_key_id, s3.s3_secret_access_key, s3.s3_region_name)
+    FileSystems.set_options(opts)  # the launcher reads remote inputs with the workers' settings
+    plan = make_plan(cfg)
+    plan = dataclasses.replace(plan, settings=dataclasses.replace(plan.settings, device=cfg.device))
+    phase = {"plan": time.perf_counter() - start}
     local = runners.is_local(opts)
     if local:
         runners.limit_heap_retention()
-    spill = cfg.shuffle == "files" or (cfg.shuffle == "auto" and local)
+        resolve_device(cfg.device)  # local workers are this machine: refuse a missing CUDA before the run
     run_id = f"{dt.datetime.now(dt.UTC):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:8]}"
     staged = snapshot.staging_dir(cfg.out, plan.meta, run_id)
+    spill = None
+    if cfg.shuffle == "files" or (cfg.shuffle == "auto" and local):  # local workers spill to local disk
+        remote = storage.is_remote(staged)
+        spill = (
+            tempfile.mkdtemp(prefix="meta-embed-shuffle-")
+            if remote and local
+            else storage.join(staged, SHUFFLE_DIR)
+        )
     try:
-        transform = RefreshSnapshot(plan, str(staged), cfg.read_batch_rows, spill, fail_after_users)
+        transform = RefreshSnapshot(plan, staged, cfg.read_batch_rows, spill, fail_after_users)
         counters = _run(pipeline or beam.Pipeline(runner=runners.runner(opts), options=opts), transform)
-        shutil.rmtree(staged / SHUFFLE_DIR, ignore_errors=True)
         phase["pipeline"] = time.perf_counter() - start - phase["plan"]
         write_config(cfg, staged, "refresh_config.json")
         stage_ms = {k: v for k, v in counters.items() if k.endswith("_ms")}
         counts = {k: v for k, v in counters.items() if not k.endswith("_ms")}
         manifest = _manifest(cfg, plan, runners.runner_name(opts), time.perf_counter() - start, spill, run_id)
         final = finalize(
-            cfg.out, staged, plan.meta, counts, manifest, plan.settings.max_support, cfg.keep, cfg.cold_users
+            cfg.out,
+            staged,
+            plan.meta,
+            counts,
+            manifest,
+            plan.settings.max_support,
+            cfg.keep,
+            cfg.cold_users,
+            plan.current,
         )
     except BaseException:
-        shutil.rmtree(staged, ignore_errors=True)
+        storage.delete_tree(staged)
         raise
+    finally:
+        if spill is not None:
+            storage.delete_tree(spill)
     phase["finalize"] = time.perf_counter() - start - phase["plan"] - phase["pipeline"]
-    published = json.loads((final / snapshot.MANIFEST).read_text())
+    published = snapshot.read_manifest(final)
     seconds = time.perf_counter() - start
     return RefreshResult(
         final,
-        final.name,
+        storage.basename(final),
         manifest["mode"],
         plan.previous.reason,
         plan.meta.as_of,

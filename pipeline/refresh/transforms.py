@@ -15,6 +15,7 @@ timers per stage.
 from __future__ import annotations
 
 import hashlib
+import json
 import time
 import uuid
 from collections.abc import Iterable, Iterator, Mapping
@@ -23,16 +24,17 @@ import apache_beam as beam
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 from apache_beam.transforms.window import GlobalWindows
 from apache_beam.utils.windowed_value import WindowedValue
 
+from meta_embed import snapshot, storage
 from meta_embed.tables import TS_TYPE, decode_error
 from pipeline.data.validate import validate_interactions
 from pipeline.refresh.adapt import AdaptSettings, adapt_bucket, load_adapt_state
 from pipeline.refresh.arrow import (
+    bucket_of,
     event_schema,
     pack,
     split_by_bucket,
@@ -279,30 +281,53 @@ def _empty_users(state) -> pa.Table:
     )
 
 
-def write_parquet(table: pa.Table, path: str) -> str:
-    """Write a file through Beam's FileSystems (local or remote): a temp name, then a rename."""
+def write_parquet(table: pa.Table, path: str) -> bytes:
+    """Write a file through Beam's FileSystems (local or remote); returns the bytes written.
+    Locally a temp name then a rename; on an object store one PUT, atomic by itself."""
+    data = snapshot.parquet_bytes(table)
+    if storage.is_remote(path):
+        with FileSystems.create(path) as out:
+            out.write(data)
+        return data
     tmp = f"{path}.tmp-{np.random.default_rng().integers(1 << 62):x}"
     with FileSystems.create(tmp) as out:
-        pq.write_table(table, out)
+        out.write(data)
     if FileSystems.exists(path):
         FileSystems.delete([path])
     FileSystems.rename([tmp], [path])
-    return path
+    return data
 
 
 class WriteParts(beam.DoFn):
-    """(bucket, rows) -> DIR/part-BUCKET.parquet; a retried bucket overwrites its own file."""
+    """(bucket, rows) -> DIR/part-BUCKET.parquet, and its `snapshot.Shard` summary (as a dict);
+    a retried bucket overwrites its own file. The summary counts rows outside the bucket."""
 
-    def __init__(self, directory: str):
-        self.directory = directory
+    def __init__(self, directory: str, meta: snapshot.SnapshotMeta, buckets: int):
+        self.directory, self.meta, self.buckets = directory, meta, buckets
 
-    def process(self, element: tuple[int, pa.Table]) -> Iterable[str]:
+    def process(self, element: tuple[int, pa.Table]) -> Iterable[dict]:
         bucket, rows = element
         if rows.num_rows:
             start = time.perf_counter()
-            yield write_parquet(rows, FileSystems.join(self.directory, f"part-{bucket:05d}.parquet"))
+            name = f"part-{bucket:05d}.parquet"
+            data = write_parquet(rows, FileSystems.join(self.directory, name))
+            misplaced = int((bucket_of(rows.column("user_id"), self.buckets) != bucket).sum())
+            yield snapshot.summarize(rows, name, data, self.meta, misplaced).to_dict()
             _counter("rows_written").inc(rows.num_rows)
             _counter("write_ms").inc(_ms(start))
+
+
+class WriteShardList(beam.DoFn):
+    """All writers' summaries (one list) -> DIR/_shards.json, what the launcher finalizes from."""
+
+    def __init__(self, path: str):
+        self.path = path
+
+    def process(self, shards: list[dict]) -> Iterable[str]:
+        data = json.dumps(sorted(shards, key=lambda s: s["file"])).encode()
+        with FileSystems.create(self.path) as out:
+            out.write(data)
+        yield self.path
 
 
 class WriteDeadLetters(beam.DoFn):
@@ -311,4 +336,6 @@ class WriteDeadLetters(beam.DoFn):
 
     def process(self, element: tuple[str, pa.Table]) -> Iterable[str]:
         name, rows = element
-        yield write_parquet(rows, FileSystems.join(self.directory, f"dl-{name}.parquet"))
+        path = FileSystems.join(self.directory, f"dl-{name}.parquet")
+        write_parquet(rows, path)
+        yield path

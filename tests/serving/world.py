@@ -148,8 +148,8 @@ def publish(
         None if seen is None else pa.array(seen, pa.list_(pa.string())),
     )
     staged = snapshot.staging_dir(root, meta, run_id)
-    snapshot.write_part(table, staged, 0)
-    return snapshot.publish(root, staged, meta, {"counts": {"users": n}} | (manifest or {}))
+    shards = [snapshot.write_part(table, staged, 0)]
+    return Path(snapshot.publish(root, staged, meta, {"counts": {"users": n}} | (manifest or {}), shards))
 
 
 def build_world(

@@ -90,34 +90,55 @@ def test_config_is_validated():
     assert dataclasses.replace(RefreshConfig(**base), keep=5).keep == 5
 
 
-def test_finalize_refuses_rows_that_disagree_with_the_counters(tmp_path):
+def test_finalize_refuses_shards_that_disagree_with_the_counters_or_the_format():
+    """Finalize reads no row: every refusal it made from the rows it now makes from the
+    writers' shard summaries (computed from the rows on the workers)."""
     import numpy as np
 
     from meta_embed.tables import TS_TYPE
-    from pipeline.refresh.finalize import check_rows
+    from pipeline.refresh.finalize import check_shards
 
     meta = snapshot.SnapshotMeta("v1", "h", "activation", 2, AS_OF)
-    ts = pa.array([1_000_000, None], pa.int64()).cast(TS_TYPE)
-    table = snapshot.to_table(meta, ["a", "b"], np.zeros((2, 2), np.float32), np.array([3, 0]), ts)
+
+    def shard(ids, emb, support, ts, file="part-00000.parquet"):
+        table = snapshot.to_table(
+            meta, ids, np.asarray(emb, np.float32), np.array(support), pa.array(ts, pa.int64()).cast(TS_TYPE)
+        )
+        return snapshot.summarize(table, file, snapshot.parquet_bytes(table), meta)
+
+    good = shard(["a", "b"], np.zeros((2, 2)), [3, 0], [1_000_000, None])
     ok = {"users_with_events": 1, "users_adapted": 1, "users_zero_step": 1, "users_carried_forward": 0}
-    check_rows(table, ok, 10, meta, cold_users=True)
+    check_shards([good], ok, 10, cold_users=True)
+    snapshot.check_shards([good], meta, expected_users=2)
     with pytest.raises(snapshot.SnapshotError, match="counted 2"):
-        check_rows(table, ok | {"users_with_events": 2}, 10, meta, cold_users=True)
+        check_shards([good], ok | {"users_with_events": 2}, 10, cold_users=True)
     with pytest.raises(snapshot.SnapshotError, match="adapt emitted 3"):
-        check_rows(table, ok | {"users_carried_forward": 1}, 10, meta, cold_users=True)
+        check_shards([good], ok | {"users_carried_forward": 1}, 10, cold_users=True)
     with pytest.raises(snapshot.SnapshotError, match="n_support outside"):
-        check_rows(table, ok, 2, meta, cold_users=True)
+        check_shards([good], ok, 2, cold_users=True)
     with pytest.raises(snapshot.SnapshotError, match="without events"):
-        check_rows(table, ok, 10, meta, cold_users=False)
-    late = snapshot.to_table(
-        meta,
-        ["a", "b"],
-        np.zeros((2, 2), np.float32),
-        np.array([3, 0]),
-        pa.array([int(AS_OF.timestamp() * 1e6), None], pa.int64()).cast(TS_TYPE),
-    )
+        check_shards([good], ok, 10, cold_users=False)
+    one = {"users_with_events": 1, "users_adapted": 1, "users_zero_step": 0, "users_carried_forward": 0}
+    late = shard(["a"], np.zeros((1, 2)), [3], [int(AS_OF.timestamp() * 1e6)])
     with pytest.raises(snapshot.SnapshotError, match="last_event_ts >= as_of"):
-        check_rows(late, ok, 10, meta, cold_users=True)
+        check_shards([late], one, 10, cold_users=True)
+    unset = shard(["a"], np.zeros((1, 2)), [2], [None])
+    with pytest.raises(snapshot.SnapshotError, match="set exactly for the users with events"):
+        check_shards([unset], one, 10, cold_users=True)
+    refused = {
+        "more than one row": shard(["a", "a"], np.zeros((2, 2)), [1, 1], [1, 1]),
+        "NaN or inf": shard(["a"], [[np.nan, 0.0]], [1], [1]),
+        "users, expected 3": good,
+    }
+    for message, bad in refused.items():
+        with pytest.raises(snapshot.SnapshotError, match=message):
+            snapshot.check_shards([bad], meta, expected_users=3 if bad is good else None)
+    with pytest.raises(snapshot.SnapshotError, match="more than one row"):
+        snapshot.check_shards([dataclasses.replace(good, misplaced=1)], meta)
+    with pytest.raises(snapshot.SnapshotError, match="same file"):
+        snapshot.check_shards([good, good], meta)
+    with pytest.raises(snapshot.SnapshotError, match="model_version"):
+        snapshot.check_shards([good], dataclasses.replace(meta, model_version="v2"))
 
 
 def test_an_edited_checkpoint_is_refused_before_any_work(ds):
@@ -191,6 +212,6 @@ def test_a_refresh_older_than_current_is_refused_and_current_stays(ds):
     assert snapshot.current_name(out) == second and not any((out / "staging").glob("*"))
     older = snapshot.SnapshotMeta("v", "h", "activation", 4, AS_OF - dt.timedelta(days=1))
     with pytest.raises(snapshot.SnapshotError, match="newer than"):
-        snapshot.publish(out, snapshot.staging_dir(out, older, "overlapping-run"), older, {})
+        snapshot.publish(out, snapshot.staging_dir(out, older, "overlapping-run"), older, {}, [])
     assert snapshot.current_name(out) == second
     assert snapshot.rollback(out) == first and snapshot.current_name(out) == first

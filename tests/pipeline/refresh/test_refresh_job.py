@@ -12,6 +12,7 @@ import dataclasses
 import datetime as dt
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -69,7 +70,7 @@ def max_diff(a: dict, b: dict) -> float:
 
 def test_snapshot_equals_reference_and_is_current(full, ds):
     root = ds.root / "out"
-    assert snapshot.current_dir(root) == full.snapshot_dir
+    assert str(snapshot.current_dir(root)) == full.snapshot_dir
     assert max_diff(rows_of(full), reference(ds)) <= 1e-5
     assert full.counts["users"] == 51 and full.counts["users_with_events"] == 48
     assert full.counts["users_adapted"] == 48 and full.counts["cold_users"] == 3
@@ -80,7 +81,7 @@ def test_snapshot_equals_reference_and_is_current(full, ds):
 
 
 def test_manifest_and_dead_letter(full, ds):
-    manifest = json.loads((full.snapshot_dir / snapshot.MANIFEST).read_text())
+    manifest = json.loads((Path(full.snapshot_dir) / snapshot.MANIFEST).read_text())
     for key in (
         "counts",
         "as_of",
@@ -96,10 +97,10 @@ def test_manifest_and_dead_letter(full, ds):
     assert manifest["as_of"] == AS_OF.isoformat() and manifest["max_support"] == MAX_SUPPORT
     assert set(manifest["inputs"]) == {"interactions", "users", "items"}
     assert manifest["counts"]["dead_lettered"] == ds.bad_rows == 3
-    dead = pq.read_table(full.snapshot_dir / "dead_letter.parquet")
+    dead = pq.read_table(Path(full.snapshot_dir) / "dead_letter.parquet")
     assert sorted(dead["reason"].to_pylist()) == ["label_out_of_domain", "nonfinite_label", "null_user_id"]
     assert all(s.endswith("part-2.parquet") for s in dead["source"].to_pylist())
-    assert (full.snapshot_dir / "refresh_config.json").is_file()
+    assert (Path(full.snapshot_dir) / "refresh_config.json").is_file()
 
 
 def test_rerun_is_deterministic_and_idempotent(full, ds):
@@ -112,8 +113,8 @@ def test_rerun_is_deterministic_and_idempotent(full, ds):
 
 def test_batch_size_buckets_and_shuffle_do_not_change_embeddings(full, ds, tmp_path):
     other = refresh(config(ds, tmp_path, batch_size=5, buckets=3, shuffle="beam"), FAST)
-    assert json.loads((other.snapshot_dir / snapshot.MANIFEST).read_text())["shuffle"] == "beam"
-    assert json.loads((full.snapshot_dir / snapshot.MANIFEST).read_text())["shuffle"] == "files"
+    assert json.loads((Path(other.snapshot_dir) / snapshot.MANIFEST).read_text())["shuffle"] == "beam"
+    assert json.loads((Path(full.snapshot_dir) / snapshot.MANIFEST).read_text())["shuffle"] == "files"
     assert max_diff(rows_of(other), rows_of(full)) <= 1e-6
 
 
@@ -127,7 +128,7 @@ def test_incremental_equals_full_recompute(full, ds, tmp_path):
         == 51
     )
     assert max_diff(rows_of(inc), rows_of(full)) <= 1e-6
-    assert json.loads((inc.snapshot_dir / snapshot.MANIFEST).read_text())["mode"] == "incremental"
+    assert json.loads((Path(inc.snapshot_dir) / snapshot.MANIFEST).read_text())["mode"] == "incremental"
 
 
 def test_incremental_after_a_model_change_recomputes_everyone(ds, tmp_path):
