@@ -12,7 +12,8 @@ their ids replaced by OOV, so that the OOV bucket (and its crosses) learns what 
 unseen user or item looks like instead of staying at its initial value.
 
 Training is plain mini-batch Adam with early stopping on a validation table (AUC for
-`binary`, negative MAE for `regression`). The model returns logits (or ratings).
+`binary`, negative MAE for `regression`), on `WideDeepConfig.device`; the fitted model
+comes back on the CPU. The model returns logits (or ratings).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ import torch
 from torch import nn
 
 from meta_embed.config import WideDeepConfig
+from meta_embed.devices import CPU, device_of, resolve_device
 from meta_embed.features import Column, FeatureSpec, take
 from meta_embed.metrics import auc
 from meta_embed.tasks import FeatureTables
@@ -116,6 +118,11 @@ class WideDeep(nn.Module):
         self.mlp = nn.Sequential(*layers[:-1])
         self.bias = nn.Parameter(torch.zeros(()))
 
+    def to_device(self, device: torch.device) -> WideDeep:
+        """Move the model and the feature tables it reads to `device` (in place); returns it."""
+        self.tables = self.tables.to(device)
+        return self.to(device)
+
     def _wide_keys(self) -> list[str]:
         ids = ["user_id", "item_id"] if self.cfg.user_ids else ["item_id"]
         return ids + [f"{a}*{b}" for a, b in self.cfg.crosses]
@@ -174,18 +181,22 @@ def index_events(model: WideDeep, events: pa.Table) -> EventIndex:
     )
 
 
-def _tensors(ev: EventIndex) -> dict[str, torch.Tensor]:
-    return {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in dataclasses.asdict(ev).items()}
+def _tensors(ev: EventIndex, device: torch.device = CPU) -> dict[str, torch.Tensor]:
+    return {
+        k: torch.as_tensor(np.ascontiguousarray(v), device=device) for k, v in dataclasses.asdict(ev).items()
+    }
 
 
 def predict(model: WideDeep, ev: EventIndex, batch_size: int = 1 << 16) -> np.ndarray:
-    """Logits (binary) or ratings (regression) of the events, float32 (events,)."""
+    """Logits (binary) or ratings (regression) of the events, float32 (events,), computed
+    on the model's device."""
     model.eval()
     out = np.empty(len(ev), dtype=np.float32)
+    device = device_of(model)
     with torch.no_grad():
         for start in range(0, len(ev), batch_size):
             part = ev.slice(np.arange(start, min(start + batch_size, len(ev))))
-            out[start : start + len(part)] = model(_tensors(part)).numpy()
+            out[start : start + len(part)] = model(_tensors(part, device)).cpu().numpy()
     return out
 
 
@@ -226,19 +237,19 @@ def _target(cfg: WideDeepConfig, table: pa.Table) -> np.ndarray:
 def _epoch(
     model: WideDeep, opt: torch.optim.Optimizer, ev: EventIndex, y: np.ndarray, rng: np.random.Generator
 ) -> float:
-    cfg = model.cfg
+    cfg, device = model.cfg, device_of(model)
     model.train()
     order = rng.permutation(len(ev))
     loss_fn = nn.BCEWithLogitsLoss() if cfg.objective == "binary" else nn.MSELoss()
     total = 0.0
     for start in range(0, len(order), cfg.batch_size):
         idx = order[start : start + cfg.batch_size]
-        batch = _tensors(ev.slice(idx))
+        batch = _tensors(ev.slice(idx), device)
         if cfg.oov_rate > 0:  # id dropout: teach the OOV buckets what an unseen id looks like
             for key in ("user", "item"):
-                drop = torch.from_numpy(rng.random(len(idx)) < cfg.oov_rate)
+                drop = torch.as_tensor(rng.random(len(idx)) < cfg.oov_rate, device=device)
                 batch[key] = batch[key].masked_fill(drop, 0)
-        loss = loss_fn(model(batch), torch.from_numpy(y[idx]))
+        loss = loss_fn(model(batch), torch.as_tensor(y[idx], device=device))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -256,10 +267,12 @@ def fit(
     epochs: int | None = None,
     log=None,
 ) -> FitResult:
-    """Train on `train`; with `valid`, stop early on its score and keep the best epoch,
-    otherwise train exactly `epochs` (default cfg.max_epochs) epochs."""
+    """Train on `train`, on `cfg.device`; with `valid`, stop early on its score and keep the
+    best epoch, otherwise train exactly `epochs` (default cfg.max_epochs) epochs. The model
+    comes back on the CPU."""
     start = time.perf_counter()
-    model = build(cfg, spec, users, items, train)
+    device = resolve_device(cfg.device)
+    model = build(cfg, spec, users, items, train).to_device(device)  # built and seeded on the CPU
     ev, y = index_events(model, train), _target(cfg, train)
     base = float(y.mean()) if len(y) else 0.0
     with torch.no_grad():
@@ -288,7 +301,7 @@ def fit(
             break
     if val is not None:
         model.load_state_dict(best[2])
-    model.eval()
+    model.to_device(CPU).eval()
     return FitResult(
         model,
         best[1] if val is not None else len(history),

@@ -12,6 +12,10 @@ from typing import Any, Literal, TypeVar
 
 EmbeddingMode = Literal["activation", "weights"]
 Objective = Literal["binary", "regression"]
+Device = Literal["auto", "cpu", "cuda"]
+DEVICES: tuple[str, ...] = typing.get_args(Device)
+"""Where torch work runs (`--device`): `auto` is CUDA when present, else the CPU
+(`meta_embed.devices.resolve_device`)."""
 
 T = TypeVar("T")
 
@@ -25,6 +29,12 @@ def _positive(owner: str, **values: float) -> None:
     for name, value in values.items():
         if value <= 0:
             raise ValueError(f"{owner}.{name} must be > 0, got {value}")
+
+
+def check_device(owner: str, value: str) -> None:
+    """Refuse a device name that is not one of DEVICES, naming the field."""
+    if value not in DEVICES:
+        raise ValueError(f"{owner}.device must be one of {', '.join(DEVICES)}, got {value!r}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -128,6 +138,11 @@ class TrainConfig:
     steps to every meta-training batch. `user_id_dropout`: the share of training tasks whose
     user id (where the spec has a user-id column) is replaced by the out-of-vocabulary row,
     besides every cold task, so that the OOV row learns what a new user looks like.
+
+    `device`: where meta-training runs (`auto`: CUDA when present). The model is built and
+    seeded on the CPU, trained on the device and handed back on the CPU, so a checkpoint
+    is the same files whichever device trained it; CUDA agrees with the CPU within float
+    tolerance, not bit for bit.
     """
 
     seed: int = 0
@@ -153,8 +168,10 @@ class TrainConfig:
     pretrain_batch: int = 2048
     zero_step_weight: float = 0.0
     user_id_dropout: float = 0.1
+    device: Device = "cpu"
 
     def __post_init__(self) -> None:
+        check_device("TrainConfig", self.device)
         for name in (
             "batch_users",
             "lr",
@@ -197,6 +214,7 @@ class WideDeepConfig:
 
     `user_ids` False removes every user-id input (the id embedding, the wide id weight and
     the crosses keyed by user id): the `wd_no_id` arm, W&D's shared part alone.
+    `device`: where it trains (`auto`: CUDA when present); the fitted model comes back on the CPU.
     """
 
     objective: Literal["binary", "regression"] = "binary"
@@ -213,8 +231,10 @@ class WideDeepConfig:
     patience: int = 2
     seed: int = 0
     user_ids: bool = True
+    device: Device = "cpu"
 
     def __post_init__(self) -> None:
+        check_device("WideDeepConfig", self.device)
         if self.objective not in ("binary", "regression"):
             raise ValueError(
                 f"WideDeepConfig.objective must be 'binary' or 'regression', got {self.objective!r}"

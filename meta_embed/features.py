@@ -253,6 +253,11 @@ def take(encoded: Encoded, rows: torch.Tensor) -> Encoded:
     return {name: t[rows] for name, t in encoded.items()}
 
 
+def to_device(encoded: Encoded, device: torch.device) -> Encoded:
+    """Every encoded column on `device` (the same tensors where they already are)."""
+    return {name: t.to(device) for name, t in encoded.items()}
+
+
 def concat(parts: list[Encoded]) -> Encoded:
     """Stack encoded row blocks; bags are right-padded to the widest block."""
     out: Encoded = {}

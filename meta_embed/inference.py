@@ -10,6 +10,10 @@ server compute from it. The exactness contract holds because they all call these
 
 `item_vectors`, `event_inputs` and `embed_episodes` turn a training batch into the same
 inputs; meta-training and the evidence scores use them.
+
+Everything runs where the model is (`meta_embed.devices.device_of`): the caller puts the
+model and the encoded tables on one device; batches are built there and embeddings come
+back as CPU NumPy arrays.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ import numpy as np
 import torch
 
 from meta_embed.config import MamlConfig
+from meta_embed.devices import device_of
 from meta_embed.features import Encoded, take
 from meta_embed.maml import adapt_and_embed
 from meta_embed.model import TwoBlockModel
@@ -28,13 +33,14 @@ BLOCK_ROWS = 65536  # rows of a feature table run through a tower at once
 
 def catalog_vectors(model: TwoBlockModel, items: Encoded) -> torch.Tensor:
     """Item-tower vectors (rows, item_dim) of every row of an encoded item table."""
-    rows = next(iter(items.values())).shape[0]
+    first = next(iter(items.values()))
+    rows, device = first.shape[0], first.device
     with torch.no_grad():
         parts = [
-            model.item_tower(take(items, torch.arange(s, min(s + BLOCK_ROWS, rows))))
+            model.item_tower(take(items, torch.arange(s, min(s + BLOCK_ROWS, rows), device=device)))
             for s in range(0, rows, BLOCK_ROWS)
         ]
-    return torch.cat(parts) if parts else torch.zeros(0, model.cfg.item_dim)
+    return torch.cat(parts) if parts else torch.zeros(0, model.cfg.item_dim, device=device)
 
 
 def item_vectors(model: TwoBlockModel, tables: FeatureTables, rows: torch.Tensor) -> torch.Tensor:
@@ -65,7 +71,7 @@ def zero_step(model: TwoBlockModel, x: torch.Tensor, batch_size: int | None = No
     """Zero-step (cold) embeddings (users, D) of meta-block inputs x, `batch_size` users at a time."""
     step = batch_size or max(len(x), 1)
     with torch.no_grad():
-        parts = [model.meta(x[s : s + step]).numpy() for s in range(0, len(x), step)]
+        parts = [model.meta(x[s : s + step]).cpu().numpy() for s in range(0, len(x), step)]
     return np.concatenate(parts) if parts else np.zeros((0, model.cfg.embedding_dim), np.float32)
 
 
@@ -79,7 +85,7 @@ def adapt_users(
     batch_size: int = 64,
 ) -> np.ndarray:
     """Adapted meta embeddings (len(users), D) of `users` (indices into `block`, whose events
-    are the support sets) with meta-block inputs x (len(users), in_dim).
+    are the support sets) with meta-block inputs x (len(users), in_dim), on x's device.
 
     Users are batched by support length, then position, so padding stays small and a
     user's batch never depends on the order it was asked in; `catalog` holds the item
@@ -90,12 +96,12 @@ def adapt_users(
     order = np.lexsort((users, block.lengths[users]))
     for start in range(0, len(order), batch_size):
         pick = order[start : start + batch_size]
-        support = pad(block, users[pick])
+        support = pad(block, users[pick], x.device)
         with torch.no_grad():
             v = catalog[support.items]  # (users, slots, item_dim)
             ctx = model.context_vectors(support.context)
             xs = model.with_history(x[pick], v, support.y, support.mask)
-        out[pick] = adapt_and_embed(model, xs, v, ctx, support.y, support.mask, cfg).numpy()
+        out[pick] = adapt_and_embed(model, xs, v, ctx, support.y, support.mask, cfg).cpu().numpy()
     return out
 
 
@@ -104,10 +110,13 @@ def embed_users(
 ) -> np.ndarray:
     """Meta embeddings (users, D) float32 of every user of `tasks`, adapted on its support
     events (zero-step for users without any); results come back in task order. Batches of
-    about 64 users keep the (users, slots, hidden) activations in cache."""
+    about 64 users keep the (users, slots, hidden) activations in cache. Runs on the model's
+    device (the tables are moved there)."""
+    device = device_of(model)
+    tables = tables.to(device)
     catalog = catalog_vectors(model, tables.items)
     with torch.no_grad():
-        x = user_inputs(model, tables.users, torch.from_numpy(tasks.user_rows))
+        x = user_inputs(model, tables.users, torch.as_tensor(tasks.user_rows, device=device))
     return adapt_users(model, cfg, x, tasks.support, np.arange(len(tasks)), catalog, batch_size)
 
 

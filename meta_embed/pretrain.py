@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from meta_embed.config import TrainConfig
+from meta_embed.devices import device_of
 from meta_embed.inference import item_vectors, user_inputs
 from meta_embed.maml import pointwise_loss
 from meta_embed.model import TwoBlockModel
@@ -27,7 +28,7 @@ def zero_step_loss(model: TwoBlockModel, tables: FeatureTables, user_rows: torch
                    item_rows: torch.Tensor, y: torch.Tensor) -> torch.Tensor:  # fmt: skip
     """Mean pointwise loss of events (user row, item row, target), each user at zero steps and
     read as a new user (out-of-vocabulary id, where the spec has one): the shared model."""
-    new = torch.ones(len(user_rows), dtype=torch.bool)
+    new = torch.ones(len(user_rows), dtype=torch.bool, device=user_rows.device)
     e = model.meta(user_inputs(model, tables.users, user_rows, new))  # (events, D)
     pred = model.global_block(e, item_vectors(model, tables, item_rows))  # (events,)
     return pointwise_loss(pred, y, model.cfg.objective).mean()
@@ -36,20 +37,21 @@ def zero_step_loss(model: TwoBlockModel, tables: FeatureTables, user_rows: torch
 def pretrain(model: TwoBlockModel, tables: FeatureTables, history: TaskSet, users: np.ndarray,
              cfg: TrainConfig, rng: np.random.Generator) -> list[dict[str, float]]:  # fmt: skip
     """`cfg.pretrain_epochs` passes over every event of `users` (indices of `history`, whose
-    support blocks are whole timelines) in random batches of `cfg.pretrain_batch` events;
-    returns one row per epoch (mean loss, seconds). Context columns are not used here."""
+    support blocks are whole timelines) in random batches of `cfg.pretrain_batch` events, on
+    the model's device (`tables` there too); returns one row per epoch (mean loss, seconds).
+    Context columns are not used here."""
     block = history.support
     idx = range_index(block.offsets[users], block.lengths[users])  # (events,) flat rows of those users
     owner = np.repeat(history.user_rows[users], block.lengths[users])  # (events,) their feature rows
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    rows = []
+    device, rows = device_of(model), []
     for epoch in range(1, cfg.pretrain_epochs + 1):
         start, order, losses = time.perf_counter(), rng.permutation(len(idx)), []
         for s in range(0, len(order), cfg.pretrain_batch):
             pick = order[s : s + cfg.pretrain_batch]
-            loss = zero_step_loss(model, tables, torch.from_numpy(owner[pick]),
-                                  torch.from_numpy(block.item_rows[idx[pick]]),
-                                  torch.from_numpy(block.target[idx[pick]]))  # fmt: skip
+            loss = zero_step_loss(model, tables, torch.as_tensor(owner[pick], device=device),
+                                  torch.as_tensor(block.item_rows[idx[pick]], device=device),
+                                  torch.as_tensor(block.target[idx[pick]], device=device))  # fmt: skip
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)

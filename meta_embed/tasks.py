@@ -16,7 +16,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import torch
 
-from meta_embed.features import Encoded, FeatureSpec, encode, encode_with_default, take
+from meta_embed.devices import CPU
+from meta_embed.features import Encoded, FeatureSpec, encode, encode_with_default, take, to_device
 from meta_embed.tables import unique_ids
 
 
@@ -36,6 +37,12 @@ class FeatureTables:
             encode_with_default(users, spec.user, "users table"),
             unique_ids(items.column(spec.item_key), f"items table '{spec.item_key}'"),
             encode_with_default(items, spec.item, "items table"),
+        )
+
+    def to(self, device: torch.device) -> FeatureTables:
+        """These tables with the encoded features on `device` (the ids stay Arrow arrays)."""
+        return dataclasses.replace(
+            self, users=to_device(self.users, device), items=to_device(self.items, device)
         )
 
     def user_rows(self, ids: pa.Array | pa.ChunkedArray) -> np.ndarray:
@@ -135,8 +142,9 @@ class Padded:
     context: Encoded | None
 
 
-def pad(block: EventBlock, users: np.ndarray) -> Padded:
-    """Pad the events of `users` (indices into the block) into rectangular tensors."""
+def pad(block: EventBlock, users: np.ndarray, device: torch.device = CPU) -> Padded:
+    """Pad the events of `users` (indices into the block) into rectangular tensors on `device`
+    (gathered on the CPU, then moved: the same values on every device)."""
     lengths = block.lengths[users]
     slots = max(int(lengths.max()) if len(users) else 0, 1)
     pos = np.arange(slots)
@@ -146,7 +154,13 @@ def pad(block: EventBlock, users: np.ndarray) -> Padded:
     items = torch.from_numpy(block.item_rows)[flat_t] if len(block.item_rows) else torch.zeros_like(flat_t)
     y = torch.from_numpy(block.target)[flat_t] if len(block.target) else torch.zeros(flat.shape)
     ctx = take(block.context, flat_t) if block.context is not None else None
-    return Padded(items * torch.from_numpy(mask), y * torch.from_numpy(mask), torch.from_numpy(mask), ctx)
+    mask_t = torch.from_numpy(mask)
+    return Padded(
+        (items * mask_t).to(device),
+        (y * mask_t).to(device),
+        mask_t.to(device),
+        None if ctx is None else to_device(ctx, device),
+    )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -158,9 +172,12 @@ class Episodes:
     query: Padded
 
 
-def episodes(tasks: TaskSet, users: np.ndarray) -> Episodes:
+def episodes(tasks: TaskSet, users: np.ndarray, device: torch.device = CPU) -> Episodes:
+    """The tasks of `users` (indices into `tasks`) as a batch of tensors on `device`."""
     return Episodes(
-        torch.from_numpy(tasks.user_rows[users]), pad(tasks.support, users), pad(tasks.query, users)
+        torch.as_tensor(tasks.user_rows[users], device=device),
+        pad(tasks.support, users, device),
+        pad(tasks.query, users, device),
     )
 
 

@@ -11,6 +11,10 @@ Validation users are held out of training and cut at a fixed position.
 The outer update trains everything with Adam: user feature embeddings, the meta
 block's initialization, learned inner step sizes (Meta-SGD), item tower, global block
 and, through an auxiliary loss, the retrieval head.
+
+Training runs on `TrainConfig.device`: the model, built and seeded on the CPU, moves there
+with the feature tables, batches are built there, and the trained model comes back to the
+CPU. Random draws stay on the CPU's generator, so a device changes the arithmetic only.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
+import os
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -32,6 +37,7 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 
 from meta_embed import metrics
 from meta_embed.config import MamlConfig, TrainConfig, default_threshold
+from meta_embed.devices import CPU, device_of, resolve_device
 from meta_embed.features import FeatureSpec
 from meta_embed.inference import embed_episodes, event_inputs, item_vectors, user_inputs
 from meta_embed.maml import adapt, masked_user_mean, pointwise_loss
@@ -103,11 +109,14 @@ def retrieval_loss(
     if len(users) == 0:
         return e.sum() * 0.0
     cand, which = torch.unique(query.items[users, slots], return_inverse=True)  # (M,), (P,)
-    first = torch.full((len(cand),), len(users)).scatter_reduce(0, which, torch.arange(len(users)), "amin")
+    device = e.device
+    first = torch.full((len(cand),), len(users), device=device).scatter_reduce(
+        0, which, torch.arange(len(users), device=device), "amin"
+    )
     logits = q[users] @ r[users, slots][first].T  # (P, M)
-    owned = torch.zeros(e.shape[0], len(cand), dtype=torch.bool)
+    owned = torch.zeros(e.shape[0], len(cand), dtype=torch.bool, device=device)
     owned[users, which] = True
-    other = owned[users] & (torch.arange(len(cand)) != which.unsqueeze(1))  # (P, M)
+    other = owned[users] & (torch.arange(len(cand), device=device) != which.unsqueeze(1))  # (P, M)
     return F.cross_entropy(logits.masked_fill(other, float("-inf")), which)
 
 
@@ -155,7 +164,8 @@ class TwoBlockTrainTask(nn.Module):
         if self.model.spec.user_key not in self.tables.users:
             return None
         cold = ~ep.support.mask.any(1)
-        return cold | (torch.rand(len(cold)) < self.cfg.user_id_dropout)
+        drop = torch.rand(len(cold)) < self.cfg.user_id_dropout  # the CPU's generator on every device
+        return cold | drop.to(cold.device)
 
     def _query_loss(self, pred: torch.Tensor, ep: Episodes) -> torch.Tensor:
         """The pointwise loss of query predictions (users, slots), per event or per user first."""
@@ -169,17 +179,19 @@ def predict_query(
     model: TwoBlockModel, tables: FeatureTables, tasks: TaskSet, maml: MamlConfig, batch_users: int = 512
 ) -> np.ndarray:
     """Model output for every query event of `tasks` (aligned with tasks.query), from the
-    stored-embedding path: adapted meta embedding -> global block."""
+    stored-embedding path: adapted meta embedding -> global block; on the model's device,
+    with `tables` there too."""
     out = np.zeros(len(tasks.query.target), dtype=np.float32)
     order = np.argsort(tasks.support.lengths, kind="stable")
+    device = device_of(model)
     for start in range(0, len(order), batch_users):
         users = order[start : start + batch_users]
-        ep = episodes(tasks, users)
+        ep = episodes(tasks, users, device)
         e = embed_episodes(model, tables, ep, maml)  # (users, D)
         with torch.no_grad():
             v, ctx = event_inputs(model, tables, ep.query)
-            pred = model.global_block(e.unsqueeze(1), v, ctx).numpy()  # (users, slots)
-        mask = ep.query.mask.numpy()
+            pred = model.global_block(e.unsqueeze(1), v, ctx).cpu().numpy()  # (users, slots)
+        mask = ep.query.mask.cpu().numpy()
         pos = tasks.query.offsets[users][:, None] + np.arange(mask.shape[1])[None, :]
         out[pos[mask]] = pred[mask]
     return out
@@ -225,13 +237,19 @@ def without_ids(tables: FeatureTables, key: str, rows: np.ndarray) -> FeatureTab
     if key not in tables.users:
         return tables
     ids = tables.users[key].clone()
-    ids[torch.from_numpy(rows)] = 0
+    ids[torch.as_tensor(rows, device=ids.device)] = 0
     return dataclasses.replace(tables, users=tables.users | {key: ids})
 
 
 @contextlib.contextmanager
-def determinism(seed: int, deterministic: bool = True, threads: int | None = None) -> Iterator[None]:
-    """Seed torch, optionally force deterministic kernels and a thread count; restores both after."""
+def determinism(
+    seed: int, deterministic: bool = True, threads: int | None = None, device: torch.device = CPU
+) -> Iterator[None]:
+    """Seed torch, optionally force deterministic kernels and a thread count; restores both after.
+    On CUDA, deterministic kernels need cuBLAS's fixed workspace: CUBLAS_WORKSPACE_CONFIG is
+    set for the process unless it is set already (it is read when cuBLAS starts)."""
+    if deterministic and device.type == "cuda":
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     prev = (
         torch.are_deterministic_algorithms_enabled(),
         torch.is_deterministic_algorithms_warn_only_enabled(),
@@ -254,8 +272,9 @@ def _epoch(
 ) -> float:
     """One pass over the training tasks in random batches; returns the mean query loss."""
     cfg, order, losses = task.cfg, rng.permutation(len(tasks)), []
+    device = device_of(task.model)
     for start in range(0, len(order), cfg.batch_users):
-        ep = episodes(tasks, order[start : start + cfg.batch_users])
+        ep = episodes(tasks, order[start : start + cfg.batch_users], device)
         opt.zero_grad(set_to_none=True)
         loss, query_loss = task(ep)
         loss.backward()
@@ -270,10 +289,14 @@ def _epoch(
 def meta_train(
     model: TwoBlockModel, tables: FeatureTables, history: TaskSet, cfg: TrainConfig, maml: MamlConfig
 ) -> TrainResult:
-    """Meta-train `model` in place on the timelines in `history` (see `timelines`);
-    restores the best validation state and returns it with the training history."""
+    """Meta-train `model` in place on the timelines in `history` (see `timelines`), on
+    `cfg.device`; restores the best validation state and returns it, on the CPU, with the
+    training history."""
     start = time.perf_counter()
-    with determinism(cfg.seed, cfg.deterministic, cfg.threads):
+    device = resolve_device(cfg.device)
+    model.to(device)
+    tables = tables.to(device)
+    with determinism(cfg.seed, cfg.deterministic, cfg.threads, device):
         rng = np.random.default_rng(cfg.seed)
         lengths = history.support.lengths
         train_users, val_users = holdout(lengths, cfg.val_fraction, rng)
@@ -348,6 +371,7 @@ def meta_train(
                     )
                     break
         model.load_state_dict(best_state)
+    model.to(CPU)
     return TrainResult(
         model,
         rows,

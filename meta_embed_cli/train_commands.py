@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import click
 
-from meta_embed.config import MamlConfig, ModelConfig, TrainConfig
+from meta_embed.config import DEVICES, MamlConfig, ModelConfig, TrainConfig
 from meta_embed_cli.options import build, examples, option
 from pipeline.training.training_config import EvidenceJobConfig, TrainJobConfig
 
@@ -55,6 +55,12 @@ Items to ask a new user about first: their ratings move the meta embedding most.
 @option("--retrieval-weight", type=float, default=TrainConfig.retrieval_weight)
 @option("--seed", type=int, default=TrainConfig.seed)
 @option("--threads", type=int, help="torch threads (default: torch's choice)")
+@option(
+    "--device",
+    type=click.Choice(DEVICES),
+    default=TrainConfig.device,
+    help="where meta-training runs: auto = CUDA when present (the checkpoint is the same files either way)",
+)
 @option("--no-progress", is_flag=True, help="hide the progress bar")
 def train(
     data: str,
@@ -77,6 +83,7 @@ def train(
     retrieval_weight: float,
     seed: int,
     threads: int | None,
+    device: str,
     no_progress: bool,
 ) -> int:
     """Meta-train the two-block model and save a checkpoint."""
@@ -114,6 +121,7 @@ def train(
             max_query=max_query,
             val_fraction=val_fraction,
             threads=threads,
+            device=device,
             progress=not no_progress,
         ),
     )

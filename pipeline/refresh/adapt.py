@@ -14,6 +14,8 @@ Every row also lists the items the user has seen (`seen_items`): the distinct it
 the user's events in the bucket, newest first, at most `settings.seen_items`.
 
 Batches are formed deterministically (users sorted by support length, then user id).
+The work runs on `settings.device`, resolved where the step runs (a worker's `auto` is
+CUDA when that worker has it); embeddings come back to the CPU for the snapshot rows.
 """
 
 from __future__ import annotations
@@ -28,7 +30,8 @@ import torch
 
 from meta_embed import snapshot
 from meta_embed.checkpoint import Checkpoint, CheckpointError, load
-from meta_embed.features import encode, encode_with_default
+from meta_embed.devices import resolve_device
+from meta_embed.features import encode, encode_with_default, to_device
 from meta_embed.inference import adapt_users, catalog_vectors, user_inputs, zero_step
 from meta_embed.tables import TS_TYPE, unique_ids
 from meta_embed.tasks import EventBlock
@@ -50,15 +53,18 @@ class AdaptSettings:
     cold_users: bool = True
     torch_threads: int = 1
     seen_items: int = 50
+    device: str = "cpu"  # auto, cpu or cuda (`--device`)
 
 
 @dataclasses.dataclass(frozen=True)
 class AdaptState:
-    """A loaded checkpoint plus the item vectors of every item (last row = unknown item)."""
+    """A loaded checkpoint, its model on `device`, plus the item vectors of every item
+    (last row = unknown item), there too."""
 
     ckpt: Checkpoint
     catalog: torch.Tensor  # (items + 1, item_dim)
     item_ids: pa.Array  # (items,) string: the id of each catalog row
+    device: torch.device
 
 
 @dataclasses.dataclass
@@ -75,7 +81,9 @@ class BucketCounts:
 
 
 def load_adapt_state(settings: AdaptSettings) -> AdaptState:
-    """Load the checkpoint and precompute item vectors; refuses a checkpoint that does not match."""
+    """Load the checkpoint onto `settings.device` and precompute item vectors; refuses a
+    checkpoint that does not match, and a device this machine does not have."""
+    device = resolve_device(settings.device)
     ckpt = load(Path(settings.checkpoint), expect_spec_hash=settings.spec_hash)
     if ckpt.model_version != settings.model_version:
         raise CheckpointError(
@@ -85,9 +93,9 @@ def load_adapt_state(settings: AdaptSettings) -> AdaptState:
     spec = ckpt.spec
     items = read_all(settings.item_files, [spec.item_key] + [c.name for c in spec.item])
     item_ids = items.column(spec.item_key).combine_chunks().cast(pa.string())
-    return AdaptState(
-        ckpt, catalog_vectors(ckpt.model, encode_with_default(items, spec.item, "items")), item_ids
-    )
+    model = ckpt.model.to(device)  # loaded on the CPU (version checked there), moved in place
+    catalog = catalog_vectors(model, to_device(encode_with_default(items, spec.item, "items"), device))
+    return AdaptState(ckpt, catalog, item_ids, device)
 
 
 def seen_items(offsets: np.ndarray, item_row: np.ndarray, n_items: int, cap: int) -> tuple[np.ndarray, ...]:
@@ -172,9 +180,8 @@ def adapt_bucket(
     todo = carry < 0
     model = state.ckpt.model
     with torch.no_grad():
-        x = user_inputs(
-            model, encode_with_default(users, state.ckpt.spec.user, "users"), torch.from_numpy(rows)
-        )
+        encoded = to_device(encode_with_default(users, state.ckpt.spec.user, "users"), state.device)
+        x = user_inputs(model, encoded, torch.as_tensor(rows, device=state.device))
     emb = np.zeros((len(ids), model.cfg.embedding_dim), dtype=np.float32)
     hot = np.flatnonzero(todo & (ev >= 0))
     if len(hot):

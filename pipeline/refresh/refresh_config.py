@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 
+from meta_embed.config import DEVICES, check_device
 from meta_embed.flags import flag
 
 SHUFFLES = ("auto", "beam", "files")
@@ -46,6 +47,10 @@ class RefreshConfig:
         default=None, metadata=flag("refuse a checkpoint whose feature spec has another hash")
     )
     torch_threads: int = dataclasses.field(default=1, metadata=flag("torch threads per Beam worker process"))
+    device: str = dataclasses.field(
+        default="cpu",
+        metadata=flag("where the adapt step runs: auto = CUDA when the worker has it", choices=DEVICES),
+    )
     read_batch_rows: int = dataclasses.field(
         default=1 << 18, metadata=flag("rows per Arrow batch when reading")
     )
@@ -61,6 +66,7 @@ class RefreshConfig:
     )
 
     def __post_init__(self) -> None:
+        check_device("RefreshConfig", self.device)
         for name in ("interactions", "users", "items", "checkpoint", "out"):
             if not getattr(self, name):
                 raise ValueError(f"RefreshConfig.{name} must be a path, got {getattr(self, name)!r}")

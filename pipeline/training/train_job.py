@@ -21,6 +21,7 @@ import torch
 
 from meta_embed import checkpoint
 from meta_embed.config import to_dict, write_config
+from meta_embed.devices import resolve_device
 from meta_embed.features import fit_spec, movielens_template, with_user_ids
 from meta_embed.flags import parse_time
 from meta_embed.tables import INTERACTIONS, ITEMS, TS_TYPE, USERS, data_table, read_table
@@ -76,6 +77,7 @@ def _json_safe(value):
 def train(cfg: TrainJobConfig) -> TrainJobResult:
     """Run the train stage (see the module docstring); returns where it saved what."""
     start = time.perf_counter()
+    resolve_device(cfg.train.device)  # refuse a missing CUDA before reading the data
     data = load_data(cfg.data, cfg.until)
     if data.interactions.num_rows == 0:
         raise ValueError(f"{cfg.data}: no interactions" + (f" before {cfg.until}" if cfg.until else ""))

@@ -1,5 +1,6 @@
-"""The wide-and-deep baseline: OOV handling, small initialization, early stopping, and
-that it learns id signal that an item-popularity predictor cannot see."""
+"""The wide-and-deep baseline: OOV handling, small initialization, early stopping, that it
+learns id signal that an item-popularity predictor cannot see, and that it trains the same
+whatever the device flag on the CPU (CUDA within tolerance where present)."""
 
 from __future__ import annotations
 
@@ -9,10 +10,12 @@ import datetime as dt
 import numpy as np
 import pyarrow as pa
 import pytest
+import torch
 
 from meta_embed import baseline
 from meta_embed.baseline import IdVocab, fit, index_events, predict
 from meta_embed.config import WideDeepConfig
+from meta_embed.devices import CPU, device_of
 from meta_embed.features import fit_spec, movielens_template
 from meta_embed.metrics import auc
 from meta_embed.tables import TS_TYPE
@@ -146,6 +149,36 @@ def test_early_stopping_keeps_the_best_epoch():
     assert result.epochs == int(np.argmax(scores)) + 1
     assert result.val_score == pytest.approx(max(scores))
     assert len(result.history) <= min(6, result.epochs + 1)
+
+
+def test_the_device_flag_changes_nothing_on_the_cpu():
+    events, users, items, spec = world(n_users=60)
+    train, valid = split(events)
+    cfg = WideDeepConfig(max_epochs=2, batch_size=256)
+    devices = ["cpu"] if torch.cuda.is_available() else ["cpu", "auto"]
+    default = fit(cfg, spec, users, items, train, valid)
+    expected = predict(default.model, index_events(default.model, valid))
+    for device in devices:
+        result = fit(dataclasses.replace(cfg, device=device), spec, users, items, train, valid)
+        assert device_of(result.model) == CPU
+        assert [h["train_loss"] for h in result.history] == [h["train_loss"] for h in default.history]
+        np.testing.assert_array_equal(predict(result.model, index_events(result.model, valid)), expected)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_fit_on_cuda_agrees_with_the_cpu():
+    events, users, items, spec = world(n_users=60)
+    train, valid = split(events)
+    cfg = WideDeepConfig(max_epochs=3, batch_size=256)
+    cpu = fit(cfg, spec, users, items, train, valid)
+    cuda = fit(dataclasses.replace(cfg, device="cuda"), spec, users, items, train, valid)
+    assert device_of(cuda.model) == CPU  # scored on the CPU like any other
+    assert cuda.history[0]["train_loss"] == pytest.approx(cpu.history[0]["train_loss"], rel=1e-2)
+    assert cuda.val_score == pytest.approx(cpu.val_score, abs=0.02)
+    ev = index_events(cpu.model, valid)
+    on_cpu = predict(cpu.model, ev)
+    on_cuda = predict(cpu.model.to_device(torch.device("cuda")), ev)  # the same weights, scored on CUDA
+    np.testing.assert_allclose(on_cuda, on_cpu, rtol=1e-4, atol=1e-5)
 
 
 def test_regression_objective_predicts_ratings():

@@ -1,7 +1,8 @@
 """The one inference path (meta_embed.inference), where the exactness contract is tested
 once: a stored embedding reproduces the full adapted model's logits in both modes, cold
 users get the zero-step embedding, and neither the catalog's blocks nor the order users are
-asked in changes a result. (tests/serving/test_live.py holds the contract through HTTP.)"""
+asked in changes a result; on CUDA, where present, the embeddings agree with the CPU's within
+float tolerance. (tests/serving/test_live.py holds the contract through HTTP.)"""
 
 from __future__ import annotations
 
@@ -94,3 +95,13 @@ def test_adapted_users_do_not_depend_on_who_else_is_asked(spec, tables, tasks):
     some = users[::3][::-1].copy()  # a third of them, asked in reverse order, in other batches
     np.testing.assert_allclose(adapt_users(model, cfg, x[some], tasks.support, some, catalog, 5), every[some],
                                rtol=0, atol=1e-5)  # fmt: skip
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("mode", ["activation", "weights"])
+def test_embeddings_on_cuda_agree_with_the_cpu(spec, tables, tasks, mode):
+    model = tiny_model(spec, mode=mode)
+    cfg = MamlConfig(inner_steps=3)
+    cpu = embed_users(model, tables, tasks, cfg, batch_size=16)  # cold users (zero-step) included
+    cuda = embed_users(model.to("cuda"), tables, tasks, cfg, batch_size=16)
+    np.testing.assert_allclose(cuda, cpu, rtol=1e-4, atol=1e-5)

@@ -1,5 +1,6 @@
 """Meta-training: task sampling, the retrieval loss, learning on a planted world,
-early stopping with best-state restore, determinism for a seed; and the AUC helpers."""
+early stopping with best-state restore, determinism for a seed, the same weights whatever
+the device flag on the CPU (and CUDA within tolerance where present); and the AUC helpers."""
 
 from __future__ import annotations
 
@@ -10,8 +11,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from meta_embed import metrics
+from meta_embed import checkpoint, metrics
 from meta_embed.config import MamlConfig, TrainConfig
+from meta_embed.devices import CPU, device_of
 from meta_embed.inference import event_inputs, user_inputs
 from meta_embed.maml import adapt, pointwise_loss
 from meta_embed.tasks import FeatureTables, Padded, cut, episodes
@@ -141,6 +143,37 @@ def test_training_is_deterministic_for_a_seed(spec, tables, history):
         assert torch.equal(state_a[k], state_b[k]), k
     loss_c, _ = run(5)
     assert loss_c != loss_a
+
+
+def test_the_device_flag_changes_nothing_on_the_cpu(spec, tables, history):
+    """device "cpu" (and "auto" without CUDA) trains the very weights of the default config,
+    and the model comes back on the CPU: the checkpoint version does not see the flag."""
+    maml = MamlConfig(inner_steps=1, max_support=10)
+
+    def version(device: str | None) -> str:
+        cfg = FAST if device is None else dataclasses.replace(FAST, device=device)
+        result = meta_train(tiny_model(spec, seed=4), tables, history, cfg, maml)
+        assert device_of(result.model) == CPU
+        return checkpoint.model_version(result.model, maml)
+
+    default = version(None)
+    assert version("cpu") == default
+    if not torch.cuda.is_available():
+        assert version("auto") == default
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_training_on_cuda_agrees_with_the_cpu(spec, tables, history):
+    maml = MamlConfig(inner_steps=2, max_support=10)
+    cfg = dataclasses.replace(FAST, retrieval_weight=0.5, pretrain_epochs=1, zero_step_weight=0.5)
+    cpu = meta_train(tiny_model(spec, seed=4), tables, history, cfg, maml)
+    cuda = meta_train(
+        tiny_model(spec, seed=4), tables, history, dataclasses.replace(cfg, device="cuda"), maml
+    )
+    assert device_of(cuda.model) == CPU  # saved and served like any other model
+    assert cuda.history[0]["val_auc"] == pytest.approx(cpu.history[0]["val_auc"], abs=1e-3)  # same start
+    assert cuda.history[1]["train_loss"] == pytest.approx(cpu.history[1]["train_loss"], rel=1e-2)
+    assert cuda.best_metric == pytest.approx(cpu.best_metric, abs=0.02)
 
 
 def test_auc_helpers_match_a_brute_force_count():

@@ -1,15 +1,17 @@
 """`meta-embed refresh` (flags into RefreshConfig, Beam options passed through, a summary
-printed, a typo refused before any work) and the operations around it end to end on a tiny
-dataset: nightly (incremental) refreshes with serving indexes, a model release that switches
-model and embeddings together, rollback, and the snapshot listing."""
+printed, a typo refused before any work, `--device` for the adapt step) and the operations
+around it end to end on a tiny dataset: nightly (incremental) refreshes with serving indexes,
+a model release that switches model and embeddings together, rollback, and the snapshot listing."""
 
 from __future__ import annotations
 
 import datetime as dt
 import json
 
+import numpy as np
 import pyarrow.parquet as pq
 import pytest
+import torch
 
 from meta_embed import snapshot
 from meta_embed_cli.main import main
@@ -33,8 +35,8 @@ def _refresh(ds, out, *flags: str, interactions: str | None = None) -> list[str]
 def test_refresh_command_runs_and_passes_beam_options_through(tmp_path, capsys):
     ds = make_dataset(tmp_path / "data")
     out = tmp_path / "snapshots"
-    code = main(_refresh(ds, out, "--max-support", "4", "--keep", "2", "--direct_running_mode=in_memory",
-                         "--direct_num_workers", "1"))  # fmt: skip
+    code = main(_refresh(ds, out, "--max-support", "4", "--keep", "2", "--device", "cpu",
+                         "--direct_running_mode=in_memory", "--direct_num_workers", "1"))  # fmt: skip
     printed = capsys.readouterr().out
     assert code == 0, printed
     name = snapshot.current_name(out)
@@ -44,7 +46,7 @@ def test_refresh_command_runs_and_passes_beam_options_through(tmp_path, capsys):
     manifest = json.loads((out / "snapshots" / name / "manifest.json").read_text())
     assert manifest["runner"] == "FnApiRunner[in_memory,workers=1]"  # the Beam flags reached the runner
     assert manifest["max_support"] == 4 and manifest["as_of"] == "2020-04-10T00:00:00+00:00"
-    assert manifest["config"]["keep"] == 2
+    assert manifest["config"]["keep"] == 2 and manifest["config"]["device"] == "cpu"
 
 
 def test_bad_as_of_is_a_usage_error(tmp_path, capsys):
@@ -62,6 +64,31 @@ def test_a_typo_is_refused_before_any_work(tmp_path, capsys):
     assert not out.exists()  # nothing ran: no staging, no snapshot
     assert main(_refresh(ds, out, "--kep", "1")) == 2
     assert "Did you mean '--keep'?" in capsys.readouterr().err and not out.exists()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="CUDA is present here: --device cuda is accepted")
+def test_cuda_without_cuda_is_refused_before_the_pipeline_runs(tmp_path, capsys):
+    ds = make_dataset(tmp_path / "data")
+    out = tmp_path / "snapshots"
+    assert main(_refresh(ds, out, "--device", "cuda", *FAST)) == 1
+    assert "use --device cpu or auto" in capsys.readouterr().err
+    assert snapshot.current_name(out) is None
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_the_adapt_step_on_cuda_agrees_with_the_cpu(tmp_path, capsys):
+    ds = make_dataset(tmp_path / "data")
+    tables = {}
+    for device in ("cpu", "cuda"):
+        out = tmp_path / device
+        assert main(_refresh(ds, out, "--device", device, *FAST)) == 0, capsys.readouterr().out
+        tables[device] = snapshot.read_dir(snapshot.current_dir(out), memory_map=False)[0].sort_by("user_id")
+    cpu, cuda = tables["cpu"], tables["cuda"]
+    assert cuda["user_id"].to_pylist() == cpu["user_id"].to_pylist()
+    assert cuda["n_support"].to_pylist() == cpu["n_support"].to_pylist()
+    np.testing.assert_allclose(
+        snapshot.embeddings_of(cuda), snapshot.embeddings_of(cpu), rtol=1e-4, atol=1e-5
+    )
 
 
 def test_missing_input_fails_with_exit_1(tmp_path, capsys):

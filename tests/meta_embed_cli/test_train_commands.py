@@ -1,5 +1,6 @@
 """`meta-embed train` and `meta-embed evidence` on a synthetic folder: what they print and
-write (the checkpoint, its config and held-out users; the candidates and the comparison)."""
+write (the checkpoint, its config and held-out users; the candidates and the comparison);
+`--device` values refused before any work."""
 
 from __future__ import annotations
 
@@ -8,6 +9,8 @@ import json
 import numpy as np
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
+import pytest
+import torch
 
 from meta_embed import checkpoint
 from meta_embed_cli.main import main
@@ -37,6 +40,8 @@ def test_train_and_evidence_commands_on_a_synthetic_folder(tmp_path, capsys):
             "1",
             "--threads",
             "1",
+            "--device",
+            "cpu",
         ]
     )
     out = capsys.readouterr().out
@@ -45,7 +50,8 @@ def test_train_and_evidence_commands_on_a_synthetic_folder(tmp_path, capsys):
     assert f"model_version  {summary['model_version']}" in out and "val auc" in out and "user AUC" in out
     loaded = checkpoint.load(ckpt, expect_spec_hash=summary["feature_spec_hash"])
     assert loaded.model_version == summary["model_version"] and loaded.maml_cfg.inner_steps == 1
-    assert json.loads((ckpt / "config.json").read_text())["type"] == "TrainJobConfig"
+    written = json.loads((ckpt / "config.json").read_text())
+    assert written["type"] == "TrainJobConfig" and written["config"]["train"]["device"] == "cpu"
     assert (
         summary["n_validation_users"]
         == len(pc.unique(pq.read_table(ckpt / "validation_users.parquet")["user_id"]))
@@ -76,3 +82,17 @@ def test_train_and_evidence_commands_on_a_synthetic_folder(tmp_path, capsys):
     listed = out.split("  item\n", 1)[1].split("\n\n", 1)[0].splitlines()  # one line per item, each once
     assert [line.split()[4] for line in listed] == table["item_id"].to_pylist()
     assert "grad_norm  mean norm" in out  # the columns are explained
+
+
+def test_an_unknown_device_is_a_usage_error(tmp_path, capsys):
+    argv = ["train", "--data", str(tmp_path), "--out", str(tmp_path / "ckpt"), "--device", "gpu"]
+    assert main(argv) == 2
+    assert "Invalid value for '--device'" in capsys.readouterr().err and not (tmp_path / "ckpt").exists()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="CUDA is present here: --device cuda is accepted")
+def test_cuda_without_cuda_is_refused_before_the_data_is_read(tmp_path, capsys):
+    argv = ["train", "--data", str(tmp_path / "nope"), "--out", str(tmp_path / "ckpt"), "--device", "cuda"]
+    assert main(argv) == 1
+    err = capsys.readouterr().err
+    assert "--device cuda" in err and "use --device cpu or auto" in err and not (tmp_path / "ckpt").exists()
