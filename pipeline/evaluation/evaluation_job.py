@@ -29,6 +29,7 @@ from tqdm import tqdm
 
 from meta_embed.baseline import FitResult
 from meta_embed.config import ModelConfig, WideDeepConfig, write_config
+from meta_embed.devices import resolve_device
 from meta_embed.features import fit_spec, movielens_template
 from meta_embed.tables import TS_TYPE
 from pipeline.evaluation import bootstrap, melu, report, wd_tuning
@@ -127,7 +128,11 @@ def train_meta(cfg: EvalConfig, data: Path, work: Path, t0_iso: str) -> dict[str
             model=model,
             maml=cfg.maml,
             train=dataclasses.replace(
-                cfg.train, seed=cfg.seed, max_epochs=cfg.meta_epochs, threads=cfg.torch_threads
+                cfg.train,
+                seed=cfg.seed,
+                max_epochs=cfg.meta_epochs,
+                threads=cfg.torch_threads,
+                device=cfg.device,
             ),
         )
         result = train(job)
@@ -163,7 +168,9 @@ def _baselines(cfg: EvalConfig, spec, tables, period) -> Baselines:
     )
     fitted = []
     for name, user_ids in (("W&D", True), ("W&D without user ids", False)):
-        base = WideDeepConfig(max_epochs=cfg.wd_max_epochs, seed=cfg.seed, user_ids=user_ids)
+        base = WideDeepConfig(
+            max_epochs=cfg.wd_max_epochs, seed=cfg.seed, user_ids=user_ids, device=cfg.device
+        )
         tuned = wd_tuning.tune(base, spec, users, items, train_wd, valid_wd, cfg.wd_lrs, cfg.wd_dims, _say)
         fit = wd_tuning.refit(tuned, spec, users, items, before(inter, period.t0))
         _say(
@@ -182,6 +189,7 @@ def evaluate(cfg: EvalConfig) -> EvalResult:
     them (`pipeline.evaluation.report.render`), so a report can be re-rendered without re-running.
     """
     start = time.perf_counter()
+    resolve_device(cfg.device)  # refuse a missing CUDA before any work
     out, work = Path(cfg.out), Path(cfg.out) / "work"
     write_config(cfg, out)
     threads = torch.get_num_threads()
@@ -211,6 +219,7 @@ def evaluate(cfg: EvalConfig) -> EvalResult:
             work,
             cfg.beam_args,
             cfg.retrain_every,
+            cfg.device,
         )
         test = replay_events(inter, period)
         bar = tqdm(total=len(period.points), desc="replay", unit="day", file=sys.stderr, disable=None)
@@ -251,6 +260,7 @@ def evaluate(cfg: EvalConfig) -> EvalResult:
                     max_epochs=cfg.meta_epochs,
                     progress=False,
                     threads=cfg.torch_threads,
+                    device=cfg.device,
                 ),
                 cfg.seed,
                 _say,

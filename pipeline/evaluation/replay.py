@@ -207,6 +207,7 @@ class ReplaySetup:
     workdir: Path
     beam_args: tuple[str, ...]
     retrain_every: int = 7
+    device: str = "cpu"  # where the nightly refreshes adapt (`--device`)
 
 
 @dataclasses.dataclass
@@ -229,6 +230,7 @@ def _refresh(setup: ReplaySetup, variant: str, point: dt.datetime, log: ReplayLo
         out=str(setup.workdir / f"snapshots-{variant}"),
         incremental=True,
         keep=2,
+        device=setup.device,
     )
     result = refresh(cfg, list(setup.beam_args))
     log.refreshes.append(

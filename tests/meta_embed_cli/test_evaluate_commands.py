@@ -4,6 +4,7 @@ options passed through to the nightly refreshes, and bad values refused naming t
 from __future__ import annotations
 
 import pytest
+import torch
 
 from meta_embed_cli.evaluate_commands import config, evaluate
 from meta_embed_cli.main import main
@@ -36,6 +37,8 @@ def test_flags_build_the_config():
     )
     assert [full.days, full.weights_arm, full.melu, full.t0_quantile] == [28, False, True, 0.85]
     assert full.beam_args == ("--direct_num_workers=2",)  # a Beam option, passed through
+    assert quick.device == full.device == "cpu"
+    assert _config(["--quick", "--out", "r/q", "--device", "auto"]).device == "auto"
 
 
 @pytest.mark.parametrize(
@@ -44,9 +47,17 @@ def test_flags_build_the_config():
         (["--days", "0"], "--days must be > 0"),
         (["--t0-quantile", "0.5"], "need 0 < valid_quantile < t0_quantile < 1"),
         (["--dayz", "3"], "Did you mean '--days'?"),
+        (["--device", "gpu"], "Invalid value for '--device'"),
     ],
 )
 def test_bad_flags_are_usage_errors(tmp_path, capsys, argv, says):
     assert main(["evaluate", "--out", str(tmp_path / "r"), *argv]) == 2
     assert says in capsys.readouterr().err
+    assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="CUDA is present here: --device cuda is accepted")
+def test_cuda_without_cuda_is_refused_before_any_work(tmp_path, capsys):
+    assert main(["evaluate", "--dataset", "synthetic", "--out", str(tmp_path / "r"), "--device", "cuda"]) == 1
+    assert "use --device cpu or auto" in capsys.readouterr().err
     assert not (tmp_path / "r").exists()
