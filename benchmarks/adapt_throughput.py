@@ -9,14 +9,20 @@ prepared ML-1M folder is given (--data), else a lognormal fit of them (median 96
 sigma 0.95 in log space, at least 20 ratings, as in ML-1M) on synthetic features.
 
 Also prints the achieved GFLOP/s of the batched inner loop, counted analytically (see
-`inner_loop_flops`), next to this machine's float32 matmul peak measured in the run.
+`inner_loop_flops`), next to the float32 matmul peak of its device measured in the run.
+
+`--device cuda` (or `auto`) runs the batched loop on the GPU, the model and feature tables
+moved there once; the per-user loops stay on the CPU, so the speedups then compare a GPU
+against the CPU loops, and max |diff| is the GPU's distance from the CPU's arithmetic.
 
     python benchmarks/adapt_throughput.py [--data data/ml-1m] [--users 4096] [--loop-users 200] [--threads N]
+        [--device cpu|cuda|auto]
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import time
 from pathlib import Path
 
@@ -25,7 +31,8 @@ import pyarrow as pa
 import torch
 from torch import nn
 
-from meta_embed.config import MamlConfig, ModelConfig
+from meta_embed.config import DEVICES, MamlConfig, ModelConfig
+from meta_embed.devices import resolve_device
 from meta_embed.features import fit_spec, movielens_template, take
 from meta_embed.inference import embed_users
 from meta_embed.maml import pointwise_loss
@@ -177,15 +184,17 @@ def inner_loop_flops(model: TwoBlockModel, n_users: int, n_events: int, steps: i
     return float(executed), float(textbook)
 
 
-def matmul_peak(threads: int, n: int = 2048, repeats: int = 5) -> float:
-    a, b = torch.randn(n, n), torch.randn(n, n)
-    torch.matmul(a, b)
-    best = float("inf")
-    for _ in range(repeats):
-        t = time.perf_counter()
+def matmul_peak(device: torch.device, n: int = 2048, repeats: int = 5) -> float:
+    """The float32 GFLOP/s of an n x n matmul on `device` (best of `repeats`)."""
+    a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
+
+    def run() -> None:
         torch.matmul(a, b)
-        best = min(best, time.perf_counter() - t)
-    return 2 * n**3 / best / 1e9
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+
+    run()
+    return 2 * n**3 / timed(run, repeats) / 1e9
 
 
 def timed(fn, repeats: int) -> float:
@@ -206,7 +215,9 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=torch.get_num_threads())
     ap.add_argument("--repeats", type=int, default=3, help="best of this many timings per measurement")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--device", choices=DEVICES, default="cpu", help="where the batched loop runs")
     args = ap.parse_args()
+    device = resolve_device(args.device)
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     source, users_t, items_t, events = load(args.data, args.users, args.seed)
@@ -217,14 +228,16 @@ def main() -> None:
     pick = rng.choice(len(tasks), size=min(args.users, len(tasks)), replace=False)
     sub = cut(tasks, pick, tasks.support.lengths[pick], max_support=CAP, max_query=0)  # support only
     model = TwoBlockModel(spec, ModelConfig()).eval()
+    on_device = copy.deepcopy(model).to(device), tables.to(device)  # the batched loop's, moved once
     lengths = sub.support.lengths
-    peak = matmul_peak(args.threads)
+    peak = matmul_peak(device)
     print(
         f"support sizes: {source}; users {len(sub)}, mean {lengths.mean():.1f}, median "
         f"{np.median(lengths):.0f}, "
-        f"max {lengths.max()}; threads {args.threads}; batch {args.batch_size}"
+        f"max {lengths.max()}; threads {args.threads}; batch {args.batch_size}; batched loop on {device} "
+        "(per-user loops on the CPU)"
     )
-    print(f"matmul peak (float32 2048^3): {peak:.1f} GFLOP/s\n")
+    print(f"matmul peak on {device} (float32 2048^3): {peak:.1f} GFLOP/s\n")
     print(
         f"{'K':>2} {'batched users/s':>15} {'MeLU loop users/s':>17} {'speedup':>8} "
         f"{'lean loop users/s':>17} "
@@ -234,11 +247,11 @@ def main() -> None:
     loop_users = np.arange(min(args.loop_users, len(sub)))
     for k in (1, 3, 5):
         cfg = MamlConfig(inner_steps=k, max_support=CAP)
-        batched_s = timed(lambda: embed_users(model, tables, sub, cfg, args.batch_size), args.repeats)
+        batched_s = timed(lambda: embed_users(*on_device, sub, cfg, args.batch_size), args.repeats)
         melu_s = timed(lambda: per_user_loop(model, tables, sub, cfg, loop_users), args.repeats)
         lean_s = timed(lambda: per_user_loop(model, tables, sub, cfg, loop_users, melu=False), args.repeats)
         diff = np.abs(
-            embed_users(model, tables, sub, cfg, args.batch_size)[loop_users]
+            embed_users(*on_device, sub, cfg, args.batch_size)[loop_users]
             - per_user_loop(model, tables, sub, cfg, loop_users)
         ).max()
         flops, textbook = inner_loop_flops(model, len(sub), int(lengths.sum()), k)

@@ -6,6 +6,7 @@ process tree (launcher + Beam workers), sampled every 0.2 s.
 
     .venv/bin/python benchmarks/refresh_scale.py --users 100000
     .venv/bin/python benchmarks/refresh_scale.py --users 1000000 --workdir runs/bench-refresh
+    .venv/bin/python benchmarks/refresh_scale.py --users 300000 --device cuda --workers 1
 
 The last line is `summary users=<n> users_per_s=<n> peak_rss_gb=<x>`. A benchmark, never
 a pass/fail test.
@@ -26,7 +27,7 @@ import pyarrow.parquet as pq
 import torch
 
 from meta_embed import checkpoint
-from meta_embed.config import MamlConfig, ModelConfig, to_dict
+from meta_embed.config import DEVICES, MamlConfig, ModelConfig, to_dict
 from meta_embed.features import fit_spec, movielens_template
 from meta_embed.model import TwoBlockModel
 from pipeline.data.data_config import SynthConfig
@@ -102,6 +103,7 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--workdir", type=Path, default=Path("runs/bench-refresh"))
+    parser.add_argument("--device", choices=DEVICES, default="cpu", help="where the adapt step runs")
     args = parser.parse_args()
     data, as_of = make_inputs(args.workdir, args.users, args.events_per_user, args.items)
     out = args.workdir / f"snapshots-{args.users}"
@@ -114,6 +116,7 @@ def main() -> None:
         as_of,
         str(out),
         batch_size=args.batch_size,
+        device=args.device,
     )
     beam_args = ["--direct_running_mode=multi_processing", f"--direct_num_workers={args.workers}"]
     with PeakRss() as rss:
@@ -126,7 +129,8 @@ def report(result, peak: int, args: argparse.Namespace) -> None:
     print(
         f"\nrefresh of {c['users']:,} users ({c['users_with_events']:,} with events, {c['cold_users']:,} "
         "cold), "
-        f"{c['events_read']:,} events read, {c['events_used']:,} used; runner {result.runner}"
+        f"{c['events_read']:,} events read, {c['events_used']:,} used; runner {result.runner}; "
+        f"--device {args.device}"
     )
     print(f"{'phase (wall)':<28}{'seconds':>10}")
     for name, sec in result.phase_s.items():
