@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 
+from meta_embed import storage
 from meta_embed.config import MamlConfig, ModelConfig, from_dict, to_dict
 from meta_embed.features import FeatureSpec
 from meta_embed.model import TwoBlockModel
@@ -124,9 +125,10 @@ def load(path: str | Path, expect_spec_hash: str | None = None) -> Checkpoint:
     `model_version` is one thing everywhere: the content hash of the weights, model.json's
     configs and feature_spec.json. A VERSION file that disagrees with it means the files
     were edited after the checkpoint was written; such a checkpoint is refused (by the
-    refresh job and by serving alike), never published under either version.
+    refresh job and by serving alike), never published under either version. A checkpoint
+    on an object store is read from a local copy (`storage.local_copy`, by its VERSION).
     """
-    path = Path(path)
+    path = storage.local_copy(path, "VERSION") if storage.is_remote(path) else Path(path)
     for name in ("weights.pt", "model.json", "feature_spec.json"):
         if not (path / name).is_file():
             raise CheckpointError(

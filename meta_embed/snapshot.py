@@ -315,15 +315,21 @@ def publish(
     if it still names `expect`: the snapshot the run started from), prune old ones; returns
     the snapshot's path.
 
-    On a local disk the snapshot is named by as_of, model version and its content hash, so
-    publishing the same result twice is idempotent (the second copy is dropped and CURRENT
-    re-pointed); on an object store it keeps its write-once prefix.
+    Publishing the same result twice is idempotent: the second copy is dropped and CURRENT
+    re-pointed to the first. On a local disk a snapshot is named by as_of, model version and
+    content hash; on an object store it keeps its write-once prefix, and a complete prefix
+    with the same content (left by a run killed before CURRENT moved) is the one kept.
     """
     require_not_older(root, meta.as_of)
     check_shards(shards, meta, manifest.get("counts", {}).get("users"))
     content = combined_hash(shards)
     remote = storage.is_remote(root)
     name = storage.basename(staged) if remote else f"{meta.name}-{content[:8]}"
+    if remote and (same := _published_as(root, meta, content)):  # a rerun of a run killed before CURRENT
+        storage.delete_tree(staged)
+        set_current(root, same, expect)
+        prune(root, keep)
+        return storage.join(root, "snapshots", same)
     files = [
         {"name": s.file, "rows": s.rows, "bytes": s.bytes, "sha256": s.sha256, "content": s.content}
         for s in sorted(shards, key=lambda s: s.file)
@@ -355,6 +361,15 @@ def publish(
         raise
     prune(root, keep)
     return final
+
+
+def _published_as(root: str | Path, meta: SnapshotMeta, content: str) -> str | None:
+    """A complete snapshot of `root` with the same as_of, model and content, if there is one."""
+    names = [n for n in published(root) if n.startswith(f"{meta.name}-")]
+    same = (
+        n for n in names if read_manifest(storage.join(root, "snapshots", n)).get("content_hash") == content
+    )
+    return next(same, None)
 
 
 def require_not_older(root: str | Path, as_of: dt.datetime) -> None:

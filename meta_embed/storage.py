@@ -9,6 +9,8 @@ The few operations publishing and serving need, one meaning on both backends:
   PUT (`If-Match` on the ETag read, `If-None-Match: *` when it was absent); on a local
   disk under an exclusive `flock` of a lock file beside it.
 - `listdir`, `exists`, `delete_tree`, and `download` / `upload` of a whole prefix.
+- `staged_output` (a command writes a local folder that is uploaded when it is done) and
+  `local_copy` (a remote folder such as a checkpoint, copied once into a local cache).
 
 s3:// goes through boto3 (installed with `apache-beam[aws]`), configured the standard way
 (AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_REGION) or by `configure`,
@@ -21,7 +23,9 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import hashlib
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -220,24 +224,27 @@ def listdir(path: str | Path) -> list[str]:
     for page in pages:
         names.update(o["Key"][len(prefix) :] for o in page.get("Contents", []))
         names.update(p["Prefix"][len(prefix) :].rstrip("/") for p in page.get("CommonPrefixes", []))
-    return sorted(names)
+    return sorted(names - {""})
 
 
 def delete_tree(path: str | Path) -> None:
     """Remove a file, or a directory or prefix and everything under it (nothing there: no error)."""
     if not is_remote(path):
-        import shutil
-
         if Path(path).is_dir():
             shutil.rmtree(path, ignore_errors=True)
         else:
             Path(path).unlink(missing_ok=True)
         return
     bucket, key = _split(str(path))
-    keys = [key] + [f"{key}/{rel}" for rel, _ in _keys(str(path))]
+    files = [rel for rel, _ in _keys(str(path))]
+    keys = [key] + [f"{key}/{rel}" for rel in files]
     for start in range(0, len(keys), 1000):
         batch = [{"Key": k} for k in keys[start : start + 1000]]
         _s3().delete_objects(Bucket=bucket, Delete={"Objects": batch, "Quiet": True})
+    # a store with folders (SeaweedFS) keeps the empty ones: remove them too, deepest first
+    folders = {rel.rsplit("/", k)[0] for rel in files for k in range(1, rel.count("/") + 1)}
+    for folder in sorted(folders, key=lambda f: -f.count("/")) + [""]:
+        _s3().delete_object(Bucket=bucket, Key=f"{key}/{folder}/" if folder else f"{key}/")
 
 
 def download(url: str, local: Path) -> list[Path]:
@@ -263,3 +270,48 @@ def upload(local: Path, url: str, last: tuple[str, ...] = ()) -> None:
     for i in order:
         bucket, key = _split(join(url, rel[i]))
         _s3().upload_file(str(files[i]), bucket, key)
+
+
+@contextlib.contextmanager
+def staged_output(path: str | Path, last: tuple[str, ...] = ()) -> Iterator[Path]:
+    """A local directory to write a command's output into: `path` itself when local; for a
+    URL a temp directory uploaded there (the `last` files after the others) when the block
+    ends without an error, then removed."""
+    if not is_remote(path):
+        yield Path(path)
+        return
+    tmp = Path(tempfile.mkdtemp(prefix="meta-embed-out-"))
+    try:
+        yield tmp
+        upload(tmp, str(path), last)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def cache_dir() -> Path:
+    """Where remote inputs are copied: $META_EMBED_CACHE, else a folder in the temp directory."""
+    return Path(os.environ.get("META_EMBED_CACHE") or Path(tempfile.gettempdir(), "meta-embed-cache"))
+
+
+def local_copy(path: str | Path, stamp: str) -> Path:
+    """A local directory holding what `path` holds: `path` itself when local; for a URL a
+    copy in `cache_dir()`, downloaded once per content of its `stamp` file (a VERSION)
+    and reused while that file is unchanged."""
+    if not is_remote(path):
+        return Path(path)
+    version = hashlib.sha256(read_bytes(join(path, stamp))).hexdigest()[:16]
+    where = hashlib.sha256(str(path).encode()).hexdigest()[:16]
+    dest = cache_dir() / f"{where}-{version}"
+    if dest.is_dir():
+        return dest
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".copy-", dir=dest.parent))
+    try:
+        download(str(path), tmp)
+        os.replace(tmp, dest)
+    except OSError:
+        if not dest.is_dir():  # not a concurrent copier that finished first
+            raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return dest

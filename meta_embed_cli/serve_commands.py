@@ -40,7 +40,11 @@ def _inputs(f: Any) -> Any:
     """The flags `index build` and `serve` share: where the inputs are, and the indexes."""
     for decorator in reversed(
         [
-            option("--root", type=PATH, required=True, help="snapshot root (holds CURRENT and snapshots/)"),
+            option(
+                "--root",
+                required=True,
+                help="snapshot root (holds CURRENT and snapshots/): a path or s3:// URL",
+            ),
             option(
                 "--checkpoint",
                 type=PATH,
@@ -93,7 +97,7 @@ def _inputs(f: Any) -> Any:
 
 
 def serving_config(
-    root: Path,
+    root: Path | str,
     checkpoint: Path | None,
     items: Path,
     users: Path | None,

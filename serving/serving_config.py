@@ -63,7 +63,7 @@ class ServingConfig:
     the first whose model_version equals the snapshot's is used (see docs/api.md).
     """
 
-    root: Path
+    root: Path | str  # a local directory, or an s3:// URL served from a local mirror (serving/mirror.py)
     items: Path
     checkpoint: Path | None = None
     users: Path | None = None
@@ -84,7 +84,11 @@ class ServingConfig:
     def __post_init__(self) -> None:
         for name in ("root", "items", "checkpoint", "users", "cache_dir"):
             value = getattr(self, name)
-            if value is not None and not isinstance(value, Path):
+            if (
+                value is not None
+                and not isinstance(value, Path)
+                and not (name == "root" and "://" in str(value))
+            ):
                 object.__setattr__(self, name, Path(value))
         if isinstance(self.index, dict):
             object.__setattr__(self, "index", IndexConfig(**self.index))

@@ -31,11 +31,13 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
+from meta_embed import storage
 from meta_embed.checkpoint import Checkpoint, CheckpointError, load
 from meta_embed.config import to_dict, write_config
 from meta_embed.snapshot import MANIFEST, SnapshotError, current_dir
 from serving.cache import digests, private_copy
 from serving.index import META_JSON, VectorIndex, build_index, load_index, read_meta, save_index, write_meta
+from serving.mirror import local_root, publish_indexes
 from serving.scorer import Scorer, read_features
 from serving.serving_config import ServingConfig
 from serving.store import STORE_FORMAT, EmbeddingStore
@@ -80,12 +82,13 @@ class ServingState:
         return self.store.name
 
 
-def checkpoint_candidates(root: Path, manifest: dict[str, Any], fallback: Path | None) -> list[Path]:
+def checkpoint_candidates(root: Path, manifest: dict[str, Any], fallback: Path | None) -> list[Path | str]:
     """Where the snapshot's checkpoint may be, in order: the manifest's `checkpoint` key, the
     refresh config recorded in the manifest (`config.checkpoint`), ROOT/MODEL, then `fallback`.
 
-    A relative path is tried against ROOT, then as given. Every candidate is verified by
-    model_version before use, so an extra candidate can never pick the wrong model.
+    A relative path is tried against ROOT, then as given; an s3:// URL as given. Every
+    candidate is verified by model_version before use, so an extra candidate can never
+    pick the wrong model.
     """
     run_config = manifest.get("config")
     named = [
@@ -94,10 +97,10 @@ def checkpoint_candidates(root: Path, manifest: dict[str, Any], fallback: Path |
     ]
     if (root / MODEL_POINTER).is_file():
         named.append((root / MODEL_POINTER).read_text().strip())
-    paths: list[Path] = []
+    paths: list[Path | str] = []
     for name in filter(None, named):
         p = Path(str(name))
-        paths += [p] if p.is_absolute() else [root / p, p]
+        paths += [str(name)] if storage.is_remote(name) else [p] if p.is_absolute() else [root / p, p]
     paths += [fallback] if fallback is not None else []
     return list(dict.fromkeys(paths))  # in order, without repeats
 
@@ -106,8 +109,8 @@ def matching_checkpoint(root: Path, manifest: dict[str, Any], fallback: Path | N
     """Load the first candidate checkpoint whose model_version is the snapshot's."""
     want, tried = manifest["model_version"], []
     for path in checkpoint_candidates(root, manifest, fallback):
-        hint = path / "VERSION"
-        if hint.is_file() and hint.read_text().strip() != want:
+        hint = Path(path, "VERSION")
+        if isinstance(path, Path) and hint.is_file() and hint.read_text().strip() != want:
             tried.append(f"{path} (model_version {hint.read_text().strip()})")
             continue
         try:
@@ -247,8 +250,10 @@ def load_state(
 ) -> ServingState:
     """The state for the snapshot CURRENT names; reuses `previous`'s scorer if the model is the same.
     `cache`: where the server's private copies of the artifacts go (None: read them in place,
-    for building them)."""
-    snapshot_dir = current_dir(cfg.root)
+    for building them). An s3:// root is served from a local mirror (serving/mirror.py), and
+    indexes built there are uploaded beside the snapshot."""
+    root = local_root(cfg.root)
+    snapshot_dir = current_dir(root)
     manifest = json.loads((snapshot_dir / MANIFEST).read_text())
     if manifest.get("name") != snapshot_dir.name:
         raise SnapshotError(
@@ -260,6 +265,8 @@ def load_state(
     if same_model:
         scorer = previous.scorer
     else:
-        scorer = Scorer(matching_checkpoint(cfg.root, manifest, cfg.checkpoint), sources.items, sources.users)
+        scorer = Scorer(matching_checkpoint(root, manifest, cfg.checkpoint), sources.items, sources.users)
     items_from = previous.directory if same_model else None  # same model and catalog: reuse the item index
-    return open_state(build_artifacts(snapshot_dir, scorer, cfg, items_from), scorer, cfg, cache)
+    built = build_artifacts(snapshot_dir, scorer, cfg, items_from)
+    publish_indexes(cfg.root, built)
+    return open_state(built, scorer, cfg, cache)

@@ -94,3 +94,6 @@ def recbole_100k() -> dict[str, bytes]:
 @pytest.fixture()
 def recbole_1m() -> dict[str, bytes]:
     return _recbole_1m()
+
+
+from tests.servers import s3_endpoint, s3_root  # noqa: E402, F401  (fixtures for every test package)

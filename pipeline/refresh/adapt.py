@@ -21,7 +21,6 @@ CUDA when that worker has it); embeddings come back to the CPU for the snapshot 
 from __future__ import annotations
 
 import dataclasses
-from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -84,7 +83,7 @@ def load_adapt_state(settings: AdaptSettings) -> AdaptState:
     """Load the checkpoint onto `settings.device` and precompute item vectors; refuses a
     checkpoint that does not match, and a device this machine does not have."""
     device = resolve_device(settings.device)
-    ckpt = load(Path(settings.checkpoint), expect_spec_hash=settings.spec_hash)
+    ckpt = load(settings.checkpoint, expect_spec_hash=settings.spec_hash)
     if ckpt.model_version != settings.model_version:
         raise CheckpointError(
             f"{settings.checkpoint}: model_version is now {ckpt.model_version}, but the job "

@@ -19,7 +19,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import torch
 
-from meta_embed import checkpoint
+from meta_embed import checkpoint, storage
 from meta_embed.config import to_dict, write_config
 from meta_embed.devices import resolve_device
 from meta_embed.features import fit_spec, movielens_template, with_user_ids
@@ -32,7 +32,7 @@ from pipeline.training.training_config import TrainJobConfig
 
 @dataclasses.dataclass(frozen=True)
 class TrainJobResult:
-    checkpoint: Path
+    checkpoint: Path | str  # a local path, or the s3:// URL it was uploaded to
     model_version: str
     metric: str  # "auc" or "neg_mse"
     best_metric: float
@@ -89,27 +89,35 @@ def train(cfg: TrainJobConfig) -> TrainJobResult:
     torch.manual_seed(cfg.train.seed)
     model = checkpoint.build_model(spec, cfg.model, cfg.maml)
     result = meta_train(model, tables, history, cfg.train, cfg.maml)
-    out = Path(cfg.out)
-    version = checkpoint.save(result.model, cfg.maml, out)
-    write_config(cfg, out)
-    pq.write_table(pa.table({"user_id": result.val_user_ids}), out / "validation_users.parquet")
-    summary = {
-        "model_version": version,
-        "feature_spec_hash": spec.hash,
-        "metric": result.metric,
-        "best_metric": result.best_metric,
-        "best_epoch": result.best_epoch,
-        "train_seconds": result.seconds,
-        "seconds": time.perf_counter() - start,
-        "n_users": len(history),
-        "n_events": int(len(history.support.target)),
-        "n_validation_users": len(result.val_user_ids),
-        "events_with_unknown_user": _unknown(data.interactions["user_id"], data.users["user_id"]),
-        "events_with_unknown_item": _unknown(data.interactions["item_id"], data.items["item_id"]),
-        "history": result.history,
-        "config": to_dict(cfg),
-    }
-    (out / "train_summary.json").write_text(json.dumps(_json_safe(summary), indent=2, sort_keys=True) + "\n")
+    with storage.staged_output(cfg.out, last=("VERSION",)) as out:  # an s3:// checkpoint: VERSION last
+        version = checkpoint.save(result.model, cfg.maml, out)
+        write_config(cfg, out)
+        pq.write_table(pa.table({"user_id": result.val_user_ids}), out / "validation_users.parquet")
+        summary = {
+            "model_version": version,
+            "feature_spec_hash": spec.hash,
+            "metric": result.metric,
+            "best_metric": result.best_metric,
+            "best_epoch": result.best_epoch,
+            "train_seconds": result.seconds,
+            "seconds": time.perf_counter() - start,
+            "n_users": len(history),
+            "n_events": int(len(history.support.target)),
+            "n_validation_users": len(result.val_user_ids),
+            "events_with_unknown_user": _unknown(data.interactions["user_id"], data.users["user_id"]),
+            "events_with_unknown_item": _unknown(data.interactions["item_id"], data.items["item_id"]),
+            "history": result.history,
+            "config": to_dict(cfg),
+        }
+        (out / "train_summary.json").write_text(
+            json.dumps(_json_safe(summary), indent=2, sort_keys=True) + "\n"
+        )
     return TrainJobResult(
-        out, version, result.metric, result.best_metric, result.best_epoch, summary["seconds"], summary
+        cfg.out if storage.is_remote(cfg.out) else Path(cfg.out),
+        version,
+        result.metric,
+        result.best_metric,
+        result.best_epoch,
+        summary["seconds"],
+        summary,
     )

@@ -1,0 +1,92 @@
+"""meta_embed.storage: one meaning for local paths and s3:// (a real S3 server on loopback)."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+
+from meta_embed import storage
+
+
+@pytest.fixture(params=["local", "s3"])
+def root(request, tmp_path) -> str:
+    return str(tmp_path / "root") if request.param == "local" else request.getfixturevalue("s3_root")
+
+
+def test_write_read_list_delete(root):
+    storage.write_text(storage.join(root, "a", "x.txt"), "one")
+    storage.write_bytes(storage.join(root, "a", "b", "y.bin"), b"\x00\x01")
+    storage.write_text(storage.join(root, "z.txt"), "two")
+    assert storage.read_text(storage.join(root, "a", "x.txt")) == "one"
+    assert storage.listdir(root) == ["a", "z.txt"] and storage.listdir(storage.join(root, "a")) == [
+        "b",
+        "x.txt",
+    ]
+    assert storage.exists(storage.join(root, "a")) and storage.exists(storage.join(root, "z.txt"))
+    assert (
+        not storage.exists(storage.join(root, "nothing")) and storage.listdir(storage.join(root, "no")) == []
+    )
+    with pytest.raises(FileNotFoundError):
+        storage.read_bytes(storage.join(root, "missing.txt"))
+    storage.delete_tree(storage.join(root, "a"))
+    storage.delete_tree(storage.join(root, "z.txt"))
+    storage.delete_tree(storage.join(root, "never-there"))
+    assert storage.listdir(root) == []
+
+
+def test_swap_writes_only_over_what_the_writer_read(root):
+    path = storage.join(root, "CURRENT")
+    storage.swap(path, b"one\n", None)
+    with pytest.raises(storage.Conflict, match="expected absent, found 'one'"):
+        storage.swap(path, b"two\n", None)
+    storage.swap(path, b"two\n", b"one\n")
+    with pytest.raises(storage.Conflict, match="expected 'one', found 'two'"):
+        storage.swap(path, b"three\n", b"one\n")
+    assert storage.read_bytes(path) == b"two\n"
+
+
+def test_concurrent_swaps_from_the_same_state_one_wins(root):
+    path = storage.join(root, "CURRENT")
+    storage.swap(path, b"base\n", None)
+    results: list[str] = []
+    barrier = threading.Barrier(8)
+
+    def writer(k: int) -> None:
+        barrier.wait()
+        try:
+            storage.swap(path, f"w{k}\n".encode(), b"base\n")
+            results.append(f"w{k}")
+        except storage.Conflict:
+            results.append("refused")
+
+    threads = [threading.Thread(target=writer, args=(k,)) for k in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    winners = [r for r in results if r != "refused"]
+    assert len(results) == 8 and len(winners) == 1
+    assert storage.read_text(path).strip() == winners[0]
+
+
+def test_upload_puts_the_named_files_last_and_download_copies_back(s3_root, tmp_path):
+    src = tmp_path / "src"
+    (src / "sub").mkdir(parents=True)
+    for rel in ("VERSION", "a.bin", "sub/b.bin"):
+        (src / rel).write_bytes(rel.encode())
+    storage.upload(src, storage.join(s3_root, "ckpt"), last=("VERSION",))
+    got = storage.download(storage.join(s3_root, "ckpt"), tmp_path / "dst")
+    assert sorted(p.relative_to(tmp_path / "dst").as_posix() for p in got) == [
+        "VERSION",
+        "a.bin",
+        "sub/b.bin",
+    ]
+    assert all(
+        (tmp_path / "dst" / rel).read_bytes() == rel.encode() for rel in ("VERSION", "a.bin", "sub/b.bin")
+    )
+
+
+def test_other_schemes_are_refused_with_the_reason():
+    with pytest.raises(ValueError, match="only local paths and s3://"):
+        storage.read_bytes("gs://bucket/x")

