@@ -122,7 +122,7 @@ def _holder(source: ServingState | StateHolder | str | Path, config: ServingConf
         return StateHolder(source, config)
     if config is None:
         raise ValueError("create_app(root) needs a ServingConfig (items table, checkpoint, ...)")
-    return StateHolder.open(dataclasses.replace(config, root=source if "://" in str(source) else Path(source)))
+    return StateHolder.open(dataclasses.replace(config, root=source))  # ServingConfig types it
 
 
 def create_app(
