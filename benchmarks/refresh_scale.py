@@ -1,20 +1,26 @@
 """Scale benchmark of the nightly refresh job: synthetic users (about 30 events each),
 a random-init checkpoint, one full refresh on the local runner (FnApiRunner, N worker
-processes). Prints end-to-end users/s, wall time per phase, time per pipeline stage
-(summed over workers) with the adapt step's share, and the peak RSS of the whole
-process tree (launcher + Beam workers), sampled every 0.2 s.
+processes). Prints end-to-end users/s, wall time per phase (finalize on its own), time
+per pipeline stage (summed over workers) with the adapt step's share, the peak RSS of the
+whole process tree (launcher + Beam workers) and of the launcher alone, sampled every
+0.2 s; then the adapt kernel alone on a sample of the same users (the batched inner
+loop of the adapt step, in this process, with N torch threads: the same total cores)
+and the ratio of end-to-end to kernel users/s.
 
     .venv/bin/python benchmarks/refresh_scale.py --users 100000
     .venv/bin/python benchmarks/refresh_scale.py --users 1000000 --workdir runs/bench-refresh
     .venv/bin/python benchmarks/refresh_scale.py --users 300000 --device cuda --workers 1
+    AWS_ENDPOINT_URL=http://127.0.0.1:8333 ... benchmarks/refresh_scale.py --users 1000000 \
+        --out s3://bench/snapshots     # the snapshot on an S3 server (docs/operations.md)
 
-The last line is `summary users=<n> users_per_s=<n> peak_rss_gb=<x>`. A benchmark, never
-a pass/fail test.
+The last line is `summary users=<n> users_per_s=<n> peak_rss_gb=<x> kernel_ratio=<x>
+finalize_s=<x>`. A benchmark, never a pass/fail test.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime as dt
 import json
 import shutil
@@ -23,24 +29,31 @@ import time
 from pathlib import Path
 
 import psutil
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import torch
 
-from meta_embed import checkpoint
+from meta_embed import checkpoint, storage
 from meta_embed.config import DEVICES, MamlConfig, ModelConfig, to_dict
 from meta_embed.features import fit_spec, movielens_template
 from meta_embed.model import TwoBlockModel
 from pipeline.data.data_config import SynthConfig
 from pipeline.data.synth import synth
+from pipeline.data.validate import validate_interactions
+from pipeline.refresh.adapt import adapt_bucket, load_adapt_state
+from pipeline.refresh.arrow import top_n
+from pipeline.refresh.plan import plan as make_plan
 from pipeline.refresh.refresh_config import RefreshConfig
 from pipeline.refresh.refresh_job import refresh
+from pipeline.refresh.transforms import ReadEvents
 
 
 class PeakRss:
-    """Samples the summed RSS of this process and all its descendants in a thread."""
+    """Samples, in a thread, the summed RSS of this process and all its descendants (`peak`)
+    and of this process alone (`launcher`)."""
 
     def __init__(self, interval: float = 0.2):
-        self.interval, self.peak, self._stop = interval, 0, threading.Event()
+        self.interval, self.peak, self.launcher, self._stop = interval, 0, 0, threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     def _run(self) -> None:
@@ -53,6 +66,7 @@ class PeakRss:
                 except psutil.Error:
                     pass
             self.peak = max(self.peak, total)
+            self.launcher = max(self.launcher, me.memory_info().rss)
             time.sleep(self.interval)
 
     def __enter__(self) -> PeakRss:
@@ -104,27 +118,55 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--workdir", type=Path, default=Path("runs/bench-refresh"))
     parser.add_argument("--device", choices=DEVICES, default="cpu", help="where the adapt step runs")
+    parser.add_argument("--out", help="snapshot root (default WORKDIR/snapshots-USERS; an s3:// URL works)")
+    parser.add_argument("--kernel-users", type=int, default=50_000, help="users in the kernel-only timing")
     args = parser.parse_args()
     data, as_of = make_inputs(args.workdir, args.users, args.events_per_user, args.items)
-    out = args.workdir / f"snapshots-{args.users}"
-    shutil.rmtree(out, ignore_errors=True)
+    out = args.out or str(args.workdir / f"snapshots-{args.users}")
+    storage.delete_tree(out)
     cfg = RefreshConfig(
         str(data / "interactions"),
         str(data / "users.parquet"),
         str(data / "items.parquet"),
         str(data / "checkpoint"),
         as_of,
-        str(out),
+        out,
         batch_size=args.batch_size,
         device=args.device,
     )
     beam_args = ["--direct_running_mode=multi_processing", f"--direct_num_workers={args.workers}"]
     with PeakRss() as rss:
         result = refresh(cfg, beam_args)
-    report(result, rss.peak, args)
+    kernel = kernel_users_per_s(cfg, args.kernel_users, args.workers)
+    report(result, rss, kernel, args)
 
 
-def report(result, peak: int, args: argparse.Namespace) -> None:
+def kernel_users_per_s(cfg: RefreshConfig, n_users: int, threads: int) -> float:
+    """Users/s of the adapt step's work alone (`adapt_bucket`: inner loop, embeddings, rows) on
+    the first `n_users` users of the first interactions file, their events read, validated
+    and cut to the newest N as the pipeline does, in this process with `threads` threads."""
+    plan = make_plan(cfg)
+    read = ReadEvents(plan.settings.item_files, plan.spec.item_key, int(plan.meta.as_of.timestamp() * 1e6),
+                      plan.target, tuple(plan.context.names), plan.settings.max_support, 1)  # fmt: skip
+    read.setup()
+    table = pq.read_table(plan.event_chunks[0].path)
+    good = validate_interactions(table, plan.event_chunks[0].path, 0)[0]
+    wanted = pc.unique(good.column("user_id")).slice(0, n_users)
+    events = top_n(
+        read.events(good.filter(pc.is_in(good.column("user_id"), wanted))), plan.settings.max_support
+    )
+    users = pq.read_table(cfg.users)
+    users = users.filter(pc.is_in(users.column(plan.spec.user_key), wanted))
+    torch.set_num_threads(threads)
+    state = load_adapt_state(plan.settings)
+    settings = dataclasses.replace(plan.settings, cold_users=False)
+    adapt_bucket(state, settings, events.slice(0, 2000), users)  # warm-up
+    start = time.perf_counter()
+    rows, _ = adapt_bucket(state, settings, events, users)
+    return rows.num_rows / (time.perf_counter() - start)
+
+
+def report(result, rss: PeakRss, kernel: float, args: argparse.Namespace) -> None:
     c = result.counts
     print(
         f"\nrefresh of {c['users']:,} users ({c['users_with_events']:,} with events, {c['cold_users']:,} "
@@ -141,8 +183,18 @@ def report(result, peak: int, args: argparse.Namespace) -> None:
     for name in ("read_ms", "combine_ms", "adapt_ms", "write_ms"):
         ms = result.stage_ms.get(name, 0)
         print(f"{name[:-3]:<28}{ms / 1000:>10.1f}{ms / total_ms:>8.1%}")
-    print(f"\nend-to-end {result.users_per_s:,.0f} users/s; peak RSS (process tree) {peak / 2**30:.2f} GB")
-    print(f"summary users={c['users']} users_per_s={result.users_per_s:.0f} peak_rss_gb={peak / 2**30:.2f}")
+    ratio = result.users_per_s / kernel
+    print(f"\n{'users/s':<28}{'':>10}")
+    print(f"{'end to end':<28}{result.users_per_s:>10,.0f}")
+    print(
+        f"{'adapt kernel alone':<28}{kernel:>10,.0f}   ({args.workers} threads, {args.kernel_users:,} users)"
+    )
+    print(f"{'ratio':<28}{ratio:>10.2f}")
+    print(f"\npeak RSS: process tree {rss.peak / 2**30:.2f} GB, launcher {rss.launcher / 2**30:.2f} GB; "
+          f"finalize {result.phase_s['finalize']:.2f} s; out {args.out or 'local disk'}")  # fmt: skip
+    print(f"summary users={c['users']} users_per_s={result.users_per_s:.0f} "
+          f"peak_rss_gb={rss.peak / 2**30:.2f} kernel_ratio={ratio:.2f} "
+          f"finalize_s={result.phase_s['finalize']:.2f}")  # fmt: skip
 
 
 if __name__ == "__main__":
