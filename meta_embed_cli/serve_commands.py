@@ -47,8 +47,7 @@ def _inputs(f: Any) -> Any:
             ),
             option(
                 "--checkpoint",
-                type=PATH,
-                help="checkpoint used when neither the manifest's 'checkpoint' key nor "
+                help="checkpoint (path or s3:// URL) used when neither the manifest's 'checkpoint' key nor "
                 "ROOT/MODEL names one with the snapshot's model_version",
             ),
             option("--items", type=PATH, required=True, help="items table (Parquet file or directory)"),
@@ -98,7 +97,7 @@ def _inputs(f: Any) -> Any:
 
 def serving_config(
     root: Path | str,
-    checkpoint: Path | None,
+    checkpoint: Path | str | None,
     items: Path,
     users: Path | None,
     fp16: bool,

@@ -14,6 +14,7 @@ so the next server copies them instead of building them.
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import shutil
 import tempfile
@@ -46,22 +47,25 @@ def local_root(root: Path | str) -> Path:
 def _copy_snapshot(root: str, name: str, mirror: Path) -> None:
     remote = storage.join(root, "snapshots", name)
     dest = mirror / "snapshots" / name
+    if (dest / snapshot.MANIFEST).is_file():  # copied and checked before (by this or another worker)
+        return
     manifest = snapshot.read_manifest(remote)  # only a prefix with its manifest is ever read
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".copy-", dir=dest.parent))
     try:
         for f in manifest["files"]:
-            data = _read_part(remote, f)
-            (tmp / f["name"]).write_bytes(data)
+            (tmp / f["name"]).write_bytes(_read_part(remote, f))
         for key in storage.listdir(storage.join(remote, "indexes")):
             built = storage.join(remote, "indexes", key)
             if storage.exists(storage.join(built, META_JSON)):
                 storage.download(built, tmp / "indexes" / key)
-        storage.write_text(
-            tmp / snapshot.MANIFEST, storage.read_text(storage.join(remote, snapshot.MANIFEST))
-        )
-        shutil.rmtree(dest, ignore_errors=True)
-        tmp.rename(dest)
+        (tmp / snapshot.MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+        shutil.rmtree(dest, ignore_errors=True)  # an incomplete leftover
+        try:
+            tmp.rename(dest)
+        except OSError:
+            if not (dest / snapshot.MANIFEST).is_file():  # not a concurrent copy that finished first
+                raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 

@@ -65,7 +65,7 @@ class ServingConfig:
 
     root: Path | str  # a local directory, or an s3:// URL served from a local mirror (serving/mirror.py)
     items: Path
-    checkpoint: Path | None = None
+    checkpoint: Path | str | None = None  # a path or an s3:// URL
     users: Path | None = None
     max_age_s: float = 2 * 24 * 3600.0
     fp16: bool = False
@@ -87,7 +87,7 @@ class ServingConfig:
             if (
                 value is not None
                 and not isinstance(value, Path)
-                and not (name == "root" and "://" in str(value))
+                and "://" not in str(value)  # an s3:// root or checkpoint stays a URL
             ):
                 object.__setattr__(self, name, Path(value))
         if isinstance(self.index, dict):

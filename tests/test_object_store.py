@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import json
 import os
 import subprocess
 import sys
@@ -73,7 +74,7 @@ def _manifest(root: str | Path) -> dict:
     return snapshot.read_manifest(storage.join(root, "snapshots", snapshot.current_name(root)))
 
 
-def _train(data: Path, out: str) -> str:
+def _train(data: Path | str, out: str) -> str:
     small = ModelConfig(meta_dim=8, meta_hidden=16, item_dim=8, global_hidden=(16,), retrieval_dim=8)
     cfg = TrainJobConfig(
         data=str(data),
@@ -125,7 +126,9 @@ class Served:
 
 def test_the_journey_on_s3_equals_the_local_one(s3_root, data, tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("META_EMBED_CACHE", str(tmp_path / "cache"))
-    ckpt = _train(data, storage.join(s3_root, "models", "m1"))
+    remote_data = storage.join(s3_root, "data")
+    storage.upload(data, remote_data, last=("config.json",))  # prepared data on the store too
+    ckpt = _train(remote_data, storage.join(s3_root, "models", "m1"))
     assert storage.exists(storage.join(ckpt, "VERSION")) and storage.exists(storage.join(ckpt, "weights.pt"))
     out, local = storage.join(s3_root, "snapshots-root"), str(tmp_path / "local")
     assert main(_refresh_argv(data, ckpt, out, DAY1)) == 0
@@ -235,19 +238,48 @@ def _staged(root: str, meta: snapshot.SnapshotMeta, run: str, seed: int) -> tupl
     return staged, [snapshot.write_part(table, staged, 0)]
 
 
-def test_two_publishers_at_once_one_wins_the_other_is_refused(s3_root):
+@pytest.fixture(params=["local", "s3"])
+def any_root(request, tmp_path) -> str:
+    return str(tmp_path / "root") if request.param == "local" else request.getfixturevalue("s3_root")
+
+
+def test_two_publishers_at_once_one_wins_the_other_is_refused(any_root):
     meta = snapshot.SnapshotMeta("v1", "h", "activation", 4, DAY1)
-    base_dir, base = _staged(s3_root, meta, "base0000", 0)
-    snapshot.publish(s3_root, base_dir, meta, {"counts": {"users": 5}}, base)
-    start = snapshot.current_name(s3_root)
+    base_dir, base = _staged(any_root, meta, "base0000", 0)
+    snapshot.publish(any_root, base_dir, meta, {"counts": {"users": 5}}, base)
+    start = snapshot.current_name(any_root)
     later = dataclasses.replace(meta, as_of=DAY2)
-    a_dir, a = _staged(s3_root, later, "aaaaaaaa", 1)
-    b_dir, b = _staged(s3_root, later, "bbbbbbbb", 2)
-    won = snapshot.publish(s3_root, a_dir, later, {"counts": {"users": 5}}, a, expect=start)
+    a_dir, a = _staged(any_root, later, "aaaaaaaa", 1)
+    b_dir, b = _staged(any_root, later, "bbbbbbbb", 2)
+    won = snapshot.publish(any_root, a_dir, later, {"counts": {"users": 5}}, a, expect=start)
     with pytest.raises(snapshot.SnapshotError, match="another publisher moved CURRENT"):
-        snapshot.publish(s3_root, b_dir, later, {"counts": {"users": 5}}, b, expect=start)
-    assert snapshot.current_name(s3_root) == storage.basename(won)
-    assert snapshot.published(s3_root) == sorted([start, storage.basename(won)])  # the loser left nothing
+        snapshot.publish(any_root, b_dir, later, {"counts": {"users": 5}}, b, expect=start)
+    assert snapshot.current_name(any_root) == storage.basename(won)
+    assert snapshot.published(any_root) == sorted([start, storage.basename(won)])  # the loser left nothing
+
+
+def test_retention_on_an_object_store_keeps_the_newest_and_drops_dead_prefixes(s3_root):
+    names = []
+    for day in range(4):
+        meta = snapshot.SnapshotMeta("v1", "h", "activation", 4, DAY1 + dt.timedelta(days=day))
+        staged, shards = _staged(s3_root, meta, f"run{day:05d}", day)
+        if day == 2:  # a run killed before its manifest, then overtaken: it can never publish
+            storage.write_bytes(
+                storage.join(snapshot.staging_dir(s3_root, meta, "20210102T000000-dead0000"), "x"), b""
+            )
+        names.append(
+            storage.basename(
+                snapshot.publish(s3_root, staged, meta, {"counts": {"users": 5}}, shards, keep=2)
+            )
+        )
+    running = snapshot.staging_dir(
+        s3_root, dataclasses.replace(meta, as_of=DAY1 + dt.timedelta(days=9)), "x-live0000"
+    )
+    storage.write_bytes(storage.join(running, "part-00000.parquet"), b"in progress")
+    snapshot.prune(s3_root, keep=2)
+    assert snapshot.published(s3_root) == names[2:] and snapshot.current_name(s3_root) == names[3]
+    assert storage.listdir(storage.join(s3_root, "snapshots")) == [*names[2:], storage.basename(running)]
+    assert snapshot.rollback(s3_root) == names[2]
 
 
 def test_a_concurrent_publish_during_a_refresh_fails_the_refresh(s3_root, data, monkeypatch):
@@ -295,3 +327,25 @@ def test_a_snapshot_with_an_altered_or_missing_file_is_never_served(
         load_state(cfg, Sources.read(cfg), previous=good)
     mirrored = storage.cache_dir() / "roots"
     assert [snapshot.current_name(m) for m in mirrored.iterdir()] == [good.snapshot]  # still the good one
+
+
+def test_prepare_and_evaluate_write_to_s3(s3_root, tmp_path):
+    from pipeline.data.prepare import prepare
+    from pipeline.evaluation.evaluation_config import EvalConfig
+    from pipeline.evaluation.evaluation_job import evaluate
+    from tests.conftest import write_ml100k
+
+    prepared = storage.join(s3_root, "prepared")
+    summary = prepare(str(write_ml100k(tmp_path / "raw")), prepared)
+    names = storage.listdir(prepared)
+    assert {"interactions.parquet", "users.parquet", "items.parquet", "config.json"} <= set(names)
+    assert json.loads(storage.read_text(storage.join(prepared, "prepare_summary.json")))[
+        "n_interactions"
+    ] == (summary.n_interactions)
+    report = storage.join(s3_root, "report")
+    cfg = EvalConfig(dataset="synthetic", out=report, days=2, retrain_every=2, synth_users=100, meta_epochs=1,
+                     wd_lrs=(3e-3,), wd_dims=(8,), wd_max_epochs=1, resamples=20, melu=False)  # fmt: skip
+    result = evaluate(cfg)
+    assert result.out == report and result.report == storage.join(report, "report.md")
+    assert "## Targets" in storage.read_text(result.report)
+    assert {"predictions.parquet", "summary.json", "config.json"} <= set(storage.listdir(report))

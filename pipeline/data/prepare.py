@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pyarrow.compute as pc
 
+from meta_embed import storage
 from meta_embed.config import to_dict, write_config
 from meta_embed.tables import INTERACTIONS, ITEMS, USERS, write_dead_letter, write_table
 from pipeline.data.data_config import PrepareConfig
@@ -76,21 +77,21 @@ def prepare(source: str, out: str | Path, cache_dir: str | Path | None = None) -
         last_ts=None if not len(ts) else pc.max(ts).as_py().isoformat(),
         seconds=round(time.perf_counter() - start, 3),
     )
-    out_dir = Path(cfg.out)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.prepare-", dir=out_dir.parent))
-    try:
-        write_table(inter, tmp / "interactions.parquet", INTERACTIONS)
-        write_table(ml.users, tmp / "users.parquet", USERS)
-        write_table(ml.items, tmp / "items.parquet", ITEMS)
-        write_dead_letter(ml.dead_letter, tmp / "dead_letter.parquet")
-        (tmp / "prepare_summary.json").write_text(
-            json.dumps(summary.to_dict(), indent=2, sort_keys=True) + "\n"
-        )
-        write_config(cfg, tmp)
-        out_dir.mkdir(exist_ok=True)
-        for path in sorted(tmp.iterdir()):
-            os.replace(path, out_dir / path.name)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    with storage.staged_output(cfg.out, last=("config.json",)) as out_dir:  # s3://: config.json last
+        out_dir.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.prepare-", dir=out_dir.parent))
+        try:
+            write_table(inter, tmp / "interactions.parquet", INTERACTIONS)
+            write_table(ml.users, tmp / "users.parquet", USERS)
+            write_table(ml.items, tmp / "items.parquet", ITEMS)
+            write_dead_letter(ml.dead_letter, tmp / "dead_letter.parquet")
+            (tmp / "prepare_summary.json").write_text(
+                json.dumps(summary.to_dict(), indent=2, sort_keys=True) + "\n"
+            )
+            write_config(cfg, tmp)
+            out_dir.mkdir(exist_ok=True)
+            for path in sorted(tmp.iterdir()):
+                os.replace(path, out_dir / path.name)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
     return summary

@@ -27,6 +27,7 @@ import pyarrow.parquet as pq
 import torch
 from tqdm import tqdm
 
+from meta_embed import storage
 from meta_embed.baseline import FitResult
 from meta_embed.config import ModelConfig, WideDeepConfig, write_config
 from meta_embed.devices import resolve_device
@@ -44,8 +45,8 @@ from pipeline.training.training_config import TrainJobConfig
 
 @dataclasses.dataclass(frozen=True)
 class EvalResult:
-    out: Path
-    report: Path
+    out: Path | str  # a local folder, or the s3:// URL the report was uploaded to
+    report: Path | str
     metrics: pa.Table  # metric, arm, slice, value, n_events, n_users (SQL)
     intervals: pa.Table  # metric, arm, slice, value, lo, hi
     differences: pa.Table  # metric, slice, arm, reference, diff, lo, hi, p_le_0
@@ -187,10 +188,19 @@ def evaluate(cfg: EvalConfig) -> EvalResult:
     Artifacts are written as soon as they exist (predictions.parquet and summary.json after
     the replay, the metric tables, then the MeLU rows), and the report is rendered from
     them (`pipeline.evaluation.report.render`), so a report can be re-rendered without re-running.
+    With an s3:// `cfg.out` they are written locally and uploaded once the report is done.
     """
-    start = time.perf_counter()
     resolve_device(cfg.device)  # refuse a missing CUDA before any work
-    out, work = Path(cfg.out), Path(cfg.out) / "work"
+    with storage.staged_output(cfg.out, last=("report.md",)) as out:
+        result = _evaluate(cfg, out)
+    if storage.is_remote(cfg.out):
+        return dataclasses.replace(result, out=cfg.out, report=storage.join(cfg.out, result.report.name))
+    return result
+
+
+def _evaluate(cfg: EvalConfig, out: Path) -> EvalResult:
+    start = time.perf_counter()
+    work = out / "work"
     write_config(cfg, out)
     threads = torch.get_num_threads()
     torch.set_num_threads(cfg.torch_threads)

@@ -87,6 +87,7 @@ def plan(cfg: RefreshConfig) -> Plan:
         cfg.cold_users,
         cfg.torch_threads,
         cfg.seen_items,
+        cfg.device,
     )
     return Plan(
         meta,

@@ -247,7 +247,6 @@ def refresh(
     storage.configure(s3.s3_endpoint_url, s3.s3_access_key_id, s3.s3_secret_access_key, s3.s3_region_name)
     FileSystems.set_options(opts)  # the launcher reads remote inputs with the workers' settings
     plan = make_plan(cfg)
-    plan = dataclasses.replace(plan, settings=dataclasses.replace(plan.settings, device=cfg.device))
     phase = {"plan": time.perf_counter() - start}
     local = runners.is_local(opts)
     if local:

@@ -49,8 +49,9 @@ class Data:
 
 
 def load_data(data: str | Path, until: str | None = None) -> Data:
-    """The users, items and interactions of a prepared data folder, events before `until`."""
-    data = Path(data)
+    """The users, items and interactions of a prepared data folder (local, or an s3:// one read
+    through a local copy), events before `until`."""
+    data = storage.local_copy(data, "config.json")
     events = read_table(data_table(data, "interactions"), INTERACTIONS)
     if until is not None:
         events = events.filter(pc.less(events["ts"], pa.scalar(parse_time(until), TS_TYPE)))
