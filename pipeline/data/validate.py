@@ -178,9 +178,18 @@ def _repeats(table: pa.Table, candidates: np.ndarray) -> np.ndarray:
     exactly (over all non-nested columns)."""
     keys = [n for n in table.column_names if not pa.types.is_nested(table.schema.field(n).type)]
     idx = np.flatnonzero(candidates)
+    ts = np.asarray(pc.fill_null(pc.cast(table["ts"], pa.int64()), 0))[idx]
+    order = np.argsort(ts, kind="stable")
+    tied = np.zeros(len(idx), bool)  # an exact repeat shares its ts: only rows with a tied ts are grouped
+    eq = ts[order[1:]] == ts[order[:-1]]
+    tied[order[1:][eq]] = tied[order[:-1][eq]] = True
+    idx = idx[tied]
+    if not len(idx):
+        return np.zeros_like(candidates)
     sub = table.select(keys).take(pa.array(idx)).append_column("__row", pa.array(idx, pa.int64()))
     firsts = sub.group_by(keys, use_threads=False).aggregate([("__row", "min")])["__row_min"]
-    dup = candidates.copy()
+    dup = np.zeros_like(candidates)
+    dup[idx] = True
     dup[np.asarray(firsts, dtype=np.int64)] = False
     return dup
 

@@ -158,7 +158,7 @@ class ReadEvents(beam.DoFn):
             events = self.events(good)
             _counter("events_used").inc(events.num_rows)
             for bucket, part in split_by_bucket(top_n(events, self.max_support), self.buckets):
-                yield from self._spill.add(bucket, pack(part)) if self._spill else [(bucket, pack(part))]
+                yield from self._spill.add(bucket, part) if self._spill else [(bucket, pack(part))]
         release_memory()  # return freed batch memory to the OS between chunks
         _counter("read_ms").inc(_ms(start))
 

@@ -130,3 +130,28 @@ def test_text_parsers():
         None,
     ]
     assert parse_float(pa.array([" 2 ", "1e3", "a", "", None])).to_pylist() == [2.0, 1000.0, None, None, None]
+
+
+def test_duplicates_are_exactly_the_repeats_of_an_earlier_row():
+    """Rows sharing a ts are compared on every column; a row is a duplicate iff an earlier
+    row equals it (checked against a plain Python reference on many tied timestamps)."""
+    rng = np.random.default_rng(7)
+    n = 3000
+    ts = rng.integers(0, 40, n) * 1_000_000 + 1_600_000_000_000_000
+    users, items, labels = (rng.integers(0, k, n) for k in (5, 4, 2))
+    rows = list(zip(users.astype(str), items.astype(str), ts, labels))
+    table = pa.table(
+        {
+            "user_id": [r[0] for r in rows],
+            "item_id": [r[1] for r in rows],
+            "ts": pa.array([int(r[2]) for r in rows], pa.int64()).cast(TS_TYPE),
+            "label": [float(r[3]) for r in rows],
+        }
+    )
+    seen, expected = set(), []
+    for r in rows:
+        expected.append(r in seen)
+        seen.add(r)
+    got = validate_interactions(table, "t")
+    assert got.counts["duplicate"] == sum(expected) > 0
+    assert got.dead.column("row").to_pylist() == [i for i, dup in enumerate(expected) if dup]
