@@ -316,47 +316,40 @@ def publish(
     the snapshot's path.
 
     Publishing the same result twice is idempotent: the second copy is dropped and CURRENT
-    re-pointed to the first. On a local disk a snapshot is named by as_of, model version and
-    content hash; on an object store it keeps its write-once prefix, and a complete prefix
-    with the same content (left by a run killed before CURRENT moved) is the one kept.
+    re-pointed to the first (such as the complete snapshot of a run killed before CURRENT
+    moved). On a local disk a snapshot is named by as_of, model version and content hash;
+    on an object store it keeps the write-once prefix the run wrote into.
     """
     require_not_older(root, meta.as_of)
     check_shards(shards, meta, manifest.get("counts", {}).get("users"))
     content = combined_hash(shards)
-    remote = storage.is_remote(root)
-    name = storage.basename(staged) if remote else f"{meta.name}-{content[:8]}"
-    if remote and (same := _published_as(root, meta, content)):  # a rerun of a run killed before CURRENT
-        storage.delete_tree(staged)
-        set_current(root, same, expect)
-        prune(root, keep)
-        return storage.join(root, "snapshots", same)
-    files = [
-        {"name": s.file, "rows": s.rows, "bytes": s.bytes, "sha256": s.sha256, "content": s.content}
-        for s in sorted(shards, key=lambda s: s.file)
-    ]
-    full = dict(manifest) | {
-        "format": FORMAT,
-        "name": name,
-        **json.loads(meta.to_metadata()[b"meta_embed"]),
-        "content_hash": content,
-        "files": files,
-    }
-    storage.write_text(
-        storage.join(staged, MANIFEST), json.dumps(full, indent=2, sort_keys=True, default=str) + "\n"
-    )
-    final, fresh = storage.join(root, "snapshots", name), True
-    if not remote:
-        Path(final).parent.mkdir(parents=True, exist_ok=True)
-        if (Path(final) / MANIFEST).is_file():
-            shutil.rmtree(staged)
-            fresh = False
-        else:
+    same = _published_as(root, meta, content)  # e.g. left by a run killed before CURRENT moved
+    name = same or (storage.basename(staged) if storage.is_remote(root) else f"{meta.name}-{content[:8]}")
+    final = storage.join(root, "snapshots", name)
+    if same:
+        storage.delete_tree(staged)  # the same content is published already: that copy stays
+    else:
+        files = [
+            {"name": s.file, "rows": s.rows, "bytes": s.bytes, "sha256": s.sha256, "content": s.content}
+            for s in sorted(shards, key=lambda s: s.file)
+        ]
+        full = dict(manifest) | {
+            "format": FORMAT,
+            "name": name,
+            **json.loads(meta.to_metadata()[b"meta_embed"]),
+            "content_hash": content,
+            "files": files,
+        }
+        text = json.dumps(full, indent=2, sort_keys=True, default=str) + "\n"
+        storage.write_text(storage.join(staged, MANIFEST), text)  # the last file of the snapshot
+        if not storage.is_remote(root):
+            Path(final).parent.mkdir(parents=True, exist_ok=True)
             shutil.rmtree(final, ignore_errors=True)  # an incomplete leftover of a crashed move
             os.replace(staged, final)
     try:
         set_current(root, name, expect)
     except SnapshotError:
-        if fresh:
+        if not same:
             storage.delete_tree(final)  # never left where a rollback could find it
         raise
     prune(root, keep)

@@ -56,20 +56,25 @@ def basename(path: str | Path) -> str:
 
 def configure(
     endpoint_url: str | None = None,
-    access_key_id: str | None = None,
-    secret_access_key: str | None = None,
+    aws_access_key_id: str | None = None,
+    aws_secret_access_key: str | None = None,
     region_name: str | None = None,
 ) -> None:
     """Settings for s3:// that override the environment's (None: keep the environment's)."""
     global _client
     given = {
         "endpoint_url": endpoint_url,
-        "aws_access_key_id": access_key_id,
-        "aws_secret_access_key": secret_access_key,
+        "aws_access_key_id": aws_access_key_id,
+        "aws_secret_access_key": aws_secret_access_key,
         "region_name": region_name,
     }
     _S3.update({k: v for k, v in given.items() if v})
     _client = None
+
+
+def overrides() -> tuple[tuple[str, str], ...]:
+    """The settings given to `configure`, to hand to another process (`configure(**dict(...))`)."""
+    return tuple(sorted(_S3.items()))
 
 
 def _s3() -> Any:

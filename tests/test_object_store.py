@@ -349,3 +349,26 @@ def test_prepare_and_evaluate_write_to_s3(s3_root, tmp_path):
     assert result.out == report and result.report == storage.join(report, "report.md")
     assert "## Targets" in storage.read_text(result.report)
     assert {"predictions.parquet", "summary.json", "config.json"} <= set(storage.listdir(report))
+
+
+def test_beam_s3_flags_alone_configure_launcher_and_workers(s3_root, s3_endpoint, data, monkeypatch):
+    """No AWS environment at all: Beam's --s3_* options reach the launcher's client and, through
+    the adapt settings, the worker processes that read the s3:// checkpoint."""
+    ckpt = storage.join(s3_root, "models", "m1")
+    _train(data, ckpt)
+    for name in (
+        "AWS_ENDPOINT_URL",
+        "AWS_ACCESS_KEY_ID",
+        "AWS_SECRET_ACCESS_KEY",
+        "AWS_REGION",
+        "AWS_DEFAULT_REGION",
+    ):
+        monkeypatch.delenv(name)
+    monkeypatch.setattr(storage, "_S3", {})
+    monkeypatch.setattr(storage, "_client", None)
+    flags = [f"--s3_endpoint_url={s3_endpoint}", "--s3_access_key_id=test", "--s3_secret_access_key=test",
+             "--s3_region_name=us-east-1", "--direct_running_mode=multi_processing",
+             "--direct_num_workers=1"]  # fmt: skip
+    out = storage.join(s3_root, "root")
+    result = refresh(_config(data, ckpt, out, DAY1), flags)
+    assert snapshot.current_name(out) == result.name and result.counts["users_adapted"] > 0

@@ -27,7 +27,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import torch
 
-from meta_embed import snapshot
+from meta_embed import snapshot, storage
 from meta_embed.checkpoint import Checkpoint, CheckpointError, load
 from meta_embed.devices import resolve_device
 from meta_embed.features import encode, encode_with_default, to_device
@@ -53,6 +53,7 @@ class AdaptSettings:
     torch_threads: int = 1
     seen_items: int = 50
     device: str = "cpu"  # auto, cpu or cuda (`--device`)
+    s3: tuple[tuple[str, str], ...] = ()  # the launcher's s3:// settings (`storage.overrides`)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -83,6 +84,7 @@ def load_adapt_state(settings: AdaptSettings) -> AdaptState:
     """Load the checkpoint onto `settings.device` and precompute item vectors; refuses a
     checkpoint that does not match, and a device this machine does not have."""
     device = resolve_device(settings.device)
+    storage.configure(**dict(settings.s3))
     ckpt = load(settings.checkpoint, expect_spec_hash=settings.spec_hash)
     if ckpt.model_version != settings.model_version:
         raise CheckpointError(

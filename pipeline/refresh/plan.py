@@ -11,7 +11,7 @@ import math
 
 import pyarrow as pa
 
-from meta_embed import checkpoint, snapshot
+from meta_embed import checkpoint, snapshot, storage
 from meta_embed.features import FeatureSpec
 from meta_embed.tables import unique_ids
 from pipeline.refresh import inputs
@@ -88,6 +88,7 @@ def plan(cfg: RefreshConfig) -> Plan:
         cfg.torch_threads,
         cfg.seen_items,
         cfg.device,
+        storage.overrides(),
     )
     return Plan(
         meta,

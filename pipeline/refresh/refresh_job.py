@@ -244,6 +244,7 @@ def refresh(
     start = time.perf_counter()
     opts = runners.options(pipeline_options)
     s3 = opts.view_as(S3Options)
+    # Beam's --s3_* options, for the launcher's own client too (and the workers', via AdaptSettings.s3)
     storage.configure(s3.s3_endpoint_url, s3.s3_access_key_id, s3.s3_secret_access_key, s3.s3_region_name)
     FileSystems.set_options(opts)  # the launcher reads remote inputs with the workers' settings
     plan = make_plan(cfg)

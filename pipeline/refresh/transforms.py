@@ -9,7 +9,8 @@ among each user's newest events: the job compares no others), users_with_events,
 users_adapted, users_zero_step, users_carried_forward (these three add up to the
 snapshot's rows), cold_users, users_without_features, users_nonfinite (rows whose
 embedding came out NaN or inf: the run then publishes nothing), rows_written, and *_ms
-timers per stage.
+timers per stage (read, combine, side_input: fetching a bucket's users, adapt, release:
+returning memory to the OS after a bucket, write).
 """
 
 from __future__ import annotations
@@ -243,18 +244,19 @@ class AdaptUsers(beam.DoFn):
     ) -> Iterable[tuple[int, pa.Table]]:
         start = time.perf_counter()
         bucket, events = element
-        users, previous = (
-            list(users[bucket]),
-            list(previous[bucket]),
-        )  # multimap side inputs: this bucket's rows
+        users, previous = list(users[bucket]), list(previous[bucket])  # multimap side inputs: this bucket's
+        _counter("side_input_ms").inc(_ms(start))
+        start = time.perf_counter()
         user_table = pa.concat_tables(users) if users else _empty_users(self._state)
         prev = pa.concat_tables(previous) if previous else None
         rows, counts = adapt_bucket(self._state, self.settings, events, user_table, prev)
+        _counter("adapt_ms").inc(_ms(start))
+        start = time.perf_counter()
         release_memory()
+        _counter("release_ms").inc(_ms(start))
         for name in ("adapted", "carried_forward", "without_features", "zero_step", "nonfinite"):
             _counter(f"users_{name}").inc(getattr(counts, name))
         _counter("cold_users").inc(counts.cold)
-        _counter("adapt_ms").inc(_ms(start))
         self._done += rows.num_rows
         if self.fail_after_users is not None and self._done >= self.fail_after_users:
             raise RuntimeError(

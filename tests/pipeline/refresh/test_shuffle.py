@@ -23,16 +23,18 @@ def test_spill_writes_when_full_and_on_flush(tmp_path):
     written += spill.flush()
     assert sorted(b for b, _ in written) == [0, 0, 0, 1, 1]
     got = {k: [] for k in (0, 1)}
-    for bucket, path in written:
-        [spilled] = tables_of(path)  # one record per bucket and flush: the bucket's tables packed once
+    for bucket, ref in written:
+        [spilled] = tables_of(ref)  # one range per bucket and flush: the bucket's tables packed once
         got[bucket] += spilled.column("ts").to_pylist()[::3]
+    assert len({ref.rpartition("#")[0] for _, ref in written}) == 3  # one file per flush
     assert sorted(got[0]) == [0, 2, 4, 6] and sorted(got[1]) == [1, 3, 5]
     assert tables_of(pack(table(9)))[0].equals(table(9))
 
 
 def test_truncated_spill_file_is_reported(tmp_path):
-    [(_, path)] = Spill(str(tmp_path), limit=1).add(0, table(1))
+    [(_, ref)] = Spill(str(tmp_path), limit=1).add(0, table(1))
+    path = ref.rpartition("#")[0]
     data = open(path, "rb").read()
     open(path, "wb").write(data[:-5])
     with pytest.raises(ValueError, match="truncated shuffle file"):
-        read_spilled(path)
+        read_spilled(ref)
