@@ -5,8 +5,9 @@ per pipeline stage (summed over workers) with the adapt step's share, the peak R
 whole process tree (launcher + Beam workers) and of the launcher alone, sampled every
 0.2 s; then the adapt kernel alone on a sample of the same users (the batched inner
 loop of the adapt step, in this process, on a random sample of users, with N torch
-threads: the same total cores; and with one, for reference) and the ratio of end-to-end
-users/s to the kernel's.
+threads: the same total cores; and with one, for reference; timed before and after the
+run, and averaged, as the host's speed drifts) and the ratio of end-to-end users/s to
+the kernel's.
 
     .venv/bin/python benchmarks/refresh_scale.py --users 100000
     .venv/bin/python benchmarks/refresh_scale.py --users 1000000 --workdir runs/bench-refresh
@@ -139,13 +140,16 @@ def main() -> None:
         device=args.device,
     )
     beam_args = ["--direct_running_mode=multi_processing", f"--direct_num_workers={args.workers}"]
+    threads = (1, args.workers)
+    before = {t: kernel_users_per_s(cfg, args.kernel_users, t) for t in threads}  # the host's speed varies:
     cpu = psutil.Process().cpu_times()
     with PeakRss() as rss:
         result = refresh(cfg, beam_args)
     cpu = [a - b for a, b in zip(psutil.Process().cpu_times(), cpu)]  # user, system, children's user, system
     print(f"CPU seconds: launcher {cpu[0] + cpu[1]:.1f}, Beam workers {cpu[2] + cpu[3]:.1f}")
-    kernel = {threads: kernel_users_per_s(cfg, args.kernel_users, threads) for threads in (1, args.workers)}
-    report(result, rss, kernel, args)
+    after = {t: kernel_users_per_s(cfg, args.kernel_users, t) for t in threads}  # kernel before and after
+    print(f"adapt kernel users/s before / after the run: {before} / {after}")
+    report(result, rss, {t: (before[t] + after[t]) / 2 for t in threads}, args)
 
 
 def kernel_users_per_s(cfg: RefreshConfig, n_users: int, threads: int) -> float:

@@ -6,7 +6,7 @@ RefreshSnapshot, one composite transform:
       row groups ──ReadEvents──> (bucket, newest N per user of each batch) ──┐   (packed bytes, or
       one empty seed per bucket ──────────────────────────────────────────────┤    spill files on
         GroupByKey ──> TopNCombineFn ──> (bucket, newest N per user)  <────────┘    local runners)
-    ──> AdaptUsers (users, previous snapshot: per-bucket side inputs) ──> WriteParts (staging)
+    ──> AdaptUsers (users, previous snapshot: side inputs, one element per bucket) ──> WriteParts
     ──> each part's summary ──> ToList ──> WriteShardList (staging/_shards.json)
     dead letters ──> WriteDeadLetters
 
@@ -56,6 +56,7 @@ from pipeline.refresh.transforms import (
     AdaptUsers,
     CountUsers,
     Keyed,
+    OnePerBucket,
     Packed,
     ReadEvents,
     ReadKeyed,
@@ -157,6 +158,7 @@ class RefreshSnapshot(beam.PTransform):
             pbegin
             | "UserChunks" >> beam.Create(plan.user_chunks)
             | "ReadUsers" >> beam.ParDo(ReadKeyed(user_cols, key, plan.buckets)).with_output_types(Keyed)
+            | "UsersByBucket" >> OnePerBucket()
         )
         prev_cols = tuple(snapshot.schema(plan.meta).names)
         previous = (
@@ -164,6 +166,7 @@ class RefreshSnapshot(beam.PTransform):
             | "PreviousChunks" >> beam.Create(plan.previous_chunks)
             | "ReadPrevious"
             >> beam.ParDo(ReadKeyed(prev_cols, "user_id", plan.buckets)).with_output_types(Keyed)
+            | "PreviousByBucket" >> OnePerBucket()
         )
         rows = (
             newest["events"]

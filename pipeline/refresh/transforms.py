@@ -211,6 +211,20 @@ class ReadKeyed(beam.DoFn):
             yield from split_by_bucket(table, self.buckets, self.key)
 
 
+class OnePerBucket(beam.PTransform):
+    """(bucket, rows) pieces -> one (bucket, rows) per bucket. A side input read per bucket is
+    then fetched and decoded once per bucket, not once per input row group: the row groups
+    grow with the users as the buckets do, so the per-piece reads grew as users squared."""
+
+    def expand(self, pieces: beam.PCollection) -> beam.PCollection:
+        return (
+            pieces
+            | "Group" >> beam.GroupByKey()
+            | "Concat"
+            >> beam.MapTuple(lambda b, tables: (b, pa.concat_tables(list(tables)))).with_output_types(Keyed)
+        )
+
+
 class CountUsers(beam.DoFn):
     """Counts users with events as they leave the combine (a check independent of adapt)."""
 
