@@ -200,7 +200,7 @@ def report(result, rss: PeakRss, kernel: dict[int, float], args: argparse.Namesp
     print(f"{'total':<28}{result.seconds:>10.1f}")
     total_ms = sum(result.stage_ms.values()) or 1
     print(f"\n{'stage (summed over workers)':<28}{'seconds':>10}{'share':>8}")
-    for name in ("read_ms", "combine_ms", "side_input_ms", "adapt_ms", "release_ms", "write_ms"):
+    for name in ("read_ms", "combine_ms", "adapt_ms", "release_ms", "write_ms"):
         ms = result.stage_ms.get(name, 0)
         print(f"{name[:-3]:<28}{ms / 1000:>10.1f}{ms / total_ms:>8.1%}")
     ratio = result.users_per_s / kernel[args.workers]

@@ -2,12 +2,11 @@
 recent interactions before `as_of`, on Apache Beam, and publish it as a snapshot.
 
 RefreshSnapshot, one composite transform:
-    NewestEvents:
-      row groups ──ReadEvents──> (bucket, newest N per user of each batch) ──┐   (packed bytes, or
-      one empty seed per bucket ──────────────────────────────────────────────┤    spill files on
-        GroupByKey ──> TopNCombineFn ──> (bucket, newest N per user)  <────────┘    local runners)
-    ──> AdaptUsers (users, previous snapshot: side inputs, one element per bucket) ──> WriteParts
-    ──> each part's summary ──> ToList ──> WriteShardList (staging/_shards.json)
+    row groups ──ReadEvents──> (bucket, newest N per user of each batch) ─┐  one value per bucket and
+    users' rows ──ReadKeyed──> (bucket, feature rows) ─────────────────────┤  bundle flush: packed
+    previous snapshot ──ReadKeyed──> (bucket, rows to carry forward) ──────┤  bytes, or spill files
+        CoGroupByKey by bucket ──> AdaptUsers (merge to each user's newest N, adapt) <─┘  on local runners
+    ──> WriteParts (staging) ──> each part's summary ──> ToList ──> WriteShardList (_shards.json)
     dead letters ──> WriteDeadLetters
 
 All checks that need no data (checkpoint and its feature spec, every input file's
@@ -54,13 +53,9 @@ from pipeline.refresh.transforms import (
     DEAD,
     NS,
     AdaptUsers,
-    CountUsers,
-    Keyed,
-    OnePerBucket,
     Packed,
     ReadEvents,
     ReadKeyed,
-    TopNCombineFn,
     WriteDeadLetters,
     WriteParts,
     WriteShardList,
@@ -81,34 +76,6 @@ class RefreshResult:
     seconds: float
     users_per_s: float
     runner: str
-
-
-class NewestEvents(beam.PTransform):
-    """Row-group chunks -> each bucket's events, at most the newest N per user (main output
-    `events`), and the rejected rows (`dead_letter`: (name, DEAD_LETTER table)).
-
-    Every bucket comes out, with no events too: an empty seed per bucket joins the
-    exchange, so a bucket of users without events still reaches adapt (its cold users).
-    """
-
-    def __init__(self, read: ReadEvents, buckets: int, max_support: int, empty: bytes):
-        super().__init__()
-        self.read, self.buckets, self.max_support, self.empty = read, buckets, max_support, empty
-
-    def expand(self, chunks: beam.PCollection) -> dict[str, beam.PCollection]:
-        read = chunks | "ReadEvents" >> beam.ParDo(self.read).with_output_types(Packed).with_outputs(
-            DEAD, main="events"
-        )
-        seeds = chunks.pipeline | "Buckets" >> beam.Create(
-            [(b, self.empty) for b in range(self.buckets)]
-        ).with_output_types(Packed)
-        events = (
-            (read.events, seeds)
-            | "AllBuckets" >> beam.Flatten()
-            | "GroupBuckets" >> beam.GroupByKey()  # not CombinePerKey: see TopNCombineFn on lifting
-            | "TopN" >> beam.CombineValues(TopNCombineFn(self.max_support)).with_output_types(Keyed)
-        )
-        return {"events": events, DEAD: read[DEAD]}
 
 
 class RefreshSnapshot(beam.PTransform):
@@ -145,38 +112,29 @@ class RefreshSnapshot(beam.PTransform):
             self.read_batch_rows,
             self.spill,
         )
-        newest = (
+        events = (
             pbegin
             | "EventChunks" >> beam.Create(plan.event_chunks)
-            | "NewestEvents"
-            >> NewestEvents(
-                read, plan.buckets, plan.settings.max_support, pack(event_schema(plan.context).empty_table())
-            )
+            | "ReadEvents" >> beam.ParDo(read).with_output_types(Packed).with_outputs(DEAD, main="events")
         )
         user_cols = tuple(dict.fromkeys([key] + [c.name for c in plan.spec.user]))  # the key may be a feature
         users = (
             pbegin
             | "UserChunks" >> beam.Create(plan.user_chunks)
-            | "ReadUsers" >> beam.ParDo(ReadKeyed(user_cols, key, plan.buckets)).with_output_types(Keyed)
-            | "UsersByBucket" >> OnePerBucket()
+            | "ReadUsers" >> beam.ParDo(ReadKeyed(user_cols, key, plan.buckets)).with_output_types(Packed)
         )
         prev_cols = tuple(snapshot.schema(plan.meta).names)
         previous = (
             pbegin
             | "PreviousChunks" >> beam.Create(plan.previous_chunks)
             | "ReadPrevious"
-            >> beam.ParDo(ReadKeyed(prev_cols, "user_id", plan.buckets)).with_output_types(Keyed)
-            | "PreviousByBucket" >> OnePerBucket()
+            >> beam.ParDo(ReadKeyed(prev_cols, "user_id", plan.buckets)).with_output_types(Packed)
         )
+        empty = pack(event_schema(plan.context).empty_table())
         rows = (
-            newest["events"]
-            | "CountUsers" >> beam.ParDo(CountUsers())
-            | "Adapt"
-            >> beam.ParDo(
-                AdaptUsers(plan.settings, self.fail_after_users),
-                users=beam.pvalue.AsMultiMap(users),
-                previous=beam.pvalue.AsMultiMap(previous),
-            )
+            {"events": events.events, "users": users, "previous": previous}
+            | "JoinBuckets" >> beam.CoGroupByKey()
+            | "Adapt" >> beam.ParDo(AdaptUsers(plan.settings, empty, self.fail_after_users))
         )
         shards = (
             rows
@@ -184,7 +142,7 @@ class RefreshSnapshot(beam.PTransform):
             | "GatherShards" >> beam.combiners.ToList()
             | "WriteShardList" >> beam.ParDo(WriteShardList(storage.join(self.staged, SHARDS)))
         )
-        dead = newest[DEAD] | "WriteDeadLetters" >> beam.ParDo(
+        dead = events[DEAD] | "WriteDeadLetters" >> beam.ParDo(
             WriteDeadLetters(storage.join(self.staged, DEAD_LETTER_PARTS))
         )
         return {"shards": shards, "dead_letters": dead}

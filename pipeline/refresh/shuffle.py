@@ -1,16 +1,19 @@
-"""A file-backed exchange of event tables between the read and merge stages, for local runners.
+"""How a read bundle's per-bucket tables reach the join: `BucketBuffer`.
 
-The local FnApiRunner holds a shuffle in its own process, decoded and re-encoded (two
-copies at once, plus allocator slack): at 1M users that is about 1.2 GB of a 4 GB
-budget. With `Spill`, each read bundle buffers its bucket tables and, once `limit` bytes
-are buffered (and when the bundle ends), writes them all to one file, each bucket's
-tables packed once and uncompressed (compressing many small tables one by one cost as
-much as reading them). Only (bucket, reference) pairs go through Beam's GroupByKey, a
-reference being `PATH#OFFSET:LENGTH`: the bucket's byte range in the file. One file per
-flush, not per bucket and flush: the files grow with the events, not with events x
-buckets (at 3M users that was tens of thousands of files). Files of a failed or retried
-bundle are never referenced (Beam drops that bundle's output) and go away with the
-staging directory. Distributed runners keep Beam's own shuffle.
+A read DoFn adds each (bucket, table) piece to its bundle's buffer; once `limit` bytes
+are buffered, and when the bundle ends, every bucket's pieces are concatenated and
+emitted once. The pieces grow as row groups x buckets (both grow with the users), so
+packing or writing each piece alone grew as users squared; a flush emits one value per
+bucket instead.
+
+Two ways out:
+- Beam's shuffle (distributed runners): (bucket, Arrow IPC bytes with zstd).
+- Spill files (local runners, `directory` set): the local FnApiRunner holds a shuffle in
+  its own process, decoded and re-encoded (at 1M users about 1.2 GB of a 4 GB budget).
+  A flush writes one file, each bucket's table packed uncompressed (zstd cost as much CPU
+  as reading the events, for a local file), and emits (bucket, `PATH#OFFSET:LENGTH`): the
+  bucket's byte range. Files of a failed or retried bundle are never referenced (Beam
+  drops that bundle's output) and go away with the staging directory.
 """
 
 from __future__ import annotations
@@ -24,32 +27,38 @@ from pipeline.refresh.arrow import pack, unpack
 SHUFFLE_DIR = "_shuffle"  # under the run's staging directory
 
 
-class Spill:
-    """Buffers event tables per bucket; writes them to one file when `limit` bytes are buffered."""
+class BucketBuffer:
+    """Buffers tables per bucket; emits one value per bucket when `limit` bytes are buffered
+    and on `flush`: packed bytes, or a spill-file reference when `directory` is set."""
 
-    def __init__(self, directory: str, limit: int = 64 << 20):
+    def __init__(self, directory: str | None = None, limit: int = 64 << 20):
         self.directory, self.limit = directory, limit
         self._parts: dict[int, list[pa.Table]] = {}
         self._size, self._flushes = 0, 0
 
-    def add(self, bucket: int, table: pa.Table) -> list[tuple[int, str]]:
-        """Buffer one table; returns the (bucket, path) of files written, if this filled the buffer."""
+    def add(self, bucket: int, table: pa.Table) -> list[tuple[int, bytes | str]]:
+        """Buffer one table; returns what a flush emitted, if this filled the buffer."""
         self._parts.setdefault(bucket, []).append(table)
         self._size += table.nbytes
         return self.flush() if self._size >= self.limit else []
 
-    def flush(self) -> list[tuple[int, str]]:
-        """Write every buffered bucket into one file; returns (bucket, reference) pairs."""
+    def flush(self) -> list[tuple[int, bytes | str]]:
+        """Emit every buffered bucket once: (bucket, packed bytes) or (bucket, spill reference)."""
+        merged = [(b, pa.concat_tables(tables).combine_chunks()) for b, tables in sorted(self._parts.items())]
+        self._parts, self._size = {}, 0
+        if not merged:
+            return []
+        if self.directory is None:
+            return [(b, pack(table)) for b, table in merged]
         path = FileSystems.join(self.directory, f"{self._flushes:05d}.bin")
+        self._flushes += 1
         out, offset = [], 0
         with FileSystems.create(path, compression_type=CompressionTypes.UNCOMPRESSED) as fh:
-            for bucket, tables in sorted(self._parts.items()):
-                blob = pack(pa.concat_tables(tables).combine_chunks(), compression=None)  # a local file
+            for bucket, table in merged:
+                blob = pack(table, compression=None)  # a local file
                 fh.write(blob)
                 out.append((bucket, f"{path}#{offset}:{len(blob)}"))
                 offset += len(blob)
-        self._parts, self._size = {}, 0
-        self._flushes += 1
         return out
 
 
@@ -68,6 +77,6 @@ def read_spilled(ref: str) -> bytes:
     return data
 
 
-def tables_of(ref: bytes | str) -> list[pa.Table]:
-    """The event tables behind a shuffled value: packed bytes (Beam shuffle) or a spill reference."""
-    return [unpack(ref if isinstance(ref, bytes) else read_spilled(ref))]
+def table_of(ref: bytes | str) -> pa.Table:
+    """The table behind a shuffled value: packed bytes (Beam's shuffle) or a spill reference."""
+    return unpack(ref if isinstance(ref, bytes) else read_spilled(ref))

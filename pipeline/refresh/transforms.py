@@ -1,7 +1,9 @@
 """The Beam transforms of the refresh job. Elements are Arrow tables keyed by user
-bucket, never single events: a row group is read, validated, filtered to ts < as_of
-and cut to each user's newest N events with vectorized code, then merged per bucket by
-a top-N CombineFn whose accumulator holds at most N events per user.
+bucket, never single events: a row group is read, validated, filtered to ts < as_of and
+cut to each user's newest N events with vectorized code; each bundle emits one value per
+bucket (`shuffle.BucketBuffer`); the bucket's events, feature rows and previous rows are
+joined by bucket (CoGroupByKey) and `AdaptUsers` merges the events to each user's newest
+N (`TopNCombineFn`, whose accumulator holds at most N events per user) and adapts.
 
 Counters (namespace "refresh"): events_read, events_used, dead_lettered,
 duplicates_across_batches (exact duplicates in different row groups or files, found
@@ -9,8 +11,8 @@ among each user's newest events: the job compares no others), users_with_events,
 users_adapted, users_zero_step, users_carried_forward (these three add up to the
 snapshot's rows), cold_users, users_without_features, users_nonfinite (rows whose
 embedding came out NaN or inf: the run then publishes nothing), rows_written, and *_ms
-timers per stage (read, combine, side_input: fetching a bucket's users, adapt, release:
-returning memory to the OS after a bucket, write).
+timers per stage (read, combine: merging a bucket's events, adapt, release: returning
+memory to the OS after a bucket, write).
 """
 
 from __future__ import annotations
@@ -46,7 +48,7 @@ from pipeline.refresh.arrow import (
 )
 from pipeline.refresh.inputs import Chunk, open_parquet, read_all
 from pipeline.refresh.runners import release_memory
-from pipeline.refresh.shuffle import Spill, tables_of
+from pipeline.refresh.shuffle import BucketBuffer, table_of
 
 NS = "refresh"
 DEAD = "dead_letter"
@@ -71,8 +73,7 @@ class ArrowTableCoder(beam.coders.Coder):
 beam.coders.registry.register_coder(
     pa.Table, ArrowTableCoder
 )  # used where a PCollection is hinted with pa.Table
-Keyed = tuple[int, pa.Table]
-Packed = tuple[int, bytes | str]  # a bucket's events: `pack`ed bytes or a spill file
+Packed = tuple[int, bytes | str]  # a bucket's rows: `pack`ed bytes or a spill reference
 
 
 def _counter(name: str):
@@ -98,7 +99,8 @@ def _batches(chunk: Chunk, columns: list[str], rows: int) -> Iterator[pa.Table]:
 
 
 class ReadEvents(beam.DoFn):
-    """Chunk -> (bucket, packed event table): valid events before as_of, each user's newest N per batch.
+    """Chunks -> (bucket, packed event table or spill reference): valid events before as_of,
+    each user's newest N per batch, one value per bucket and flush of the bundle's buffer.
 
     Invalid rows go to the `dead_letter` output as (name, DEAD_LETTER table).
     """
@@ -122,19 +124,19 @@ class ReadEvents(beam.DoFn):
             buckets,
             batch_rows,
         )
-        self.spill_dir = spill_dir  # set: emit (bucket, spill file path) instead of (bucket, packed bytes)
+        self.spill_dir = spill_dir  # set: emit (bucket, spill reference) instead of (bucket, packed bytes)
 
     def setup(self) -> None:
         items = read_all(self.item_files, [self.item_key])
         self._items = items.column(self.item_key).combine_chunks().cast(pa.string())
-        self._spill: Spill | None = None
 
     def start_bundle(self) -> None:
-        self._spill = Spill(FileSystems.join(self.spill_dir, uuid.uuid4().hex)) if self.spill_dir else None
+        spill = FileSystems.join(self.spill_dir, uuid.uuid4().hex) if self.spill_dir else None
+        self._buffer = BucketBuffer(spill)
 
     def finish_bundle(self) -> Iterable[WindowedValue]:
-        for bucket_path in self._spill.flush() if self._spill else []:
-            yield GlobalWindows.windowed_value(bucket_path)
+        for bucket_value in self._buffer.flush():
+            yield GlobalWindows.windowed_value(bucket_value)
 
     def events(self, good: pa.Table) -> pa.Table:
         """Valid interaction rows -> the compact event table, keeping ts < as_of."""
@@ -159,17 +161,17 @@ class ReadEvents(beam.DoFn):
             events = self.events(good)
             _counter("events_used").inc(events.num_rows)
             for bucket, part in split_by_bucket(top_n(events, self.max_support), self.buckets):
-                yield from self._spill.add(bucket, part) if self._spill else [(bucket, pack(part))]
+                yield from self._buffer.add(bucket, part)
         release_memory()  # return freed batch memory to the OS between chunks
         _counter("read_ms").inc(_ms(start))
 
 
 class TopNCombineFn(beam.CombineFn):
-    """Per-bucket merge of packed event tables to each user's newest N; memory stays O(N x users).
+    """Merge of a bucket's event tables to each user's newest N; memory stays O(N x users).
 
-    The job applies it after a GroupByKey (CombineValues) rather than as a lifted
-    CombinePerKey: ReadEvents already cuts every batch to each user's newest N, and a
-    lifted pre-combine on a local runner keeps one bundle's (a worker's whole share of)
+    `AdaptUsers` applies it to the values the join brought for a bucket, rather than a
+    lifted CombinePerKey: ReadEvents already cuts every batch to each user's newest N, and
+    a lifted pre-combine on a local runner keeps one bundle's (a worker's whole share of)
     accumulators in memory until the bundle ends.
     """
 
@@ -180,7 +182,10 @@ class TopNCombineFn(beam.CombineFn):
         return []
 
     def _compact(self, tables: list[pa.Table], force: bool = False) -> list[pa.Table]:
-        if len(tables) < 2 or (not force and sum(t.num_rows for t in tables) < self.compact_rows):
+        """Merge the tables once they hold `compact_rows` rows, or always when forced (one
+        table too: a buffered value may hold several batches of a user)."""
+        small = len(tables) < 2 or sum(t.num_rows for t in tables) < self.compact_rows
+        if not tables or (small and not force):
             return tables
         start = time.perf_counter()
         merged, duplicates = top_n_counted(pa.concat_tables(tables), self.n)
@@ -190,7 +195,7 @@ class TopNCombineFn(beam.CombineFn):
         return out
 
     def add_input(self, acc: list[pa.Table], ref: bytes | str) -> list[pa.Table]:
-        acc.extend(tables_of(ref))
+        acc.append(table_of(ref))
         return self._compact(acc)
 
     def merge_accumulators(self, accs: Iterable[list[pa.Table]]) -> list[pa.Table]:
@@ -201,66 +206,58 @@ class TopNCombineFn(beam.CombineFn):
 
 
 class ReadKeyed(beam.DoFn):
-    """Chunk -> (bucket, rows) of `columns`, for tables joined to the events by user bucket."""
+    """Chunks -> (bucket, packed rows of `columns`), one value per bucket and flush of the
+    bundle's buffer, for tables joined to the events by user bucket."""
 
     def __init__(self, columns: tuple[str, ...], key: str, buckets: int):
         self.columns, self.key, self.buckets = columns, key, buckets
 
-    def process(self, chunk: Chunk) -> Iterable[tuple[int, pa.Table]]:
+    def start_bundle(self) -> None:
+        self._buffer = BucketBuffer()
+
+    def process(self, chunk: Chunk) -> Iterable[tuple[int, bytes | str]]:
         for table in _batches(chunk, list(self.columns), 1 << 18):
-            yield from split_by_bucket(table, self.buckets, self.key)
+            for bucket, part in split_by_bucket(table, self.buckets, self.key):
+                yield from self._buffer.add(bucket, part)
 
-
-class OnePerBucket(beam.PTransform):
-    """(bucket, rows) pieces -> one (bucket, rows) per bucket. A side input read per bucket is
-    then fetched and decoded once per bucket, not once per input row group: the row groups
-    grow with the users as the buckets do, so the per-piece reads grew as users squared."""
-
-    def expand(self, pieces: beam.PCollection) -> beam.PCollection:
-        return (
-            pieces
-            | "Group" >> beam.GroupByKey()
-            | "Concat"
-            >> beam.MapTuple(lambda b, tables: (b, pa.concat_tables(list(tables)))).with_output_types(Keyed)
-        )
-
-
-class CountUsers(beam.DoFn):
-    """Counts users with events as they leave the combine (a check independent of adapt)."""
-
-    def process(self, element: tuple[int, pa.Table]) -> Iterable[tuple[int, pa.Table]]:
-        _counter("users_with_events").inc(len(user_runs(element[1])[0]))
-        yield element
+    def finish_bundle(self) -> Iterable[WindowedValue]:
+        for bucket_value in self._buffer.flush():
+            yield GlobalWindows.windowed_value(bucket_value)
 
 
 class AdaptUsers(beam.DoFn):
-    """(bucket, events) + users and previous rows of the bucket -> (bucket, snapshot rows).
+    """(bucket, {"events", "users", "previous": the bucket's values}) -> (bucket, snapshot rows).
 
-    Loads the checkpoint once per worker in setup() (checking the feature-spec hash).
-    `fail_after_users` is a fault hook for tests: raise once this many users were done.
+    Merges the bucket's events to each user's newest N, counts its users with events (a
+    check independent of adapt), and adapts. Loads the checkpoint once per worker in
+    setup() (checking the feature-spec hash). `empty` is the packed empty event table (a
+    bucket of cold users has none). `fail_after_users` is a fault hook for tests: raise
+    once this many users were done.
     """
 
-    def __init__(self, settings: AdaptSettings, fail_after_users: int | None = None):
-        self.settings, self.fail_after_users = settings, fail_after_users
+    def __init__(self, settings: AdaptSettings, empty: bytes, fail_after_users: int | None = None):
+        self.settings, self.empty, self.fail_after_users = settings, empty, fail_after_users
 
     def setup(self) -> None:
         import torch
 
         torch.set_num_threads(self.settings.torch_threads)
         self._state = load_adapt_state(self.settings)
+        self._merge = TopNCombineFn(self.settings.max_support)
         self._done = 0
 
     def process(
-        self,
-        element: tuple[int, pa.Table],
-        users: Mapping[int, Iterable[pa.Table]],
-        previous: Mapping[int, Iterable[pa.Table]],
+        self, element: tuple[int, Mapping[str, Iterable[bytes | str]]]
     ) -> Iterable[tuple[int, pa.Table]]:
+        bucket, joined = element
+        acc = self._merge.create_accumulator()
+        for ref in joined["events"]:
+            acc = self._merge.add_input(acc, ref)
+        events = self._merge.extract_output(acc) if acc else unpack(self.empty)
+        _counter("users_with_events").inc(len(user_runs(events)[0]))
         start = time.perf_counter()
-        bucket, events = element
-        users, previous = list(users[bucket]), list(previous[bucket])  # multimap side inputs: this bucket's
-        _counter("side_input_ms").inc(_ms(start))
-        start = time.perf_counter()
+        users = [table_of(ref) for ref in joined["users"]]
+        previous = [table_of(ref) for ref in joined["previous"]]
         user_table = pa.concat_tables(users) if users else _empty_users(self._state)
         prev = pa.concat_tables(previous) if previous else None
         rows, counts = adapt_bucket(self._state, self.settings, events, user_table, prev)

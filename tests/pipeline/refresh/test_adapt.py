@@ -16,7 +16,7 @@ from meta_embed import checkpoint, snapshot
 from meta_embed.checkpoint import CheckpointError
 from meta_embed.tables import INTERACTIONS
 from pipeline.refresh.adapt import AdaptSettings, adapt_bucket, load_adapt_state
-from pipeline.refresh.arrow import bucket_of, top_n, unpack
+from pipeline.refresh.arrow import bucket_of, event_schema, pack, top_n, unpack
 from pipeline.refresh.inputs import chunks, list_files
 from pipeline.refresh.transforms import AdaptUsers, ReadEvents
 from tests.pipeline.refresh.refresh_fixtures import (
@@ -55,8 +55,10 @@ def events(ds, settings):
     """All valid events before AS_OF as one top-N event table, read through ReadEvents."""
     read = ReadEvents((ds.items,), "item_id", int(AS_OF.timestamp() * 1e6), "label", (), MAX_SUPPORT, 1)
     read.setup()
+    read.start_bundle()
     files = list_files(ds.interactions)
     out = [t for c in chunks(files, INTERACTIONS) for t in read.process(c) if isinstance(t, tuple)]
+    out += [w.value for w in read.finish_bundle()]
     return top_n(pa.concat_tables([unpack(t) for _, t in out]), MAX_SUPPORT)
 
 
@@ -129,26 +131,43 @@ def test_load_adapt_state_refuses_another_feature_spec(settings):
         load_adapt_state(dataclasses.replace(settings, spec_hash="0" * 16))
 
 
+def joined(events: pa.Table, users: pa.Table | None = None) -> dict[str, list[bytes]]:
+    """What the join brings AdaptUsers for a bucket: its packed events, users and previous rows."""
+    return {"events": [pack(events)], "users": [pack(users)] if users is not None else [], "previous": []}
+
+
+EMPTY = pack(event_schema().empty_table())
+
+
 def test_dofn_process_directly_and_fault_hook(settings, events, ds, whole):
     users = pq.read_table(ds.users)
-    dofn = AdaptUsers(settings)
+    dofn = AdaptUsers(settings, EMPTY)
     dofn.setup()
-    [(bucket, rows)] = list(
-        dofn.process((0, events), users={0: [users]}, previous=collections.defaultdict(list))
-    )
+    [(bucket, rows)] = list(dofn.process((0, joined(events, users))))
     assert bucket == 0 and rows.equals(whole[0])
-    failing = AdaptUsers(settings, fail_after_users=10)
+    failing = AdaptUsers(settings, EMPTY, fail_after_users=10)
     failing.setup()
     with pytest.raises(RuntimeError, match="injected fault"):
-        list(failing.process((0, events), users={0: [users]}, previous=collections.defaultdict(list)))
+        list(failing.process((0, joined(events, users))))
+
+
+def test_dofn_merges_a_buckets_events_from_many_values(settings, events, ds, whole):
+    """The join may bring a bucket's events as many values (one per read bundle), with a user's
+    events spread over them, repeated, and more than N: the merge gives the same rows."""
+    users = pq.read_table(ds.users)
+    halves = [events.slice(0, events.num_rows // 2), events.slice(events.num_rows // 3)]  # overlapping
+    dofn = AdaptUsers(settings, EMPTY)
+    dofn.setup()
+    parts = {"events": [pack(t) for t in halves], "users": [pack(users.slice(0, 20)), pack(users.slice(20))],
+             "previous": []}  # fmt: skip
+    [(_, rows)] = list(dofn.process((0, parts)))
+    assert rows.equals(whole[0])
 
 
 def test_dofn_without_feature_rows_uses_defaults(settings, events):
-    dofn = AdaptUsers(settings)
+    dofn = AdaptUsers(settings, EMPTY)
     dofn.setup()
-    [(_, rows)] = list(
-        dofn.process((0, events), users=collections.defaultdict(list), previous=collections.defaultdict(list))
-    )
+    [(_, rows)] = list(dofn.process((0, joined(events))))
     assert (
         rows.num_rows == 48 and rows["n_support"].to_numpy().min() > 0
     )  # no cold users without features rows
@@ -162,16 +181,10 @@ def test_dofn_in_a_test_pipeline(settings, events, ds, whole):
     users = pq.read_table(ds.users)
     expected = [(u, n) for u, n in zip(whole[0]["user_id"].to_pylist(), whole[0]["n_support"].to_pylist())]
     with TestPipeline(runner="FnApiRunner") as p:
-        side = p | "Users" >> beam.Create([(0, users)])
-        prev = p | "Prev" >> beam.Create([]).with_output_types(tuple[int, pa.Table])
         rows = (
             p
-            | beam.Create([(0, events)])
-            | beam.ParDo(
-                AdaptUsers(settings),
-                users=beam.pvalue.AsMultiMap(side),
-                previous=beam.pvalue.AsMultiMap(prev),
-            )
+            | beam.Create([(0, joined(events, users))])
+            | beam.ParDo(AdaptUsers(settings, EMPTY))
             | beam.FlatMap(lambda kv: zip(kv[1]["user_id"].to_pylist(), kv[1]["n_support"].to_pylist()))
         )
         assert_that(rows, equal_to(expected))
