@@ -5,9 +5,9 @@ per pipeline stage (summed over workers) with the adapt step's share, the peak R
 whole process tree (launcher + Beam workers) and of the launcher alone, sampled every
 0.2 s; then the adapt kernel alone on a sample of the same users (the batched inner
 loop of the adapt step, in this process, on a random sample of users, with N torch
-threads: the same total cores; and with one, for reference; timed before and after the
-run, and averaged, as the host's speed drifts) and the ratio of end-to-end users/s to
-the kernel's.
+threads: the same total cores; and with one, for reference; timed in fresh processes
+before and after the run and averaged, as the host's speed drifts) and the ratio of
+end-to-end users/s to the kernel's.
 
     .venv/bin/python benchmarks/refresh_scale.py --users 100000
     .venv/bin/python benchmarks/refresh_scale.py --users 1000000 --workdir runs/bench-refresh
@@ -26,6 +26,8 @@ import dataclasses
 import datetime as dt
 import json
 import shutil
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -59,6 +61,7 @@ class PeakRss:
 
     def __init__(self, interval: float = 0.2):
         self.interval, self.peak, self.launcher, self._stop = interval, 0, 0, threading.Event()
+        self.each: dict[int, int] = {}  # peak RSS of every process seen, by pid
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     def _run(self) -> None:
@@ -67,9 +70,11 @@ class PeakRss:
             total = 0
             for p in [me, *me.children(recursive=True)]:
                 try:
-                    total += p.memory_info().rss
+                    rss = p.memory_info().rss
                 except psutil.Error:
-                    pass
+                    continue
+                total += rss
+                self.each[p.pid] = max(self.each.get(p.pid, 0), rss)
             self.peak = max(self.peak, total)
             self.launcher = max(self.launcher, me.memory_info().rss)
             time.sleep(self.interval)
@@ -125,10 +130,10 @@ def main() -> None:
     parser.add_argument("--device", choices=DEVICES, default="cpu", help="where the adapt step runs")
     parser.add_argument("--out", help="snapshot root (default WORKDIR/snapshots-USERS; an s3:// URL works)")
     parser.add_argument("--kernel-users", type=int, default=50_000, help="users in the kernel-only timing")
+    parser.add_argument("--kernel-only", action="store_true", help="print the kernel's users/s as JSON, only")
     args = parser.parse_args()
     data, as_of = make_inputs(args.workdir, args.users, args.events_per_user, args.items)
     out = args.out or str(args.workdir / f"snapshots-{args.users}")
-    storage.delete_tree(out)
     cfg = RefreshConfig(
         str(data / "interactions"),
         str(data / "users.parquet"),
@@ -139,17 +144,28 @@ def main() -> None:
         batch_size=args.batch_size,
         device=args.device,
     )
-    beam_args = ["--direct_running_mode=multi_processing", f"--direct_num_workers={args.workers}"]
     threads = (1, args.workers)
-    before = {t: kernel_users_per_s(cfg, args.kernel_users, t) for t in threads}  # the host's speed varies:
+    if args.kernel_only:
+        print(json.dumps({t: kernel_users_per_s(cfg, args.kernel_users, t) for t in threads}))
+        return
+    before = fresh_kernel()  # in a process of its own: a refresh changes how this one allocates
+    storage.delete_tree(out)
+    beam_args = ["--direct_running_mode=multi_processing", f"--direct_num_workers={args.workers}"]
     cpu = psutil.Process().cpu_times()
     with PeakRss() as rss:
         result = refresh(cfg, beam_args)
     cpu = [a - b for a, b in zip(psutil.Process().cpu_times(), cpu)]  # user, system, children's user, system
     print(f"CPU seconds: launcher {cpu[0] + cpu[1]:.1f}, Beam workers {cpu[2] + cpu[3]:.1f}")
-    after = {t: kernel_users_per_s(cfg, args.kernel_users, t) for t in threads}  # kernel before and after
+    after = fresh_kernel()  # the host's speed drifts: the kernel before and after the run, averaged
     print(f"adapt kernel users/s before / after the run: {before} / {after}")
     report(result, rss, {t: (before[t] + after[t]) / 2 for t in threads}, args)
+
+
+def fresh_kernel() -> dict[int, float]:
+    """`kernel_users_per_s` at 1 and N threads, timed by this script in a new process."""
+    done = subprocess.run([sys.executable, __file__, *sys.argv[1:], "--kernel-only"], capture_output=True,
+                          text=True, check=True)  # fmt: skip
+    return {int(t): v for t, v in json.loads(done.stdout.strip().splitlines()[-1]).items()}
 
 
 def kernel_users_per_s(cfg: RefreshConfig, n_users: int, threads: int) -> float:
@@ -211,7 +227,9 @@ def report(result, rss: PeakRss, kernel: dict[int, float], args: argparse.Namesp
     print(f"{'adapt kernel, 1 thread':<44}{kernel[1]:>10,.0f}")
     print(f"{'adapt stage in the pipeline, per worker':<44}{in_pipeline:>10,.0f}")
     print(f"{'ratio end to end / kernel':<44}{ratio:>10.2f}   ({args.kernel_users:,} random users)")
-    print(f"\npeak RSS: process tree {rss.peak / 2**30:.2f} GB, launcher {rss.launcher / 2**30:.2f} GB; "
+    others = sorted((v for pid, v in rss.each.items() if pid != psutil.Process().pid), reverse=True)[:4]
+    print(f"\npeak RSS of the largest other processes (GB): {[round(v / 2**30, 2) for v in others]}")
+    print(f"peak RSS: process tree {rss.peak / 2**30:.2f} GB, launcher {rss.launcher / 2**30:.2f} GB; "
           f"finalize {result.phase_s['finalize']:.2f} s; out {args.out or 'local disk'}")  # fmt: skip
     print(f"summary users={c['users']} users_per_s={result.users_per_s:.0f} "
           f"peak_rss_gb={rss.peak / 2**30:.2f} kernel_ratio={ratio:.2f} "
