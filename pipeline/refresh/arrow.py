@@ -78,17 +78,17 @@ def bucket_of(user_ids: pa.Array | pa.ChunkedArray, buckets: int) -> np.ndarray:
 
 
 def split_by_bucket(table: pa.Table, buckets: int, key: str = "user_id") -> list[tuple[int, pa.Table]]:
-    """(bucket, rows of that bucket) for every non-empty bucket; each part is a compact copy."""
+    """(bucket, rows of that bucket) for every non-empty bucket, in bucket order: the rows are
+    gathered once in bucket order and each part is a slice of that copy."""
     if table.num_rows == 0:
         return []
     b = bucket_of(table.column(key), buckets)
     order = np.argsort(b, kind="stable")
+    rows = table.take(pa.array(order))
     sorted_b = b[order]
-    cuts = np.flatnonzero(np.diff(sorted_b)) + 1
-    out = []
-    for rows in np.split(order, cuts):
-        out.append((int(b[rows[0]]), table.take(pa.array(rows))))
-    return out
+    starts = np.concatenate([[0], np.flatnonzero(np.diff(sorted_b)) + 1])
+    ends = np.append(starts[1:], len(order))
+    return [(int(sorted_b[lo]), rows.slice(lo, hi - lo)) for lo, hi in zip(starts, ends)]
 
 
 def _same_as_previous(col: pa.ChunkedArray | pa.Array) -> np.ndarray:

@@ -40,7 +40,6 @@ from pipeline.refresh.arrow import (
     bucket_of,
     event_schema,
     pack,
-    split_by_bucket,
     top_n,
     top_n_counted,
     unpack,
@@ -132,7 +131,7 @@ class ReadEvents(beam.DoFn):
 
     def start_bundle(self) -> None:
         spill = FileSystems.join(self.spill_dir, uuid.uuid4().hex) if self.spill_dir else None
-        self._buffer = BucketBuffer(spill)
+        self._buffer = BucketBuffer(self.buckets, directory=spill)
 
     def finish_bundle(self) -> Iterable[WindowedValue]:
         for bucket_value in self._buffer.flush():
@@ -160,8 +159,7 @@ class ReadEvents(beam.DoFn):
                 yield beam.pvalue.TaggedOutput(DEAD, (f"{tag}-{chunk.row_group:05d}-{k:05d}", dead))
             events = self.events(good)
             _counter("events_used").inc(events.num_rows)
-            for bucket, part in split_by_bucket(top_n(events, self.max_support), self.buckets):
-                yield from self._buffer.add(bucket, part)
+            yield from self._buffer.add(top_n(events, self.max_support))
         release_memory()  # return freed batch memory to the OS between chunks
         _counter("read_ms").inc(_ms(start))
 
@@ -213,12 +211,11 @@ class ReadKeyed(beam.DoFn):
         self.columns, self.key, self.buckets = columns, key, buckets
 
     def start_bundle(self) -> None:
-        self._buffer = BucketBuffer()
+        self._buffer = BucketBuffer(self.buckets, self.key)
 
     def process(self, chunk: Chunk) -> Iterable[tuple[int, bytes | str]]:
         for table in _batches(chunk, list(self.columns), 1 << 18):
-            for bucket, part in split_by_bucket(table, self.buckets, self.key):
-                yield from self._buffer.add(bucket, part)
+            yield from self._buffer.add(table)
 
     def finish_bundle(self) -> Iterable[WindowedValue]:
         for bucket_value in self._buffer.flush():
