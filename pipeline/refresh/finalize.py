@@ -16,7 +16,6 @@ from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
-from apache_beam.io.filesystems import FileSystems
 
 from meta_embed import snapshot, storage
 from meta_embed.tables import DEAD_LETTER
@@ -70,11 +69,10 @@ def plan_previous(
 def merge_dead_letters(staged: str) -> int:
     """Merge the pipeline's dead-letter shards into staged/dead_letter.parquet; returns the row count."""
     parts_dir = storage.join(staged, DEAD_LETTER_PARTS)
-    found = FileSystems.match([storage.join(parts_dir, "dl-*.parquet")])[0].metadata_list
-    parts = sorted(m.path for m in found)
+    parts = [storage.join(parts_dir, n) for n in storage.listdir(parts_dir) if n.endswith(".parquet")]
     table = DEAD_LETTER.empty_table()
     if parts:
-        table = pa.concat_tables([pq.read_table(FileSystems.open(p)) for p in parts])
+        table = pa.concat_tables([pq.read_table(pa.BufferReader(storage.read_bytes(p))) for p in parts])
         table = table.sort_by([("source", "ascending"), ("row", "ascending")])
         storage.write_bytes(storage.join(staged, DEAD_LETTER_FILE), snapshot.parquet_bytes(table))
         storage.delete_tree(parts_dir)

@@ -138,12 +138,13 @@ class RefreshSnapshot(beam.PTransform):
         )
         shards = (
             rows
-            | "WriteParts" >> beam.ParDo(WriteParts(self.staged, plan.meta, plan.buckets))
+            | "WriteParts" >> beam.ParDo(WriteParts(self.staged, plan.meta, plan.buckets, plan.settings.s3))
             | "GatherShards" >> beam.combiners.ToList()
-            | "WriteShardList" >> beam.ParDo(WriteShardList(storage.join(self.staged, SHARDS)))
+            | "WriteShardList"
+            >> beam.ParDo(WriteShardList(storage.join(self.staged, SHARDS), plan.settings.s3))
         )
         dead = events[DEAD] | "WriteDeadLetters" >> beam.ParDo(
-            WriteDeadLetters(storage.join(self.staged, DEAD_LETTER_PARTS))
+            WriteDeadLetters(storage.join(self.staged, DEAD_LETTER_PARTS), plan.settings.s3)
         )
         return {"shards": shards, "dead_letters": dead}
 
