@@ -82,7 +82,9 @@ class ServingState:
         return self.store.name
 
 
-def checkpoint_candidates(root: Path, manifest: dict[str, Any], fallback: Path | None) -> list[Path | str]:
+def checkpoint_candidates(
+    root: Path, manifest: dict[str, Any], fallback: Path | str | None
+) -> list[Path | str]:
     """Where the snapshot's checkpoint may be, in order: the manifest's `checkpoint` key, the
     refresh config recorded in the manifest (`config.checkpoint`), ROOT/MODEL, then `fallback`.
 
@@ -98,14 +100,17 @@ def checkpoint_candidates(root: Path, manifest: dict[str, Any], fallback: Path |
     if (root / MODEL_POINTER).is_file():
         named.append((root / MODEL_POINTER).read_text().strip())
     paths: list[Path | str] = []
-    for name in filter(None, named):
-        p = Path(str(name))
-        paths += [str(name)] if storage.is_remote(name) else [p] if p.is_absolute() else [root / p, p]
+    for name in (str(n) for n in named if n):
+        if storage.is_remote(name):
+            paths.append(name)
+        else:
+            p = Path(name)
+            paths += [p] if p.is_absolute() else [root / p, p]
     paths += [fallback] if fallback is not None else []
     return list(dict.fromkeys(paths))  # in order, without repeats
 
 
-def matching_checkpoint(root: Path, manifest: dict[str, Any], fallback: Path | None) -> Checkpoint:
+def matching_checkpoint(root: Path, manifest: dict[str, Any], fallback: Path | str | None) -> Checkpoint:
     """Load the first candidate checkpoint whose model_version is the snapshot's."""
     want, tried = manifest["model_version"], []
     for path in checkpoint_candidates(root, manifest, fallback):

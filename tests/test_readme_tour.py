@@ -18,7 +18,7 @@ import httpx
 import numpy as np
 import pytest
 
-from tests.serving.test_live import free_port
+from tests.servers import free_port
 
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[1]

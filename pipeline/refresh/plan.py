@@ -75,7 +75,8 @@ def plan(cfg: RefreshConfig) -> Plan:
     )
     prev_chunks = inputs.chunks(previous.files, snapshot.schema(meta)) if previous.files else []
     context = inputs.open_parquet(files["interactions"][0]).schema_arrow
-    users = sum(c.rows for c in user_chunks) + sum(c.rows for c in event_chunks) // 30
+    # users: the feature rows, or about 30 events per user where there are more of those
+    users = max(sum(c.rows for c in user_chunks), sum(c.rows for c in event_chunks) // 30)
     settings = AdaptSettings(
         str(cfg.checkpoint),
         spec.hash,

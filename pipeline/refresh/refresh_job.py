@@ -121,14 +121,15 @@ class RefreshSnapshot(beam.PTransform):
         users = (
             pbegin
             | "UserChunks" >> beam.Create(plan.user_chunks)
-            | "ReadUsers" >> beam.ParDo(ReadKeyed(user_cols, key, plan.buckets)).with_output_types(Packed)
+            | "ReadUsers"
+            >> beam.ParDo(ReadKeyed(user_cols, key, plan.buckets, self.spill)).with_output_types(Packed)
         )
         prev_cols = tuple(snapshot.schema(plan.meta).names)
         previous = (
             pbegin
             | "PreviousChunks" >> beam.Create(plan.previous_chunks)
             | "ReadPrevious"
-            >> beam.ParDo(ReadKeyed(prev_cols, "user_id", plan.buckets)).with_output_types(Packed)
+            >> beam.ParDo(ReadKeyed(prev_cols, "user_id", plan.buckets, self.spill)).with_output_types(Packed)
         )
         empty = pack(event_schema(plan.context).empty_table())
         rows = (

@@ -204,14 +204,15 @@ class TopNCombineFn(beam.CombineFn):
 
 
 class ReadKeyed(beam.DoFn):
-    """Chunks -> (bucket, packed rows of `columns`), one value per bucket and flush of the
-    bundle's buffer, for tables joined to the events by user bucket."""
+    """Chunks -> (bucket, packed rows of `columns` or spill reference), one value per bucket
+    and flush of the bundle's buffer, for tables joined to the events by user bucket."""
 
-    def __init__(self, columns: tuple[str, ...], key: str, buckets: int):
-        self.columns, self.key, self.buckets = columns, key, buckets
+    def __init__(self, columns: tuple[str, ...], key: str, buckets: int, spill_dir: str | None = None):
+        self.columns, self.key, self.buckets, self.spill_dir = columns, key, buckets, spill_dir
 
     def start_bundle(self) -> None:
-        self._buffer = BucketBuffer(self.buckets, self.key)
+        spill = FileSystems.join(self.spill_dir, uuid.uuid4().hex) if self.spill_dir else None
+        self._buffer = BucketBuffer(self.buckets, self.key, spill)
 
     def process(self, chunk: Chunk) -> Iterable[tuple[int, bytes | str]]:
         for table in _batches(chunk, list(self.columns), 1 << 18):

@@ -20,7 +20,8 @@ import pytest
 
 from meta_embed import snapshot
 from serving.state import Sources, load_state
-from tests.serving.test_live import AS_OF, REPO, free_port
+from tests.servers import free_port
+from tests.serving.test_live import AS_OF, REPO
 from tests.serving.world import build_world, publish, serve_command
 
 pytestmark = pytest.mark.slow

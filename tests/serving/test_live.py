@@ -10,7 +10,6 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
-import socket
 import subprocess
 import threading
 import time
@@ -24,6 +23,7 @@ import torch
 
 from meta_embed import checkpoint
 from meta_embed.features import encode, take
+from tests.servers import free_port
 from tests.serving.world import (
     MAML_CFG,
     SPEC,
@@ -39,12 +39,6 @@ REPO = Path(__file__).resolve().parents[2]
 ITEMS = [f"i{r}" for r in range(0, 300, 15)]
 AS_OF = dt.datetime(2030, 1, 1, tzinfo=dt.UTC)
 MAX_REQUESTS, MAX_SECONDS = 4000, 90.0
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(params=[1, 2], ids=["1-worker", "2-workers"])

@@ -16,14 +16,9 @@ from meta_embed import snapshot
 from pipeline.refresh.refresh_config import RefreshConfig
 from pipeline.refresh.refresh_job import refresh
 from tests.pipeline.refresh.refresh_fixtures import AS_OF, make_dataset, snapshot_rows
+from tests.servers import free_port
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def wait_for(port: int, proc: subprocess.Popen, seconds: float = 60.0) -> None:
