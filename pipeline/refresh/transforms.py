@@ -97,7 +97,25 @@ def _batches(chunk: Chunk, columns: list[str], rows: int) -> Iterator[pa.Table]:
         yield pa.Table.from_batches([batch])
 
 
-class ReadEvents(beam.DoFn):
+class Bucketed(beam.DoFn):
+    """A read DoFn whose output goes through its bundle's `BucketBuffer`: one value per user
+    bucket when the buffer is full and when the bundle ends. Subclasses set `buckets`,
+    `key` and `spill_dir` (set: spill references instead of packed bytes)."""
+
+    buckets: int
+    key: str = "user_id"
+    spill_dir: str | None = None
+
+    def start_bundle(self) -> None:
+        spill = FileSystems.join(self.spill_dir, uuid.uuid4().hex) if self.spill_dir else None
+        self._buffer = BucketBuffer(self.buckets, self.key, spill)
+
+    def finish_bundle(self) -> Iterable[WindowedValue]:
+        for bucket_value in self._buffer.flush():
+            yield GlobalWindows.windowed_value(bucket_value)
+
+
+class ReadEvents(Bucketed):
     """Chunks -> (bucket, packed event table or spill reference): valid events before as_of,
     each user's newest N per batch, one value per bucket and flush of the bundle's buffer.
 
@@ -128,14 +146,6 @@ class ReadEvents(beam.DoFn):
     def setup(self) -> None:
         items = read_all(self.item_files, [self.item_key])
         self._items = items.column(self.item_key).combine_chunks().cast(pa.string())
-
-    def start_bundle(self) -> None:
-        spill = FileSystems.join(self.spill_dir, uuid.uuid4().hex) if self.spill_dir else None
-        self._buffer = BucketBuffer(self.buckets, directory=spill)
-
-    def finish_bundle(self) -> Iterable[WindowedValue]:
-        for bucket_value in self._buffer.flush():
-            yield GlobalWindows.windowed_value(bucket_value)
 
     def events(self, good: pa.Table) -> pa.Table:
         """Valid interaction rows -> the compact event table, keeping ts < as_of."""
@@ -203,24 +213,16 @@ class TopNCombineFn(beam.CombineFn):
         return self._compact(acc, force=True)[0]
 
 
-class ReadKeyed(beam.DoFn):
+class ReadKeyed(Bucketed):
     """Chunks -> (bucket, packed rows of `columns` or spill reference), one value per bucket
     and flush of the bundle's buffer, for tables joined to the events by user bucket."""
 
     def __init__(self, columns: tuple[str, ...], key: str, buckets: int, spill_dir: str | None = None):
         self.columns, self.key, self.buckets, self.spill_dir = columns, key, buckets, spill_dir
 
-    def start_bundle(self) -> None:
-        spill = FileSystems.join(self.spill_dir, uuid.uuid4().hex) if self.spill_dir else None
-        self._buffer = BucketBuffer(self.buckets, self.key, spill)
-
     def process(self, chunk: Chunk) -> Iterable[tuple[int, bytes | str]]:
         for table in _batches(chunk, list(self.columns), 1 << 18):
             yield from self._buffer.add(table)
-
-    def finish_bundle(self) -> Iterable[WindowedValue]:
-        for bucket_value in self._buffer.flush():
-            yield GlobalWindows.windowed_value(bucket_value)
 
 
 class AdaptUsers(beam.DoFn):
