@@ -36,7 +36,7 @@ from pipeline.training.training_config import TrainJobConfig
 from serving.app import create_app
 from serving.serving_config import ServingConfig
 from serving.state import Sources, load_state
-from tests.servers import free_port
+from tests.servers import free_port, stop
 
 REPO = Path(__file__).resolve().parents[1]
 FAST = ["--direct_running_mode=in_memory", "--direct_num_workers=1"]
@@ -116,12 +116,7 @@ class Served:
         return httpx.get(self.base + "/v1/info", timeout=10).json()["snapshot"]
 
     def stop(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(timeout=15)
+        stop(self.proc)
 
 
 def test_the_journey_on_s3_equals_the_local_one(s3_root, data, tmp_path, capsys, monkeypatch):

@@ -20,7 +20,7 @@ import pytest
 
 from meta_embed import snapshot
 from serving.state import Sources, load_state
-from tests.servers import free_port
+from tests.servers import free_port, stop
 from tests.serving.test_live import AS_OF, REPO
 from tests.serving.world import build_world, publish, serve_command
 
@@ -63,12 +63,7 @@ class Server:
         raise AssertionError(f"condition not reached in {seconds}s; /v1/info: {self.info()}")
 
     def stop(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+        stop(self.proc)
 
 
 @pytest.fixture()
