@@ -128,7 +128,7 @@ def load(path: str | Path, expect_spec_hash: str | None = None) -> Checkpoint:
     refresh job and by serving alike), never published under either version. A checkpoint
     on an object store is read from a local copy (`storage.local_copy`, by its VERSION).
     """
-    path = storage.local_copy(path, "VERSION") if storage.is_remote(path) else Path(path)
+    path = storage.local_copy(path, "VERSION")  # the path itself when local
     for name in ("weights.pt", "model.json", "feature_spec.json"):
         if not (path / name).is_file():
             raise CheckpointError(

@@ -267,14 +267,10 @@ def download(url: str, local: Path) -> list[Path]:
 def upload(local: Path, url: str, last: tuple[str, ...] = ()) -> None:
     """Copy the directory `local` to the prefix `url`; the files named in `last` (relative
     paths) go after all others, so a reader that waits for them sees a complete copy."""
-    files = sorted(p for p in local.rglob("*") if p.is_file())
-    rel = [p.relative_to(local).as_posix() for p in files]
-    order = sorted(
-        range(len(files)), key=lambda i: (rel[i] in last, last.index(rel[i]) if rel[i] in last else 0)
-    )
-    for i in order:
-        bucket, key = _split(join(url, rel[i]))
-        _s3().upload_file(str(files[i]), bucket, key)
+    rel = sorted(p.relative_to(local).as_posix() for p in local.rglob("*") if p.is_file())
+    for name in [r for r in rel if r not in last] + [r for r in last if r in rel]:
+        bucket, key = _split(join(url, name))
+        _s3().upload_file(str(local / name), bucket, key)
 
 
 @contextlib.contextmanager

@@ -56,10 +56,8 @@ from pipeline.refresh.transforms import (
     Packed,
     ReadEvents,
     ReadKeyed,
-    WriteDeadLetters,
-    WriteParts,
-    WriteShardList,
 )
+from pipeline.refresh.writers import WriteDeadLetters, WriteParts, WriteShardList
 
 
 @dataclasses.dataclass(frozen=True)

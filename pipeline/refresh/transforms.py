@@ -18,13 +18,11 @@ memory to the OS after a bucket, write).
 from __future__ import annotations
 
 import hashlib
-import json
 import time
 import uuid
 from collections.abc import Iterable, Iterator, Mapping
 
 import apache_beam as beam
-import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 from apache_beam.io.filesystems import FileSystems
@@ -32,12 +30,10 @@ from apache_beam.metrics import Metrics
 from apache_beam.transforms.window import GlobalWindows
 from apache_beam.utils.windowed_value import WindowedValue
 
-from meta_embed import snapshot, storage
 from meta_embed.tables import TS_TYPE, decode_error
 from pipeline.data.validate import validate_interactions
 from pipeline.refresh.adapt import AdaptSettings, adapt_bucket, load_adapt_state
 from pipeline.refresh.arrow import (
-    bucket_of,
     event_schema,
     pack,
     top_n,
@@ -75,11 +71,11 @@ beam.coders.registry.register_coder(
 Packed = tuple[int, bytes | str]  # a bucket's rows: `pack`ed bytes or a spill reference
 
 
-def _counter(name: str):
+def counter(name: str):
     return Metrics.counter(NS, name)
 
 
-def _ms(since: float) -> int:
+def ms_since(since: float) -> int:
     return int((time.perf_counter() - since) * 1000)
 
 
@@ -163,15 +159,15 @@ class ReadEvents(Bucketed):
         for k, table in enumerate(_batches(chunk, columns, self.batch_rows)):
             good, dead, _ = validate_interactions(table, chunk.path, chunk.row_offset + seen)
             seen += table.num_rows
-            _counter("events_read").inc(table.num_rows)
+            counter("events_read").inc(table.num_rows)
             if dead.num_rows:
-                _counter("dead_lettered").inc(dead.num_rows)
+                counter("dead_lettered").inc(dead.num_rows)
                 yield beam.pvalue.TaggedOutput(DEAD, (f"{tag}-{chunk.row_group:05d}-{k:05d}", dead))
             events = self.events(good)
-            _counter("events_used").inc(events.num_rows)
+            counter("events_used").inc(events.num_rows)
             yield from self._buffer.add(top_n(events, self.max_support))
         release_memory()  # return freed batch memory to the OS between chunks
-        _counter("read_ms").inc(_ms(start))
+        counter("read_ms").inc(ms_since(start))
 
 
 class TopNCombineFn(beam.CombineFn):
@@ -197,9 +193,9 @@ class TopNCombineFn(beam.CombineFn):
             return tables
         start = time.perf_counter()
         merged, duplicates = top_n_counted(pa.concat_tables(tables), self.n)
-        _counter("duplicates_across_batches").inc(duplicates)  # within a batch, validation dead-letters them
+        counter("duplicates_across_batches").inc(duplicates)  # within a batch, validation dead-letters them
         out = [merged]
-        _counter("combine_ms").inc(_ms(start))
+        counter("combine_ms").inc(ms_since(start))
         return out
 
     def add_input(self, acc: list[pa.Table], ref: bytes | str) -> list[pa.Table]:
@@ -254,20 +250,20 @@ class AdaptUsers(beam.DoFn):
         for ref in joined["events"]:
             acc = self._merge.add_input(acc, ref)
         events = self._merge.extract_output(acc) if acc else unpack(self.empty)
-        _counter("users_with_events").inc(len(user_runs(events)[0]))
+        counter("users_with_events").inc(len(user_runs(events)[0]))
         start = time.perf_counter()
         users = [table_of(ref) for ref in joined["users"]]
         previous = [table_of(ref) for ref in joined["previous"]]
         user_table = pa.concat_tables(users) if users else _empty_users(self._state)
         prev = pa.concat_tables(previous) if previous else None
         rows, counts = adapt_bucket(self._state, self.settings, events, user_table, prev)
-        _counter("adapt_ms").inc(_ms(start))
+        counter("adapt_ms").inc(ms_since(start))
         start = time.perf_counter()
         release_memory()
-        _counter("release_ms").inc(_ms(start))
+        counter("release_ms").inc(ms_since(start))
         for name in ("adapted", "carried_forward", "without_features", "zero_step", "nonfinite"):
-            _counter(f"users_{name}").inc(getattr(counts, name))
-        _counter("cold_users").inc(counts.cold)
+            counter(f"users_{name}").inc(getattr(counts, name))
+        counter("cold_users").inc(counts.cold)
         self._done += rows.num_rows
         if self.fail_after_users is not None and self._done >= self.fail_after_users:
             raise RuntimeError(
@@ -292,76 +288,3 @@ def _empty_users(state) -> pa.Table:
             },
         }
     )
-
-
-def write_parquet(table: pa.Table, path: str) -> bytes:
-    """Write a Parquet file; returns the bytes written. Locally through Beam's FileSystems, a
-    temp name then a rename; on an object store one PUT (`storage.write_bytes`), atomic by
-    itself (Beam's S3 writer makes a multipart upload of every file: 10x slower here)."""
-    data = snapshot.parquet_bytes(table)
-    if storage.is_remote(path):
-        storage.write_bytes(path, data)
-        return data
-    tmp = f"{path}.tmp-{np.random.default_rng().integers(1 << 62):x}"
-    with FileSystems.create(tmp) as out:
-        out.write(data)
-    if FileSystems.exists(path):
-        FileSystems.delete([path])
-    FileSystems.rename([tmp], [path])
-    return data
-
-
-class StoreWriter(beam.DoFn):
-    """A DoFn that writes through `meta_embed.storage`, with the launcher's s3:// settings
-    (`storage.overrides`: Beam's --s3_* options do not reach its S3 filesystem on the
-    local runner's workers)."""
-
-    def __init__(self, s3: tuple[tuple[str, str], ...] = ()):
-        self.s3 = s3
-
-    def setup(self) -> None:
-        storage.configure(**dict(self.s3))
-
-
-class WriteParts(StoreWriter):
-    """(bucket, rows) -> DIR/part-BUCKET.parquet, and its `snapshot.Shard` summary (as a dict);
-    a retried bucket overwrites its own file. The summary counts rows outside the bucket."""
-
-    def __init__(self, directory: str, meta: snapshot.SnapshotMeta, buckets: int, s3: tuple = ()):
-        super().__init__(s3)
-        self.directory, self.meta, self.buckets = directory, meta, buckets
-
-    def process(self, element: tuple[int, pa.Table]) -> Iterable[dict]:
-        bucket, rows = element
-        if rows.num_rows:
-            start = time.perf_counter()
-            name = f"part-{bucket:05d}.parquet"
-            data = write_parquet(rows, storage.join(self.directory, name))
-            misplaced = int((bucket_of(rows.column("user_id"), self.buckets) != bucket).sum())
-            yield snapshot.summarize(rows, name, data, self.meta, misplaced).to_dict()
-            _counter("rows_written").inc(rows.num_rows)
-            _counter("write_ms").inc(_ms(start))
-
-
-class WriteShardList(StoreWriter):
-    """All writers' summaries (one list) -> DIR/_shards.json, what the launcher finalizes from."""
-
-    def __init__(self, path: str, s3: tuple = ()):
-        super().__init__(s3)
-        self.path = path
-
-    def process(self, shards: list[dict]) -> Iterable[str]:
-        storage.write_bytes(self.path, json.dumps(sorted(shards, key=lambda s: s["file"])).encode())
-        yield self.path
-
-
-class WriteDeadLetters(StoreWriter):
-    def __init__(self, directory: str, s3: tuple = ()):
-        super().__init__(s3)
-        self.directory = directory
-
-    def process(self, element: tuple[str, pa.Table]) -> Iterable[str]:
-        name, rows = element
-        path = storage.join(self.directory, f"dl-{name}.parquet")
-        write_parquet(rows, path)
-        yield path
