@@ -54,6 +54,7 @@ class AdaptSettings:
     seen_items: int = 50
     device: str = "cpu"  # auto, cpu or cuda (`--device`)
     s3: tuple[tuple[str, str], ...] = ()  # the launcher's s3:// settings (`storage.overrides`)
+    users: str = "users table"  # where the feature rows come from (`--users`), for messages
 
 
 @dataclasses.dataclass(frozen=True)
@@ -162,9 +163,8 @@ def adapt_bucket(
     key = state.ckpt.spec.user_key
     events = oldest_first(events)
     ev_users, offsets = user_runs(events)
-    feature_ids = (
-        unique_ids(users.column(key), f"users table '{key}'") if users.num_rows else pa.array([], pa.string())
-    )
+    no_rows = pa.array([], pa.string())
+    feature_ids = unique_ids(users.column(key), f"{settings.users}: '{key}'") if users.num_rows else no_rows
     everyone = pa.concat_arrays([ev_users, feature_ids]) if settings.cold_users else ev_users
     ids = pc.unique(everyone)
     ids = ids.take(pc.sort_indices(ids))

@@ -50,8 +50,12 @@ def plan(cfg: RefreshConfig) -> Plan:
     event_chunks = inputs.chunks(files["interactions"], inputs.interaction_schema(spec))
     user_chunks = inputs.chunks(files["users"], inputs.user_schema(spec))
     inputs.chunks(files["items"], inputs.item_schema(spec))  # the items' schema, checked
-    for name, key in (("items", spec.item_key), ("users", spec.user_key)):  # duplicate ids: refused up front
-        unique_ids(inputs.read_all(files[name], [key]).column(key), f"{getattr(cfg, name)}: '{key}'")
+    # the catalog's ids, checked here; the users' ids are checked per bucket by the workers (a
+    # user's rows all land in one bucket), so the launcher never reads a column per user
+    unique_ids(
+        inputs.read_all(files["items"], [spec.item_key]).column(spec.item_key),
+        f"{cfg.items}: '{spec.item_key}'",
+    )
     first = inputs.first_event_time(files["interactions"])
     if not cfg.allow_empty and (first is None or first >= cfg.as_of):
         when = "there are no events" if first is None else f"the first event is at {first.isoformat()}"
@@ -90,6 +94,7 @@ def plan(cfg: RefreshConfig) -> Plan:
         cfg.seen_items,
         cfg.device,
         storage.overrides(),
+        str(cfg.users),
     )
     return Plan(
         meta,

@@ -151,7 +151,9 @@ def test_an_edited_checkpoint_is_refused_before_any_work(ds):
     assert nothing_written(ds)
 
 
-def test_duplicate_user_ids_are_refused_before_any_work(ds):
+def test_duplicate_user_ids_are_refused_and_nothing_is_published(ds):
+    """Checked per bucket by the workers (both rows of an id land in one bucket), not by the
+    launcher, which reads no column per user."""
     users = pq.read_table(ds.users)
     pq.write_table(pa.concat_tables([users, users.slice(5, 1)]), ds.users)
     with pytest.raises(ValueError, match=r"users\.parquet: 'user_id': id 'u005' appears more than once"):
