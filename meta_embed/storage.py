@@ -1,13 +1,15 @@
-"""Where the system's files live: a local path or an object-store URL (`s3://bucket/key`).
+"""Where the system's files live: a local path or an object-store URL (`s3://bucket/key`,
+`gs://bucket/key`).
 
-The few operations publishing and serving need, one meaning on both backends:
+The few operations publishing and serving need, one meaning on every backend:
 
 - `read_bytes` / `write_bytes`: a whole object. A local write goes to a temp file that
   is fsynced and renamed in; an object-store PUT is atomic by itself.
 - `swap`: compare-and-swap of a small object (CURRENT). It writes only if the object
   still holds what the caller last read, else raises `Conflict`: on S3 a conditional
-  PUT (`If-Match` on the ETag read, `If-None-Match: *` when it was absent); on a local
-  disk under an exclusive `flock` of a lock file beside it.
+  PUT (`If-Match` on the ETag read, `If-None-Match: *` when it was absent); on GCS an
+  upload with `ifGenerationMatch` (the generation read, 0 when it was absent); on a
+  local disk under an exclusive `flock` of a lock file beside it.
 - `listdir`, `exists`, `delete_tree`, and `download` / `upload` of a whole prefix.
 - `staged_output` (a command writes a local folder that is uploaded when it is done) and
   `local_copy` (a remote folder such as a checkpoint, copied once into a local cache).
@@ -15,8 +17,9 @@ The few operations publishing and serving need, one meaning on both backends:
 s3:// goes through boto3 (installed with `apache-beam[aws]`), configured the standard way
 (AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_REGION) or by `configure`,
 which the refresh calls with Beam's `--s3_*` options so that launcher and workers reach
-the same store. Other schemes (gs://) are refused with the reason; the pipeline's inputs
-may still use any scheme Beam's FileSystems knows.
+the same store. gs:// goes through google-cloud-storage with the application default
+credentials (or STORAGE_EMULATOR_HOST for an emulator). The pipeline's inputs may use
+any scheme Beam's FileSystems knows.
 """
 
 from __future__ import annotations
@@ -31,8 +34,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-_S3: dict[str, Any] = {}  # overrides of the environment's S3 settings (see `configure`)
-_client: Any = None
+_S3_SETTINGS: dict[str, Any] = {}  # overrides of the environment's S3 settings (see `configure`)
 
 
 class Conflict(RuntimeError):
@@ -61,65 +63,188 @@ def configure(
     region_name: str | None = None,
 ) -> None:
     """Settings for s3:// that override the environment's (None: keep the environment's)."""
-    global _client
     given = {
         "endpoint_url": endpoint_url,
         "aws_access_key_id": aws_access_key_id,
         "aws_secret_access_key": aws_secret_access_key,
         "region_name": region_name,
     }
-    _S3.update({k: v for k, v in given.items() if v})
-    _client = None
+    _S3_SETTINGS.update({k: v for k, v in given.items() if v})
+    _STORES.pop("s3", None)
 
 
 def overrides() -> tuple[tuple[str, str], ...]:
     """The settings given to `configure`, to hand to another process (`configure(**dict(...))`)."""
-    return tuple(sorted(_S3.items()))
+    return tuple(sorted(_S3_SETTINGS.items()))
 
 
-def _s3() -> Any:
-    global _client
-    if _client is None:
+class _S3:
+    """An S3 API (AWS, SeaweedFS, MinIO ...) through boto3. Versions are ETags."""
+
+    def __init__(self) -> None:
         import boto3
+        from botocore.exceptions import ClientError
 
-        _client = boto3.session.Session().client("s3", **_S3)
-    return _client
+        self.client, self.error = boto3.session.Session().client("s3", **_S3_SETTINGS), ClientError
 
+    def _code(self, err: Exception) -> str:
+        return getattr(err, "response", {}).get("Error", {}).get("Code", "")
 
-def _split(url: str) -> tuple[str, str]:
-    scheme, _, rest = str(url).partition("://")
-    if scheme != "s3":
-        raise ValueError(
-            f"{url}: only local paths and s3:// URLs are supported for snapshots, checkpoints and "
-            "indexes (Beam reads the refresh's inputs from any scheme it knows)"
+    def get(self, bucket: str, key: str) -> tuple[bytes, str]:
+        try:
+            got = self.client.get_object(Bucket=bucket, Key=key)
+        except self.error as err:
+            if self._code(err) in ("NoSuchKey", "404", "NotFound"):
+                raise FileNotFoundError(f"s3://{bucket}/{key}") from err
+            raise
+        return got["Body"].read(), got["ETag"]
+
+    def put(self, bucket: str, key: str, data: bytes) -> None:
+        self.client.put_object(Bucket=bucket, Key=key, Body=data)
+
+    def put_if(self, bucket: str, key: str, data: bytes, version: str | None) -> bool:
+        """Write only if the object is still at `version` (None: absent); False if it was not."""
+        condition = {"IfMatch": version} if version else {"IfNoneMatch": "*"}
+        try:
+            self.client.put_object(Bucket=bucket, Key=key, Body=data, **condition)
+        except self.error as err:
+            if self._code(err) in ("PreconditionFailed", "ConditionalRequestConflict", "412", "409"):
+                return False
+            raise
+        return True
+
+    def is_object(self, bucket: str, key: str) -> bool:
+        try:
+            self.client.head_object(Bucket=bucket, Key=key)
+            return True
+        except self.error as err:
+            if self._code(err) in ("NoSuchKey", "404", "NotFound"):
+                return False
+            raise
+
+    def keys(self, bucket: str, prefix: str) -> Iterator[tuple[str, int]]:
+        for page in self.client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
+            for obj in page.get("Contents", []):
+                yield obj["Key"], obj["Size"]
+
+    def children(self, bucket: str, prefix: str) -> set[str]:
+        names: set[str] = set()
+        pages = self.client.get_paginator("list_objects_v2").paginate(
+            Bucket=bucket, Prefix=prefix, Delimiter="/"
         )
+        for page in pages:
+            names.update(o["Key"][len(prefix) :] for o in page.get("Contents", []))
+            names.update(p["Prefix"][len(prefix) :].rstrip("/") for p in page.get("CommonPrefixes", []))
+        return names
+
+    def delete(self, bucket: str, key: str, under: list[str]) -> None:
+        keys = [key] + [f"{key}/{rel}" for rel in under]
+        for start in range(0, len(keys), 1000):
+            batch = [{"Key": k} for k in keys[start : start + 1000]]
+            self.client.delete_objects(Bucket=bucket, Delete={"Objects": batch, "Quiet": True})
+        # a store with folders (SeaweedFS) keeps the empty ones: remove them too, deepest first
+        folders = {rel.rsplit("/", k)[0] for rel in under for k in range(1, rel.count("/") + 1)}
+        for folder in sorted(folders, key=lambda f: -f.count("/")) + [""]:
+            self.client.delete_object(Bucket=bucket, Key=f"{key}/{folder}/" if folder else f"{key}/")
+
+    def download(self, bucket: str, key: str, dest: Path) -> None:
+        self.client.download_file(bucket, key, str(dest))
+
+    def upload(self, src: Path, bucket: str, key: str) -> None:
+        self.client.upload_file(str(src), bucket, key)
+
+
+class _GCS:
+    """Google Cloud Storage through google-cloud-storage. Versions are generations."""
+
+    def __init__(self) -> None:
+        from google.api_core import exceptions
+        from google.auth.exceptions import DefaultCredentialsError
+        from google.cloud import storage as gcs
+
+        try:
+            self.client = gcs.Client()
+        except DefaultCredentialsError as err:
+            raise RuntimeError(
+                f"gs://: no Google Cloud credentials ({err}); run `gcloud auth application-default "
+                "login`, set GOOGLE_APPLICATION_CREDENTIALS, or STORAGE_EMULATOR_HOST for an emulator"
+            ) from err
+        self.missing, self.lost = exceptions.NotFound, exceptions.PreconditionFailed
+
+    def _blob(self, bucket: str, key: str) -> Any:
+        return self.client.bucket(bucket).blob(key)
+
+    def get(self, bucket: str, key: str) -> tuple[bytes, str]:
+        blob = self.client.bucket(bucket).get_blob(key)
+        if blob is None:
+            raise FileNotFoundError(f"gs://{bucket}/{key}")
+        generation = blob.generation  # (a download refreshes the blob's properties)
+        try:  # the bytes of the generation whose number is returned, not a newer one
+            return blob.download_as_bytes(if_generation_match=generation), str(generation)
+        except (self.missing, self.lost) as err:
+            raise FileNotFoundError(f"gs://{bucket}/{key}: replaced or deleted while read") from err
+
+    def put(self, bucket: str, key: str, data: bytes) -> None:
+        self._blob(bucket, key).upload_from_string(data)
+
+    def put_if(self, bucket: str, key: str, data: bytes, version: str | None) -> bool:
+        """Write only if the object is still at `version` (None: absent); False if it was not."""
+        try:
+            self._blob(bucket, key).upload_from_string(data, if_generation_match=int(version or 0))
+        except self.lost:
+            return False
+        return True
+
+    def is_object(self, bucket: str, key: str) -> bool:
+        return bool(key) and self._blob(bucket, key).exists()
+
+    def keys(self, bucket: str, prefix: str) -> Iterator[tuple[str, int]]:
+        for blob in self.client.list_blobs(bucket, prefix=prefix):
+            yield blob.name, blob.size
+
+    def children(self, bucket: str, prefix: str) -> set[str]:
+        listing = self.client.list_blobs(bucket, prefix=prefix, delimiter="/")
+        names = {blob.name[len(prefix) :] for blob in listing}  # the prefixes are known once read
+        return names | {p[len(prefix) :].rstrip("/") for p in listing.prefixes}
+
+    def delete(self, bucket: str, key: str, under: list[str]) -> None:
+        for name in [f"{key}/{rel}" for rel in under] + ([key] if self.is_object(bucket, key) else []):
+            try:
+                self._blob(bucket, name).delete()
+            except self.missing:  # deleted by another cleaner meanwhile
+                pass
+
+    def download(self, bucket: str, key: str, dest: Path) -> None:
+        self._blob(bucket, key).download_to_filename(str(dest))
+
+    def upload(self, src: Path, bucket: str, key: str) -> None:
+        self._blob(bucket, key).upload_from_filename(str(src))
+
+
+_BACKENDS = {"s3": _S3, "gs": _GCS}
+_STORES: dict[str, Any] = {}  # one client per scheme, made on first use
+
+
+def _locate(url: str | Path) -> tuple[Any, str, str]:
+    """The backend of `url`'s scheme, its bucket and its key (no trailing slash)."""
+    scheme, _, rest = str(url).partition("://")
+    if scheme not in _BACKENDS:
+        raise ValueError(
+            f"{url}: only local paths, s3:// and gs:// URLs are supported for snapshots, checkpoints "
+            "and indexes (Beam reads the refresh's inputs from any scheme it knows)"
+        )
+    if scheme not in _STORES:
+        _STORES[scheme] = _BACKENDS[scheme]()
     bucket, _, key = rest.partition("/")
-    return bucket, key.rstrip("/")
-
-
-def _missing(err: Exception) -> bool:
-    code = getattr(err, "response", {}).get("Error", {}).get("Code", "")
-    return code in ("NoSuchKey", "404", "NotFound")
+    return _STORES[scheme], bucket, key.rstrip("/")
 
 
 def read_bytes(path: str | Path) -> bytes:
     """The whole file or object; FileNotFoundError when there is none."""
     if not is_remote(path):
         return Path(path).read_bytes()
-    return _read_remote(str(path))[0]
-
-
-def _read_remote(url: str) -> tuple[bytes, str]:
-    from botocore.exceptions import ClientError
-
-    bucket, key = _split(url)
-    try:
-        got = _s3().get_object(Bucket=bucket, Key=key)
-    except ClientError as err:
-        if _missing(err):
-            raise FileNotFoundError(url) from err
-        raise
-    return got["Body"].read(), got["ETag"]
+    store, bucket, key = _locate(path)
+    return store.get(bucket, key)[0]
 
 
 def read_text(path: str | Path) -> str:
@@ -129,8 +254,8 @@ def read_text(path: str | Path) -> str:
 def write_bytes(path: str | Path, data: bytes) -> None:
     """Write a whole file or object atomically (readers see the old content or the new)."""
     if is_remote(path):
-        bucket, key = _split(str(path))
-        _s3().put_object(Bucket=bucket, Key=key, Body=data)
+        store, bucket, key = _locate(path)
+        store.put(bucket, key, data)
         return
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -168,23 +293,15 @@ def swap(path: str | Path, new: bytes, expected: bytes | None) -> None:
                 raise Conflict(_conflict(path, expected, now))
             write_bytes(path, new)
         return
-    from botocore.exceptions import ClientError
-
+    store, bucket, key = _locate(path)
     try:
-        now, etag = _read_remote(str(path))
+        now, version = store.get(bucket, key)
     except FileNotFoundError:
-        now, etag = None, None
+        now, version = None, None
     if now != expected:
         raise Conflict(_conflict(path, expected, now))
-    bucket, key = _split(str(path))
-    condition = {"IfMatch": etag} if etag else {"IfNoneMatch": "*"}
-    try:
-        _s3().put_object(Bucket=bucket, Key=key, Body=new, **condition)
-    except ClientError as err:
-        code = err.response.get("Error", {}).get("Code", "")
-        if code in ("PreconditionFailed", "ConditionalRequestConflict", "412", "409"):
-            raise Conflict(f"{path}: changed by another writer while this one was writing it") from err
-        raise
+    if not store.put_if(bucket, key, new, version):
+        raise Conflict(f"{path}: changed by another writer while this one was writing it")
 
 
 def _conflict(path: str | Path, expected: bytes | None, now: bytes | None) -> str:
@@ -197,39 +314,24 @@ def _conflict(path: str | Path, expected: bytes | None, now: bytes | None) -> st
 def exists(path: str | Path) -> bool:
     if not is_remote(path):
         return Path(path).exists()
-    from botocore.exceptions import ClientError
-
-    bucket, key = _split(str(path))
-    try:
-        _s3().head_object(Bucket=bucket, Key=key)
-        return True
-    except ClientError as err:
-        if _missing(err):
-            return bool(listdir(path))  # a "directory": a prefix with objects under it
-        raise
+    store, bucket, key = _locate(path)
+    return store.is_object(bucket, key) or bool(listdir(path))  # or a "directory": objects under it
 
 
 def _keys(url: str) -> Iterator[tuple[str, int]]:
     """(key relative to `url`, size) of every object under the prefix `url`/."""
-    bucket, key = _split(url)
+    store, bucket, key = _locate(url)
     prefix = f"{key}/" if key else ""
-    for page in _s3().get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
-        for obj in page.get("Contents", []):
-            yield obj["Key"][len(prefix) :], obj["Size"]
+    for name, size in store.keys(bucket, prefix):
+        yield name[len(prefix) :], size
 
 
 def listdir(path: str | Path) -> list[str]:
     """Names directly under a directory or prefix (files and sub-directories), sorted; [] if none."""
     if not is_remote(path):
         return sorted(p.name for p in Path(path).iterdir()) if Path(path).is_dir() else []
-    bucket, key = _split(str(path))
-    prefix = f"{key}/" if key else ""
-    names: set[str] = set()
-    pages = _s3().get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix, Delimiter="/")
-    for page in pages:
-        names.update(o["Key"][len(prefix) :] for o in page.get("Contents", []))
-        names.update(p["Prefix"][len(prefix) :].rstrip("/") for p in page.get("CommonPrefixes", []))
-    return sorted(names - {""})
+    store, bucket, key = _locate(path)
+    return sorted(store.children(bucket, f"{key}/" if key else "") - {""})
 
 
 def delete_tree(path: str | Path) -> None:
@@ -240,26 +342,18 @@ def delete_tree(path: str | Path) -> None:
         else:
             Path(path).unlink(missing_ok=True)
         return
-    bucket, key = _split(str(path))
-    files = [rel for rel, _ in _keys(str(path))]
-    keys = [key] + [f"{key}/{rel}" for rel in files]
-    for start in range(0, len(keys), 1000):
-        batch = [{"Key": k} for k in keys[start : start + 1000]]
-        _s3().delete_objects(Bucket=bucket, Delete={"Objects": batch, "Quiet": True})
-    # a store with folders (SeaweedFS) keeps the empty ones: remove them too, deepest first
-    folders = {rel.rsplit("/", k)[0] for rel in files for k in range(1, rel.count("/") + 1)}
-    for folder in sorted(folders, key=lambda f: -f.count("/")) + [""]:
-        _s3().delete_object(Bucket=bucket, Key=f"{key}/{folder}/" if folder else f"{key}/")
+    store, bucket, key = _locate(path)
+    store.delete(bucket, key, [rel for rel, _ in _keys(str(path))])
 
 
 def download(url: str, local: Path) -> list[Path]:
     """Copy every object under the prefix `url` into the directory `local`; returns the files."""
-    bucket, _ = _split(url)
+    store, bucket, key = _locate(url)
     out = []
     for rel, _size in _keys(url):
         dest = local / rel
         dest.parent.mkdir(parents=True, exist_ok=True)
-        _s3().download_file(bucket, f"{_split(url)[1]}/{rel}", str(dest))
+        store.download(bucket, f"{key}/{rel}", dest)
         out.append(dest)
     return out
 
@@ -267,10 +361,10 @@ def download(url: str, local: Path) -> list[Path]:
 def upload(local: Path, url: str, last: tuple[str, ...] = ()) -> None:
     """Copy the directory `local` to the prefix `url`; the files named in `last` (relative
     paths) go after all others, so a reader that waits for them sees a complete copy."""
+    store, bucket, key = _locate(url)
     rel = sorted(p.relative_to(local).as_posix() for p in local.rglob("*") if p.is_file())
     for name in [r for r in rel if r not in last] + [r for r in last if r in rel]:
-        bucket, key = _split(join(url, name))
-        _s3().upload_file(str(local / name), bucket, key)
+        store.upload(local / name, bucket, f"{key}/{name}" if key else name)
 
 
 @contextlib.contextmanager

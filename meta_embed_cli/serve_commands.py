@@ -43,12 +43,12 @@ def _inputs(f: Any) -> Any:
             option(
                 "--root",
                 required=True,
-                help="snapshot root (holds CURRENT and snapshots/): a path or s3:// URL",
+                help="snapshot root (holds CURRENT and snapshots/): a path, or an s3:// or gs:// URL",
             ),
             option(
                 "--checkpoint",
-                help="checkpoint (path or s3:// URL) used when neither the manifest's 'checkpoint' key nor "
-                "ROOT/MODEL names one with the snapshot's model_version",
+                help="checkpoint (a path or an s3:// or gs:// URL) used when neither the manifest's "
+                "'checkpoint' key nor ROOT/MODEL names one with the snapshot's model_version",
             ),
             option("--items", type=PATH, required=True, help="items table (Parquet file or directory)"),
             option("--users", type=PATH, help="users table: cold users get zero-step embeddings from it"),

@@ -63,9 +63,9 @@ class ServingConfig:
     the first whose model_version equals the snapshot's is used (see docs/api.md).
     """
 
-    root: Path | str  # a local directory, or an s3:// URL served from a local mirror (serving/mirror.py)
+    root: Path | str  # a local directory, or a URL served from a local mirror (serving/mirror.py)
     items: Path
-    checkpoint: Path | str | None = None  # a path or an s3:// URL
+    checkpoint: Path | str | None = None  # a path, or an s3:// or gs:// URL
     users: Path | None = None
     max_age_s: float = 2 * 24 * 3600.0
     fp16: bool = False
@@ -87,7 +87,7 @@ class ServingConfig:
             if (
                 value is not None
                 and not isinstance(value, Path)
-                and "://" not in str(value)  # an s3:// root or checkpoint stays a URL
+                and "://" not in str(value)  # an object-store root or checkpoint stays a URL
             ):
                 object.__setattr__(self, name, Path(value))
         if isinstance(self.index, dict):

@@ -88,7 +88,7 @@ def checkpoint_candidates(
     """Where the snapshot's checkpoint may be, in order: the manifest's `checkpoint` key, the
     refresh config recorded in the manifest (`config.checkpoint`), ROOT/MODEL, then `fallback`.
 
-    A relative path is tried against ROOT, then as given; an s3:// URL as given. Every
+    A relative path is tried against ROOT, then as given; a URL as given. Every
     candidate is verified by model_version before use, so an extra candidate can never
     pick the wrong model.
     """
@@ -255,7 +255,7 @@ def load_state(
 ) -> ServingState:
     """The state for the snapshot CURRENT names; reuses `previous`'s scorer if the model is the same.
     `cache`: where the server's private copies of the artifacts go (None: read them in place,
-    for building them). An s3:// root is served from a local mirror (serving/mirror.py), and
+    for building them). An object-store root is served from a local mirror (serving/mirror.py), and
     indexes built there are uploaded beside the snapshot."""
     root = local_root(cfg.root)
     snapshot_dir = current_dir(root)

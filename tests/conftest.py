@@ -96,4 +96,4 @@ def recbole_1m() -> dict[str, bytes]:
     return _recbole_1m()
 
 
-from tests.servers import s3_endpoint, s3_root  # noqa: E402, F401  (fixtures for every test package)
+from tests.servers import gs_endpoint, gs_root, s3_endpoint, s3_root  # noqa: E402, F401  (fixtures for every test package)

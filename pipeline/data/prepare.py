@@ -77,7 +77,7 @@ def prepare(source: str, out: str | Path, cache_dir: str | Path | None = None) -
         last_ts=None if not len(ts) else pc.max(ts).as_py().isoformat(),
         seconds=round(time.perf_counter() - start, 3),
     )
-    with storage.staged_output(cfg.out, last=("config.json",)) as out_dir:  # s3://: config.json last
+    with storage.staged_output(cfg.out, last=("config.json",)) as out_dir:  # a URL: config.json last
         out_dir.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.prepare-", dir=out_dir.parent))
         try:

@@ -45,7 +45,7 @@ from pipeline.training.training_config import TrainJobConfig
 
 @dataclasses.dataclass(frozen=True)
 class EvalResult:
-    out: Path | str  # a local folder, or the s3:// URL the report was uploaded to
+    out: Path | str  # a local folder, or the URL the report was uploaded to
     report: Path | str
     metrics: pa.Table  # metric, arm, slice, value, n_events, n_users (SQL)
     intervals: pa.Table  # metric, arm, slice, value, lo, hi
@@ -188,7 +188,7 @@ def evaluate(cfg: EvalConfig) -> EvalResult:
     Artifacts are written as soon as they exist (predictions.parquet and summary.json after
     the replay, the metric tables, then the MeLU rows), and the report is rendered from
     them (`pipeline.evaluation.report.render`), so a report can be re-rendered without re-running.
-    With an s3:// `cfg.out` they are written locally and uploaded once the report is done.
+    With an object-store `cfg.out` they are written locally and uploaded once the report is done.
     """
     resolve_device(cfg.device)  # refuse a missing CUDA before any work
     with storage.staged_output(cfg.out, last=("report.md",)) as out:

@@ -40,14 +40,12 @@ def _remote(path: str) -> bool:
 
 
 def list_files(path: str) -> list[str]:
-    """The Parquet files of a file, directory or glob, sorted."""
+    """The Parquet files of a file, directory (a prefix, with or without its `/`) or glob, sorted."""
     if not _remote(path):
         return list_parquet_files(path)
-    pattern = (
-        path.rstrip("/") + "/*.parquet"
-        if not any(ch in path for ch in "*?[") and path.endswith("/")
-        else path
-    )
+    pattern = path
+    if not any(ch in path for ch in "*?[") and not (path.endswith(".parquet") and FileSystems.exists(path)):
+        pattern = path.rstrip("/") + "/*.parquet"  # a folder of shards
     found = sorted(m.path for r in FileSystems.match([pattern]) for m in r.metadata_list)
     if not found:
         raise FileNotFoundError(f"{path}: matched no Parquet files (expected *.parquet shards)")

@@ -32,7 +32,7 @@ from pipeline.training.training_config import TrainJobConfig
 
 @dataclasses.dataclass(frozen=True)
 class TrainJobResult:
-    checkpoint: Path | str  # a local path, or the s3:// URL it was uploaded to
+    checkpoint: Path | str  # a local path, or the URL it was uploaded to
     model_version: str
     metric: str  # "auc" or "neg_mse"
     best_metric: float
@@ -49,8 +49,8 @@ class Data:
 
 
 def load_data(data: str | Path, until: str | None = None) -> Data:
-    """The users, items and interactions of a prepared data folder (local, or an s3:// one read
-    through a local copy), events before `until`."""
+    """The users, items and interactions of a prepared data folder (local, or on an object store,
+    read through a local copy), events before `until`."""
     data = storage.local_copy(data, "config.json")
     events = read_table(data_table(data, "interactions"), INTERACTIONS)
     if until is not None:
@@ -90,7 +90,7 @@ def train(cfg: TrainJobConfig) -> TrainJobResult:
     torch.manual_seed(cfg.train.seed)
     model = checkpoint.build_model(spec, cfg.model, cfg.maml)
     result = meta_train(model, tables, history, cfg.train, cfg.maml)
-    with storage.staged_output(cfg.out, last=("VERSION",)) as out:  # an s3:// checkpoint: VERSION last
+    with storage.staged_output(cfg.out, last=("VERSION",)) as out:  # on an object store: VERSION last
         version = checkpoint.save(result.model, cfg.maml, out)
         write_config(cfg, out)
         pq.write_table(pa.table({"user_id": result.val_user_ids}), out / "validation_users.parquet")

@@ -1,4 +1,5 @@
-"""meta_embed.storage: one meaning for local paths and s3:// (a real S3 server on loopback)."""
+"""meta_embed.storage: one meaning for local paths, s3:// (a real S3 server on loopback) and
+gs:// (a GCS emulator on loopback)."""
 
 from __future__ import annotations
 
@@ -9,9 +10,13 @@ import pytest
 from meta_embed import storage
 
 
-@pytest.fixture(params=["local", "s3"])
+@pytest.fixture(params=["local", "s3", "gs"])
 def root(request, tmp_path) -> str:
-    return str(tmp_path / "root") if request.param == "local" else request.getfixturevalue("s3_root")
+    return (
+        str(tmp_path / "root")
+        if request.param == "local"
+        else request.getfixturevalue(f"{request.param}_root")
+    )
 
 
 def test_write_read_list_delete(root):
@@ -46,7 +51,9 @@ def test_swap_writes_only_over_what_the_writer_read(root):
     assert storage.read_bytes(path) == b"two\n"
 
 
-def test_concurrent_swaps_from_the_same_state_one_wins(root):
+@pytest.mark.parametrize("where", ["local", "s3"])  # the GCS emulator ignores ifGenerationMatch
+def test_concurrent_swaps_from_the_same_state_one_wins(where, request, tmp_path):
+    root = str(tmp_path / "root") if where == "local" else request.getfixturevalue("s3_root")
     path = storage.join(root, "CURRENT")
     storage.swap(path, b"base\n", None)
     results: list[str] = []
@@ -70,13 +77,15 @@ def test_concurrent_swaps_from_the_same_state_one_wins(root):
     assert storage.read_text(path).strip() == winners[0]
 
 
-def test_upload_puts_the_named_files_last_and_download_copies_back(s3_root, tmp_path):
+@pytest.mark.parametrize("scheme", ["s3", "gs"])
+def test_upload_and_download_copy_a_folder_both_ways(scheme, request, tmp_path):
+    remote = storage.join(request.getfixturevalue(f"{scheme}_root"), "ckpt")
     src = tmp_path / "src"
     (src / "sub").mkdir(parents=True)
     for rel in ("VERSION", "a.bin", "sub/b.bin"):
         (src / rel).write_bytes(rel.encode())
-    storage.upload(src, storage.join(s3_root, "ckpt"), last=("VERSION",))
-    got = storage.download(storage.join(s3_root, "ckpt"), tmp_path / "dst")
+    storage.upload(src, remote, last=("VERSION",))
+    got = storage.download(remote, tmp_path / "dst")
     assert sorted(p.relative_to(tmp_path / "dst").as_posix() for p in got) == [
         "VERSION",
         "a.bin",
@@ -88,5 +97,5 @@ def test_upload_puts_the_named_files_last_and_download_copies_back(s3_root, tmp_
 
 
 def test_other_schemes_are_refused_with_the_reason():
-    with pytest.raises(ValueError, match="only local paths and s3://"):
-        storage.read_bytes("gs://bucket/x")
+    with pytest.raises(ValueError, match="only local paths, s3:// and gs://"):
+        storage.read_bytes("hdfs://namenode/x")
