@@ -54,6 +54,12 @@ def data(tmp_path_factory) -> Path:
     return folder
 
 
+@pytest.fixture(params=["s3", "gs"])
+def store_root(request) -> str:
+    """A fresh root on the S3 server, then on the GCS emulator."""
+    return request.getfixturevalue(f"{request.param}_root")
+
+
 def _refresh_argv(data: Path | str, ckpt: str, out: str, as_of: dt.datetime, *flags: str) -> list[str]:
     """`refresh` of the prepared folder `data`: local, or a URL (its inputs read through Beam)."""
     events = (
@@ -214,11 +220,11 @@ sys.exit(main(sys.argv[1:]))
 
 
 def test_a_refresh_killed_before_current_changes_nothing_and_the_rerun_publishes_the_same(
-    s3_root, data, tmp_path
+    store_root, data, tmp_path
 ):
-    ckpt = storage.join(s3_root, "models", "m1")
+    ckpt = storage.join(store_root, "models", "m1")
     _train(data, ckpt)
-    out = storage.join(s3_root, "root")
+    out = storage.join(store_root, "root")
     argv = [sys.executable, "-c", KILL_BEFORE_CURRENT, *_refresh_argv(data, ckpt, out, DAY1)]
     env = os.environ | {"PYTHONPATH": str(REPO)}
     done = subprocess.run(argv, cwd=REPO, env=env, capture_output=True, timeout=600)
@@ -246,9 +252,13 @@ def _staged(root: str, meta: snapshot.SnapshotMeta, run: str, seed: int) -> tupl
     return staged, [snapshot.write_part(table, staged, 0)]
 
 
-@pytest.fixture(params=["local", "s3"])
+@pytest.fixture(params=["local", "s3", "gs"])
 def any_root(request, tmp_path) -> str:
-    return str(tmp_path / "root") if request.param == "local" else request.getfixturevalue("s3_root")
+    return (
+        str(tmp_path / "root")
+        if request.param == "local"
+        else request.getfixturevalue(f"{request.param}_root")
+    )
 
 
 def test_two_publishers_at_once_one_wins_the_other_is_refused(any_root):
@@ -266,37 +276,37 @@ def test_two_publishers_at_once_one_wins_the_other_is_refused(any_root):
     assert snapshot.published(any_root) == sorted([start, storage.basename(won)])  # the loser left nothing
 
 
-def test_retention_on_an_object_store_keeps_the_newest_and_drops_dead_prefixes(s3_root):
+def test_retention_on_an_object_store_keeps_the_newest_and_drops_dead_prefixes(store_root):
     names = []
     for day in range(4):
         meta = snapshot.SnapshotMeta("v1", "h", "activation", 4, DAY1 + dt.timedelta(days=day))
-        staged, shards = _staged(s3_root, meta, f"run{day:05d}", day)
+        staged, shards = _staged(store_root, meta, f"run{day:05d}", day)
         if day == 2:  # a run killed before its manifest, then overtaken: it can never publish
             storage.write_bytes(
-                storage.join(snapshot.staging_dir(s3_root, meta, "20210102T000000-dead0000"), "x"), b""
+                storage.join(snapshot.staging_dir(store_root, meta, "20210102T000000-dead0000"), "x"), b""
             )
         names.append(
             storage.basename(
-                snapshot.publish(s3_root, staged, meta, {"counts": {"users": 5}}, shards, keep=2)
+                snapshot.publish(store_root, staged, meta, {"counts": {"users": 5}}, shards, keep=2)
             )
         )
     running = snapshot.staging_dir(
-        s3_root, dataclasses.replace(meta, as_of=DAY1 + dt.timedelta(days=9)), "x-live0000"
+        store_root, dataclasses.replace(meta, as_of=DAY1 + dt.timedelta(days=9)), "x-live0000"
     )
     storage.write_bytes(storage.join(running, "part-00000.parquet"), b"in progress")
-    snapshot.prune(s3_root, keep=2)
-    assert snapshot.published(s3_root) == names[2:] and snapshot.current_name(s3_root) == names[3]
-    assert storage.listdir(storage.join(s3_root, "snapshots")) == [*names[2:], storage.basename(running)]
-    assert snapshot.rollback(s3_root) == names[2]
+    snapshot.prune(store_root, keep=2)
+    assert snapshot.published(store_root) == names[2:] and snapshot.current_name(store_root) == names[3]
+    assert storage.listdir(storage.join(store_root, "snapshots")) == [*names[2:], storage.basename(running)]
+    assert snapshot.rollback(store_root) == names[2]
 
 
-def test_a_concurrent_publish_during_a_refresh_fails_the_refresh(s3_root, data, monkeypatch):
+def test_a_concurrent_publish_during_a_refresh_fails_the_refresh(store_root, data, monkeypatch):
     """A refresh that finds CURRENT moved by someone else while it ran refuses to publish."""
     from pipeline.refresh import finalize
 
-    ckpt = storage.join(s3_root, "models", "m1")
+    ckpt = storage.join(store_root, "models", "m1")
     _train(data, ckpt)
-    out = storage.join(s3_root, "root")
+    out = storage.join(store_root, "root")
     first = refresh(_config(data, ckpt, out, DAY1), FAST).name
     other = snapshot.SnapshotMeta(_manifest(out)["model_version"], "h", "activation", 8, DAY2)
     read_shards = finalize.read_shards
@@ -314,12 +324,12 @@ def test_a_concurrent_publish_during_a_refresh_fails_the_refresh(s3_root, data, 
 
 @pytest.mark.parametrize("fault", ["altered", "missing"])
 def test_a_snapshot_with_an_altered_or_missing_file_is_never_served(
-    s3_root, data, tmp_path, monkeypatch, fault
+    store_root, data, tmp_path, monkeypatch, fault
 ):
     monkeypatch.setenv("META_EMBED_CACHE", str(tmp_path / "cache"))
-    ckpt = storage.join(s3_root, "models", "m1")
+    ckpt = storage.join(store_root, "models", "m1")
     _train(data, ckpt)
-    out = storage.join(s3_root, "root")
+    out = storage.join(store_root, "root")
     refresh(_config(data, ckpt, out, DAY1), FAST)
     cfg = ServingConfig(root=out, items=data / "items.parquet", reload_interval_s=0)
     good = load_state(cfg, Sources.read(cfg))
