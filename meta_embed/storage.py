@@ -34,6 +34,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from meta_embed.stores import GCSStore, S3Store, Store
+
 _S3_SETTINGS: dict[str, Any] = {}  # overrides of the environment's S3 settings (see `configure`)
 
 
@@ -78,163 +80,19 @@ def overrides() -> tuple[tuple[str, str], ...]:
     return tuple(sorted(_S3_SETTINGS.items()))
 
 
-class _S3:
-    """An S3 API (AWS, SeaweedFS, MinIO ...) through boto3. Versions are ETags."""
-
-    def __init__(self) -> None:
-        import boto3
-        from botocore.exceptions import ClientError
-
-        self.client, self.error = boto3.session.Session().client("s3", **_S3_SETTINGS), ClientError
-
-    def _code(self, err: Exception) -> str:
-        return getattr(err, "response", {}).get("Error", {}).get("Code", "")
-
-    def get(self, bucket: str, key: str) -> tuple[bytes, str]:
-        try:
-            got = self.client.get_object(Bucket=bucket, Key=key)
-        except self.error as err:
-            if self._code(err) in ("NoSuchKey", "404", "NotFound"):
-                raise FileNotFoundError(f"s3://{bucket}/{key}") from err
-            raise
-        return got["Body"].read(), got["ETag"]
-
-    def put(self, bucket: str, key: str, data: bytes) -> None:
-        self.client.put_object(Bucket=bucket, Key=key, Body=data)
-
-    def put_if(self, bucket: str, key: str, data: bytes, version: str | None) -> bool:
-        """Write only if the object is still at `version` (None: absent); False if it was not."""
-        condition = {"IfMatch": version} if version else {"IfNoneMatch": "*"}
-        try:
-            self.client.put_object(Bucket=bucket, Key=key, Body=data, **condition)
-        except self.error as err:
-            if self._code(err) in ("PreconditionFailed", "ConditionalRequestConflict", "412", "409"):
-                return False
-            raise
-        return True
-
-    def is_object(self, bucket: str, key: str) -> bool:
-        try:
-            self.client.head_object(Bucket=bucket, Key=key)
-            return True
-        except self.error as err:
-            if self._code(err) in ("NoSuchKey", "404", "NotFound"):
-                return False
-            raise
-
-    def keys(self, bucket: str, prefix: str) -> Iterator[tuple[str, int]]:
-        for page in self.client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
-            for obj in page.get("Contents", []):
-                yield obj["Key"], obj["Size"]
-
-    def children(self, bucket: str, prefix: str) -> set[str]:
-        names: set[str] = set()
-        pages = self.client.get_paginator("list_objects_v2").paginate(
-            Bucket=bucket, Prefix=prefix, Delimiter="/"
-        )
-        for page in pages:
-            names.update(o["Key"][len(prefix) :] for o in page.get("Contents", []))
-            names.update(p["Prefix"][len(prefix) :].rstrip("/") for p in page.get("CommonPrefixes", []))
-        return names
-
-    def delete(self, bucket: str, key: str, under: list[str]) -> None:
-        keys = [key] + [f"{key}/{rel}" for rel in under]
-        for start in range(0, len(keys), 1000):
-            batch = [{"Key": k} for k in keys[start : start + 1000]]
-            self.client.delete_objects(Bucket=bucket, Delete={"Objects": batch, "Quiet": True})
-        # a store with folders (SeaweedFS) keeps the empty ones: remove them too, deepest first
-        folders = {rel.rsplit("/", k)[0] for rel in under for k in range(1, rel.count("/") + 1)}
-        for folder in sorted(folders, key=lambda f: -f.count("/")) + [""]:
-            self.client.delete_object(Bucket=bucket, Key=f"{key}/{folder}/" if folder else f"{key}/")
-
-    def download(self, bucket: str, key: str, dest: Path) -> None:
-        self.client.download_file(bucket, key, str(dest))
-
-    def upload(self, src: Path, bucket: str, key: str) -> None:
-        self.client.upload_file(str(src), bucket, key)
+_STORES: dict[str, Store] = {}  # one client per scheme, made on first use
 
 
-class _GCS:
-    """Google Cloud Storage through google-cloud-storage. Versions are generations."""
-
-    def __init__(self) -> None:
-        from google.api_core import exceptions
-        from google.auth.exceptions import DefaultCredentialsError
-        from google.cloud import storage as gcs
-
-        try:
-            self.client = gcs.Client()
-        except DefaultCredentialsError as err:
-            raise RuntimeError(
-                f"gs://: no Google Cloud credentials ({err}); run `gcloud auth application-default "
-                "login`, set GOOGLE_APPLICATION_CREDENTIALS, or STORAGE_EMULATOR_HOST for an emulator"
-            ) from err
-        self.missing, self.lost = exceptions.NotFound, exceptions.PreconditionFailed
-
-    def _blob(self, bucket: str, key: str) -> Any:
-        return self.client.bucket(bucket).blob(key)
-
-    def get(self, bucket: str, key: str) -> tuple[bytes, str]:
-        blob = self.client.bucket(bucket).get_blob(key)
-        if blob is None:
-            raise FileNotFoundError(f"gs://{bucket}/{key}")
-        generation = blob.generation  # (a download refreshes the blob's properties)
-        try:  # the bytes of the generation whose number is returned, not a newer one
-            return blob.download_as_bytes(if_generation_match=generation), str(generation)
-        except (self.missing, self.lost) as err:
-            raise FileNotFoundError(f"gs://{bucket}/{key}: replaced or deleted while read") from err
-
-    def put(self, bucket: str, key: str, data: bytes) -> None:
-        self._blob(bucket, key).upload_from_string(data)
-
-    def put_if(self, bucket: str, key: str, data: bytes, version: str | None) -> bool:
-        """Write only if the object is still at `version` (None: absent); False if it was not."""
-        try:
-            self._blob(bucket, key).upload_from_string(data, if_generation_match=int(version or 0))
-        except self.lost:
-            return False
-        return True
-
-    def is_object(self, bucket: str, key: str) -> bool:
-        return bool(key) and self._blob(bucket, key).exists()
-
-    def keys(self, bucket: str, prefix: str) -> Iterator[tuple[str, int]]:
-        for blob in self.client.list_blobs(bucket, prefix=prefix):
-            yield blob.name, blob.size
-
-    def children(self, bucket: str, prefix: str) -> set[str]:
-        listing = self.client.list_blobs(bucket, prefix=prefix, delimiter="/")
-        names = {blob.name[len(prefix) :] for blob in listing}  # the prefixes are known once read
-        return names | {p[len(prefix) :].rstrip("/") for p in listing.prefixes}
-
-    def delete(self, bucket: str, key: str, under: list[str]) -> None:
-        for name in [f"{key}/{rel}" for rel in under] + ([key] if self.is_object(bucket, key) else []):
-            try:
-                self._blob(bucket, name).delete()
-            except self.missing:  # deleted by another cleaner meanwhile
-                pass
-
-    def download(self, bucket: str, key: str, dest: Path) -> None:
-        self._blob(bucket, key).download_to_filename(str(dest))
-
-    def upload(self, src: Path, bucket: str, key: str) -> None:
-        self._blob(bucket, key).upload_from_filename(str(src))
-
-
-_BACKENDS = {"s3": _S3, "gs": _GCS}
-_STORES: dict[str, Any] = {}  # one client per scheme, made on first use
-
-
-def _locate(url: str | Path) -> tuple[Any, str, str]:
+def _locate(url: str | Path) -> tuple[Store, str, str]:
     """The backend of `url`'s scheme, its bucket and its key (no trailing slash)."""
     scheme, _, rest = str(url).partition("://")
-    if scheme not in _BACKENDS:
+    if scheme not in ("s3", "gs"):
         raise ValueError(
             f"{url}: only local paths, s3:// and gs:// URLs are supported for snapshots, checkpoints "
             "and indexes (Beam reads the refresh's inputs from any scheme it knows)"
         )
     if scheme not in _STORES:
-        _STORES[scheme] = _BACKENDS[scheme]()
+        _STORES[scheme] = S3Store(_S3_SETTINGS) if scheme == "s3" else GCSStore()
     bucket, _, key = rest.partition("/")
     return _STORES[scheme], bucket, key.rstrip("/")
 

@@ -22,6 +22,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from meta_embed import storage
+
 TS_TYPE = pa.timestamp("us", tz="UTC")
 
 INTERACTIONS = pa.schema(
@@ -211,15 +213,15 @@ def write_dead_letter(rows: pa.Table | Iterable[Mapping[str, Any]], path: str | 
     return write_table(table.select(DEAD_LETTER.names), path, DEAD_LETTER)
 
 
-def data_table(folder: str | os.PathLike[str], name: str) -> Path:
+def data_table(folder: str | os.PathLike[str], name: str) -> Path | str:
     """Table `name` of a prepared data folder: `name.parquet` (as `data prepare` writes it)
-    or the shard folder `name/` (as `data synth` writes interactions)."""
-    base = Path(folder)
-    for candidate in (base / f"{name}.parquet", base / name):
-        if candidate.exists():
-            return candidate
+    or the shard folder `name/` (as `data synth` writes interactions). A folder on an
+    object store gives the table's URL."""
+    for candidate in (storage.join(folder, f"{name}.parquet"), storage.join(folder, name)):
+        if storage.exists(candidate):
+            return candidate if storage.is_remote(candidate) else Path(candidate)
     raise FileNotFoundError(
-        f"{base}: holds neither {name}.parquet nor {name}/; create the folder with "
+        f"{folder}: holds neither {name}.parquet nor {name}/; create the folder with "
         "`meta-embed data prepare` or `meta-embed data synth`, or pass the table's path"
     )
 

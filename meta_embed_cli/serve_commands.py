@@ -27,7 +27,6 @@ SERVE_EPILOG = examples(
     "if its model_version changed, to the checkpoint named by the manifest or ROOT/MODEL).",
 )
 
-PATH = click.Path(path_type=Path)
 CONFIG_FLAGS = {
     "reload_interval_s": "--reload-interval",
     "max_age_s": "--max-age (hours)",
@@ -50,8 +49,8 @@ def _inputs(f: Any) -> Any:
                 help="checkpoint (a path or an s3:// or gs:// URL) used when neither the manifest's "
                 "'checkpoint' key nor ROOT/MODEL names one with the snapshot's model_version",
             ),
-            option("--items", type=PATH, required=True, help="items table (Parquet file or directory)"),
-            option("--users", type=PATH, help="users table: cold users get zero-step embeddings from it"),
+            option("--items", required=True, help="items table: Parquet file or directory, or a file's URL"),
+            option("--users", help="users table (as --items): cold users get zero-step embeddings from it"),
             option(
                 "--fp16", is_flag=True, help="store embeddings as float16 (half the memory; see docs/api.md)"
             ),
@@ -98,8 +97,8 @@ def _inputs(f: Any) -> Any:
 def serving_config(
     root: Path | str,
     checkpoint: Path | str | None,
-    items: Path,
-    users: Path | None,
+    items: Path | str,
+    users: Path | str | None,
     fp16: bool,
     threads: int,
     exact_below: int,

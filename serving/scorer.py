@@ -27,6 +27,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
+from meta_embed import storage
 from meta_embed.checkpoint import Checkpoint
 from meta_embed.features import Column, default_row, encode, encode_with_default
 from meta_embed.inference import catalog_vectors, user_inputs, zero_step
@@ -43,9 +44,10 @@ class ContextError(ValueError):
     """A request's context does not fit the model's context columns."""
 
 
-def read_features(path: Path, kind: str) -> pa.Table:
-    """Read the items or users table (a Parquet file or directory) and check its schema."""
-    table = pq.read_table(path)
+def read_features(path: Path | str, kind: str) -> pa.Table:
+    """Read the items or users table (a Parquet file or directory, or one file on an object
+    store) and check its schema."""
+    table = pq.read_table(pa.BufferReader(storage.read_bytes(path)) if storage.is_remote(path) else path)
     check_schema(table.schema, ITEMS if kind == "items" else USERS, str(path))
     return table
 

@@ -64,9 +64,9 @@ class ServingConfig:
     """
 
     root: Path | str  # a local directory, or a URL served from a local mirror (serving/mirror.py)
-    items: Path
+    items: Path | str  # a Parquet file or directory, or the URL of one file
     checkpoint: Path | str | None = None  # a path, or an s3:// or gs:// URL
-    users: Path | None = None
+    users: Path | str | None = None
     max_age_s: float = 2 * 24 * 3600.0
     fp16: bool = False
     threads: int = 1
@@ -87,7 +87,7 @@ class ServingConfig:
             if (
                 value is not None
                 and not isinstance(value, Path)
-                and "://" not in str(value)  # an object-store root or checkpoint stays a URL
+                and "://" not in str(value)  # a URL stays a URL
             ):
                 object.__setattr__(self, name, Path(value))
         if isinstance(self.index, dict):
