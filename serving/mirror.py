@@ -1,14 +1,15 @@
 """Serving from an object store: a local mirror of the snapshot CURRENT names.
 
 `local_root(root)` gives the directory serving reads. For a local root that is the root.
-For an object-store root (s3://, gs://) it is a mirror in the local cache (`storage.cache_dir()/roots/HASH`):
-the snapshot CURRENT names is copied there (manifest first, then each data file, checked
-against the manifest's bytes and sha256: a missing or altered file is refused and the
-snapshot never served), with its built indexes (checked against their meta.json when a
-server opens them, serving/cache.py); then the mirror's own CURRENT is written. Older
-mirrored snapshots are removed, but the one before, which a running server may still be
-swapping away from. `publish_indexes` uploads indexes built in a mirror, meta.json last,
-so the next server copies them instead of building them.
+For an object-store root (s3://, gs://) it is a mirror in the local cache
+(`storage.cache_dir()/roots/HASH`): the snapshot CURRENT names is copied there (manifest
+first, then each data file, checked against the manifest's bytes and sha256: a missing
+or altered file is refused and the snapshot never served), with its built indexes
+(checked against their meta.json when a server opens them, serving/cache.py); then the
+mirror's own CURRENT is written. Older mirrored snapshots are removed, but the one
+before, which a running server may still be swapping away from. `publish_indexes`
+uploads indexes built in a mirror, meta.json last, so the next server copies them
+instead of building them.
 """
 
 from __future__ import annotations

@@ -160,3 +160,9 @@ def gs_root(gs_endpoint: str, monkeypatch: pytest.MonkeyPatch) -> str:
     bucket = f"test-{uuid.uuid4().hex[:12]}"
     _gcs_client(gs_endpoint).create_bucket(bucket)
     return f"gs://{bucket}/root"
+
+
+def root_on(where: str, request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A fresh root: a local folder (`local`), or a new bucket on the S3 server (`s3`) or the
+    GCS emulator (`gs`)."""
+    return str(tmp_path / "root") if where == "local" else request.getfixturevalue(f"{where}_root")

@@ -39,7 +39,7 @@ from pipeline.training.training_config import TrainJobConfig
 from serving.app import create_app
 from serving.serving_config import ServingConfig
 from serving.state import Sources, load_state
-from tests.servers import free_port, stop
+from tests.servers import free_port, root_on, stop
 
 REPO = Path(__file__).resolve().parents[1]
 FAST = ["--direct_running_mode=in_memory", "--direct_num_workers=1"]
@@ -133,10 +133,8 @@ class Served:
         stop(self.proc)
 
 
-@pytest.mark.parametrize("scheme", ["s3", "gs"])
-def test_the_journey_on_an_object_store_equals_the_local_one(scheme, request, data, tmp_path, capsys,
-                                                             monkeypatch):  # fmt: skip
-    root = request.getfixturevalue(f"{scheme}_root")
+def test_the_journey_on_an_object_store_equals_the_local_one(store_root, data, tmp_path, capsys, monkeypatch):
+    root = store_root
     monkeypatch.setenv("META_EMBED_CACHE", str(tmp_path / "cache"))
     remote_data = storage.join(root, "data")
     storage.upload(data, remote_data, last=("config.json",))  # prepared data on the store too
@@ -253,11 +251,7 @@ def _staged(root: str, meta: snapshot.SnapshotMeta, run: str, seed: int) -> tupl
 
 @pytest.fixture(params=["local", "s3", "gs"])
 def any_root(request, tmp_path) -> str:
-    return (
-        str(tmp_path / "root")
-        if request.param == "local"
-        else request.getfixturevalue(f"{request.param}_root")
-    )
+    return root_on(request.param, request, tmp_path)
 
 
 def test_two_publishers_at_once_one_wins_the_other_is_refused(any_root):

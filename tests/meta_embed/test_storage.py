@@ -8,15 +8,12 @@ import threading
 import pytest
 
 from meta_embed import storage
+from tests.servers import root_on
 
 
 @pytest.fixture(params=["local", "s3", "gs"])
 def root(request, tmp_path) -> str:
-    return (
-        str(tmp_path / "root")
-        if request.param == "local"
-        else request.getfixturevalue(f"{request.param}_root")
-    )
+    return root_on(request.param, request, tmp_path)
 
 
 def test_write_read_list_delete(root):
@@ -53,7 +50,7 @@ def test_swap_writes_only_over_what_the_writer_read(root):
 
 @pytest.mark.parametrize("where", ["local", "s3"])  # the GCS emulator ignores ifGenerationMatch
 def test_concurrent_swaps_from_the_same_state_one_wins(where, request, tmp_path):
-    root = str(tmp_path / "root") if where == "local" else request.getfixturevalue("s3_root")
+    root = root_on(where, request, tmp_path)
     path = storage.join(root, "CURRENT")
     storage.swap(path, b"base\n", None)
     results: list[str] = []
