@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 DELETE_THREADS = 16  # GCS deletes one object per request (a snapshot has a part per bucket)
+READ_TRIES = 5  # a GCS read retried when the object is replaced between metadata and bytes
 
 
 class Store(Protocol):
@@ -138,14 +139,16 @@ class GCSStore:
         return self.client.bucket(bucket).blob(key)
 
     def get(self, bucket: str, key: str) -> tuple[bytes, str]:
-        blob = self.client.bucket(bucket).get_blob(key)
-        if blob is None:
-            raise FileNotFoundError(f"gs://{bucket}/{key}")
-        generation = blob.generation  # (a download refreshes the blob's properties)
-        try:  # the bytes of the generation whose number is returned, not a newer one
-            return blob.download_as_bytes(if_generation_match=generation), str(generation)
-        except (self.missing, self.lost) as err:
-            raise FileNotFoundError(f"gs://{bucket}/{key}: replaced or deleted while read") from err
+        for _ in range(READ_TRIES):
+            blob = self.client.bucket(bucket).get_blob(key)
+            if blob is None:
+                raise FileNotFoundError(f"gs://{bucket}/{key}")
+            generation = blob.generation  # (a download refreshes the blob's properties)
+            try:  # the bytes of the generation whose number is returned, not a newer one
+                return blob.download_as_bytes(if_generation_match=generation), str(generation)
+            except (self.missing, self.lost):
+                continue  # replaced between its metadata and its bytes: read the new one
+        raise RuntimeError(f"gs://{bucket}/{key}: replaced {READ_TRIES} times while being read; try again")
 
     def put(self, bucket: str, key: str, data: bytes) -> None:
         self._blob(bucket, key).upload_from_string(data)
