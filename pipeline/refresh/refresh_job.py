@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import datetime as dt
+import re
 import tempfile
 import time
 import uuid
@@ -157,10 +158,26 @@ def _metrics(result: beam.runners.runner.PipelineResult) -> dict[str, int]:
     return out
 
 
+class PipelineFailed(ValueError):
+    """A step failed on a worker; the message is the worker's own error."""
+
+
+def _worker_error(err: Exception) -> str:
+    """The last `Name: message` line of a runner's error, which carries the failed worker's
+    traceback as text (the first such line is the runner's own wrapper)."""
+    lines = [line for line in str(err).splitlines() if re.match(r"[A-Za-z_][\w.]*: ", line)]
+    return lines[-1] if lines else f"{type(err).__name__}: {err}"
+
+
 def _run(p: beam.Pipeline, transform: RefreshSnapshot) -> dict[str, int]:
     _ = p | "RefreshSnapshot" >> transform
-    result = p.run()
-    state = result.wait_until_finish()
+    try:
+        result = p.run()
+        state = result.wait_until_finish()
+    except (ValueError, OSError):
+        raise  # an in-process runner raises the step's own error
+    except Exception as err:  # a worker process's error, as text in the runner's
+        raise PipelineFailed(f"a refresh worker failed: {_worker_error(err)}; nothing was published") from err
     if state != PipelineState.DONE:
         raise RuntimeError(f"refresh pipeline ended in state {state}; nothing was published")
     return _metrics(result)

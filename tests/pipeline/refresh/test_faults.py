@@ -151,13 +151,19 @@ def test_an_edited_checkpoint_is_refused_before_any_work(ds):
     assert nothing_written(ds)
 
 
-def test_duplicate_user_ids_are_refused_and_nothing_is_published(ds):
+@pytest.mark.parametrize("processes", [False, True])
+def test_duplicate_user_ids_are_refused_and_nothing_is_published(ds, processes):
     """Checked per bucket by the workers (both rows of an id land in one bucket), not by the
-    launcher, which reads no column per user."""
+    launcher, which reads no column per user. From a worker process the error comes back as
+    the worker's own message, not the runner's wrapped traceback."""
     users = pq.read_table(ds.users)
     pq.write_table(pa.concat_tables([users, users.slice(5, 1)]), ds.users)
-    with pytest.raises(ValueError, match=r"users\.parquet: 'user_id': id 'u005' appears more than once"):
-        refresh(config(ds), FAST)
+    says = r"users\.parquet: 'user_id': id 'u005' appears more than once"
+    if processes:
+        says = r"^a refresh worker failed: ValueError: .*" + says + r".*; nothing was published$"
+    runner = ["--direct_running_mode=multi_processing", "--direct_num_workers=1"] if processes else FAST
+    with pytest.raises(ValueError, match=says):
+        refresh(config(ds), runner)
     assert nothing_written(ds)
 
 
