@@ -53,7 +53,7 @@ import uvloop
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from meta_embed import checkpoint, snapshot  # noqa: E402
+from meta_embed import checkpoint, publishing, snapshot  # noqa: E402
 from meta_embed.config import MamlConfig, ModelConfig  # noqa: E402
 from meta_embed.features import encode, fit_spec, movielens_template  # noqa: E402
 from meta_embed.model import TwoBlockModel  # noqa: E402
@@ -126,10 +126,10 @@ def make_world(base: Path, n_users: int, items: pa.Table, seed: int = 0) -> Serv
         rng.integers(1, 50, n_users),
         np.full(n_users, int(AS_OF.timestamp() * 1e6), np.int64),
     )
-    staged = snapshot.staging_dir(base / "snapshots", meta, "bench")
-    shards = [snapshot.write_part(table, staged, 0)]
+    staged = publishing.staging_dir(base / "snapshots", meta, "bench")
+    shards = [publishing.write_part(table, staged, 0)]
     manifest = {"counts": {"users": n_users}, "checkpoint": str(base / "ckpt")}
-    snapshot.publish(base / "snapshots", staged, meta, manifest, shards)
+    publishing.publish(base / "snapshots", staged, meta, manifest, shards)
     return ServingConfig(
         root=base / "snapshots",
         items=base / "items.parquet",

@@ -26,7 +26,7 @@ import pyarrow.parquet as pq
 import pytest
 from fastapi.testclient import TestClient
 
-from meta_embed import snapshot, storage
+from meta_embed import publishing, snapshot, storage
 from meta_embed.config import MamlConfig, ModelConfig, TrainConfig
 from meta_embed.tables import data_table
 from meta_embed_cli.main import main
@@ -207,11 +207,11 @@ def test_the_journey_on_an_object_store_equals_the_local_one(store_root, data, t
 
 KILL_BEFORE_CURRENT = """
 import os, signal, sys
-from meta_embed import snapshot
+from meta_embed import publishing
 from meta_embed_cli.main import main
 def killed(*args, **kwargs):
     os.kill(os.getpid(), signal.SIGKILL)
-snapshot.set_current = killed
+publishing.set_current = killed
 sys.exit(main(sys.argv[1:]))
 """
 
@@ -239,14 +239,16 @@ def test_a_refresh_killed_before_current_changes_nothing_and_the_rerun_publishes
     assert snapshot.current_name(out) == left[0]
 
 
-def _staged(root: str, meta: snapshot.SnapshotMeta, run: str, seed: int) -> tuple[str, list[snapshot.Shard]]:
+def _staged(
+    root: str, meta: snapshot.SnapshotMeta, run: str, seed: int
+) -> tuple[str, list[publishing.Shard]]:
     rng = np.random.default_rng(seed)
     ts = np.full(5, int(meta.as_of.timestamp() * 1e6) - 1)
     table = snapshot.to_table(
         meta, [f"u{k}" for k in range(5)], rng.normal(size=(5, meta.dim)), np.full(5, 2), ts
     )
-    staged = snapshot.staging_dir(root, meta, f"20210102T000000-{run}")
-    return staged, [snapshot.write_part(table, staged, 0)]
+    staged = publishing.staging_dir(root, meta, f"20210102T000000-{run}")
+    return staged, [publishing.write_part(table, staged, 0)]
 
 
 @pytest.fixture(params=["local", "s3", "gs"])
@@ -257,14 +259,14 @@ def any_root(request, tmp_path) -> str:
 def test_two_publishers_at_once_one_wins_the_other_is_refused(any_root):
     meta = snapshot.SnapshotMeta("v1", "h", "activation", 4, DAY1)
     base_dir, base = _staged(any_root, meta, "base0000", 0)
-    snapshot.publish(any_root, base_dir, meta, {"counts": {"users": 5}}, base)
+    publishing.publish(any_root, base_dir, meta, {"counts": {"users": 5}}, base)
     start = snapshot.current_name(any_root)
     later = dataclasses.replace(meta, as_of=DAY2)
     a_dir, a = _staged(any_root, later, "aaaaaaaa", 1)
     b_dir, b = _staged(any_root, later, "bbbbbbbb", 2)
-    won = snapshot.publish(any_root, a_dir, later, {"counts": {"users": 5}}, a, expect=start)
+    won = publishing.publish(any_root, a_dir, later, {"counts": {"users": 5}}, a, expect=start)
     with pytest.raises(snapshot.SnapshotError, match="another publisher moved CURRENT"):
-        snapshot.publish(any_root, b_dir, later, {"counts": {"users": 5}}, b, expect=start)
+        publishing.publish(any_root, b_dir, later, {"counts": {"users": 5}}, b, expect=start)
     assert snapshot.current_name(any_root) == storage.basename(won)
     assert snapshot.published(any_root) == sorted([start, storage.basename(won)])  # the loser left nothing
 
@@ -276,14 +278,14 @@ def test_retention_on_an_object_store_keeps_the_newest_and_drops_dead_prefixes(s
         staged, shards = _staged(store_root, meta, f"run{day:05d}", day)
         if day == 2:  # a run killed before its manifest, then overtaken: it can never publish
             storage.write_bytes(
-                storage.join(snapshot.staging_dir(store_root, meta, "20210102T000000-dead0000"), "x"), b""
+                storage.join(publishing.staging_dir(store_root, meta, "20210102T000000-dead0000"), "x"), b""
             )
         names.append(
             storage.basename(
-                snapshot.publish(store_root, staged, meta, {"counts": {"users": 5}}, shards, keep=2)
+                publishing.publish(store_root, staged, meta, {"counts": {"users": 5}}, shards, keep=2)
             )
         )
-    running = snapshot.staging_dir(
+    running = publishing.staging_dir(
         store_root, dataclasses.replace(meta, as_of=DAY1 + dt.timedelta(days=9)), "x-live0000"
     )
     storage.write_bytes(storage.join(running, "part-00000.parquet"), b"in progress")
@@ -306,7 +308,7 @@ def test_a_concurrent_publish_during_a_refresh_fails_the_refresh(store_root, dat
 
     def meanwhile(staged: str):  # another publisher finishes while this run finalizes
         staged_other, shards = _staged(out, other, "othr0000", 3)
-        snapshot.publish(out, staged_other, other, {"counts": {"users": 5}}, shards)
+        publishing.publish(out, staged_other, other, {"counts": {"users": 5}}, shards)
         return read_shards(staged)
 
     monkeypatch.setattr(finalize, "read_shards", meanwhile)

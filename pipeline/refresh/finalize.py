@@ -1,10 +1,10 @@
 """The refresh job's launcher-side steps around the Beam pipeline: choosing what an
 incremental run may carry forward, and finalizing a run (merge dead letters, check the
 writers' shard summaries against the pipeline's own counts, write the manifest, publish
-through `meta_embed.snapshot.publish`, prune old snapshots).
+through `meta_embed.publishing.publish`, prune old snapshots).
 
 Finalizing reads one small file per run, `_shards.json` (the pipeline gathers every
-writer's `snapshot.Shard` into it), never a row: its work grows with the shards, not
+writer's `publishing.Shard` into it), never a row: its work grows with the shards, not
 with the users.
 """
 
@@ -17,7 +17,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from meta_embed import snapshot, storage
+from meta_embed import publishing, snapshot, storage
 from meta_embed.tables import DEAD_LETTER
 
 DEAD_LETTER_FILE = "dead_letter.parquet"
@@ -74,16 +74,16 @@ def merge_dead_letters(staged: str) -> int:
     if parts:
         table = pa.concat_tables([pq.read_table(pa.BufferReader(storage.read_bytes(p))) for p in parts])
         table = table.sort_by([("source", "ascending"), ("row", "ascending")])
-        storage.write_bytes(storage.join(staged, DEAD_LETTER_FILE), snapshot.parquet_bytes(table))
+        storage.write_bytes(storage.join(staged, DEAD_LETTER_FILE), publishing.parquet_bytes(table))
         storage.delete_tree(parts_dir)
     return table.num_rows
 
 
 def check_shards(
-    shards: list[snapshot.Shard], counts: dict[str, int], max_support: int, cold_users: bool
+    shards: list[publishing.Shard], counts: dict[str, int], max_support: int, cold_users: bool
 ) -> None:
     """Refuse a run whose shard summaries disagree with what the pipeline counted or with the
-    run's bounds (`snapshot.check_shards` then checks what any snapshot must satisfy)."""
+    run's bounds (`publishing.check_shards` then checks what any snapshot must satisfy)."""
     if counts.get("users_nonfinite"):
         raise snapshot.SnapshotError(
             f"{counts['users_nonfinite']} users got non-finite (NaN or inf) embeddings; nothing was "
@@ -114,10 +114,10 @@ def check_shards(
         raise snapshot.SnapshotError("last_event_ts must be set exactly for the users with events")
 
 
-def read_shards(staged: str) -> list[snapshot.Shard]:
+def read_shards(staged: str) -> list[publishing.Shard]:
     """The writers' summaries the pipeline gathered into staged/_shards.json (then removed)."""
     path = storage.join(staged, SHARDS)
-    shards = [snapshot.Shard.from_dict(d) for d in json.loads(storage.read_bytes(path))]
+    shards = [publishing.Shard.from_dict(d) for d in json.loads(storage.read_bytes(path))]
     storage.delete_tree(path)
     return shards
 
@@ -147,4 +147,4 @@ def finalize(
         if counts["users"] != expected:
             raise snapshot.SnapshotError(f"snapshot has {counts['users']} users, expected {expected}")
     manifest = dict(manifest) | {"counts": counts}
-    return snapshot.publish(root, staged, meta, manifest, shards, keep=keep, expect=expect)
+    return publishing.publish(root, staged, meta, manifest, shards, keep=keep, expect=expect)

@@ -39,7 +39,7 @@ from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.options.pipeline_options import S3Options
 from apache_beam.runners.runner import PipelineState
 
-from meta_embed import snapshot, storage
+from meta_embed import publishing, snapshot, storage
 from meta_embed.config import to_dict, write_config
 from meta_embed.devices import resolve_device
 from meta_embed.flags import flag_specs
@@ -232,7 +232,7 @@ def refresh(
         runners.limit_heap_retention()
         resolve_device(cfg.device)  # local workers are this machine: refuse a missing CUDA before the run
     run_id = f"{dt.datetime.now(dt.UTC):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:8]}"
-    staged = snapshot.staging_dir(cfg.out, plan.meta, run_id)
+    staged = publishing.staging_dir(cfg.out, plan.meta, run_id)
     spill = None
     if cfg.shuffle == "files" or (cfg.shuffle == "auto" and local):  # local workers spill to local disk
         remote = storage.is_remote(staged)

@@ -1,5 +1,5 @@
 """The refresh job's writers: the snapshot's data files with their summaries
-(`snapshot.Shard`), the list of summaries the launcher finalizes from (`_shards.json`),
+(`publishing.Shard`), the list of summaries the launcher finalizes from (`_shards.json`),
 and the dead letters. They write through `meta_embed.storage`, with the launcher's
 s3:// settings.
 """
@@ -15,7 +15,7 @@ import numpy as np
 import pyarrow as pa
 from apache_beam.io.filesystems import FileSystems
 
-from meta_embed import snapshot, storage
+from meta_embed import publishing, snapshot, storage
 from pipeline.refresh.arrow import bucket_of
 from pipeline.refresh.transforms import counter, ms_since
 
@@ -24,7 +24,7 @@ def write_parquet(table: pa.Table, path: str) -> bytes:
     """Write a Parquet file; returns the bytes written. Locally through Beam's FileSystems, a
     temp name then a rename; on an object store one PUT (`storage.write_bytes`), atomic by
     itself (Beam's S3 writer makes a multipart upload of every file: 10x slower here)."""
-    data = snapshot.parquet_bytes(table)
+    data = publishing.parquet_bytes(table)
     if storage.is_remote(path):
         storage.write_bytes(path, data)
         return data
@@ -50,7 +50,7 @@ class StoreWriter(beam.DoFn):
 
 
 class WriteParts(StoreWriter):
-    """(bucket, rows) -> DIR/part-BUCKET.parquet, and its `snapshot.Shard` summary (as a dict);
+    """(bucket, rows) -> DIR/part-BUCKET.parquet, and its `publishing.Shard` summary (as a dict);
     a retried bucket overwrites its own file. The summary counts rows outside the bucket."""
 
     def __init__(self, directory: str, meta: snapshot.SnapshotMeta, buckets: int, s3: tuple = ()):
@@ -64,7 +64,7 @@ class WriteParts(StoreWriter):
             name = f"part-{bucket:05d}.parquet"
             data = write_parquet(rows, storage.join(self.directory, name))
             misplaced = int((bucket_of(rows.column("user_id"), self.buckets) != bucket).sum())
-            yield snapshot.summarize(rows, name, data, self.meta, misplaced).to_dict()
+            yield publishing.summarize(rows, name, data, self.meta, misplaced).to_dict()
             counter("rows_written").inc(rows.num_rows)
             counter("write_ms").inc(ms_since(start))
 

@@ -14,7 +14,7 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-from meta_embed import checkpoint, snapshot
+from meta_embed import checkpoint, publishing, snapshot
 from meta_embed.config import MamlConfig, ModelConfig
 from meta_embed.features import Column, FeatureSpec, encode, take
 from meta_embed.maml import adapt
@@ -147,9 +147,9 @@ def publish(
         np.full(n, int(as_of.timestamp() * 1e6) - 3_600_000_000, dtype=np.int64),
         None if seen is None else pa.array(seen, pa.list_(pa.string())),
     )
-    staged = snapshot.staging_dir(root, meta, run_id)
-    shards = [snapshot.write_part(table, staged, 0)]
-    return Path(snapshot.publish(root, staged, meta, {"counts": {"users": n}} | (manifest or {}), shards))
+    staged = publishing.staging_dir(root, meta, run_id)
+    shards = [publishing.write_part(table, staged, 0)]
+    return Path(publishing.publish(root, staged, meta, {"counts": {"users": n}} | (manifest or {}), shards))
 
 
 def build_world(

@@ -12,7 +12,7 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from meta_embed import checkpoint, snapshot
+from meta_embed import checkpoint, publishing, snapshot
 from meta_embed.checkpoint import CheckpointError
 from meta_embed.tables import CorruptInputError, SchemaError
 from pipeline.refresh.refresh_config import RefreshConfig
@@ -104,12 +104,12 @@ def test_finalize_refuses_shards_that_disagree_with_the_counters_or_the_format()
         table = snapshot.to_table(
             meta, ids, np.asarray(emb, np.float32), np.array(support), pa.array(ts, pa.int64()).cast(TS_TYPE)
         )
-        return snapshot.summarize(table, file, snapshot.parquet_bytes(table), meta)
+        return publishing.summarize(table, file, publishing.parquet_bytes(table), meta)
 
     good = shard(["a", "b"], np.zeros((2, 2)), [3, 0], [1_000_000, None])
     ok = {"users_with_events": 1, "users_adapted": 1, "users_zero_step": 1, "users_carried_forward": 0}
     check_shards([good], ok, 10, cold_users=True)
-    snapshot.check_shards([good], meta, expected_users=2)
+    publishing.check_shards([good], meta, expected_users=2)
     with pytest.raises(snapshot.SnapshotError, match="counted 2"):
         check_shards([good], ok | {"users_with_events": 2}, 10, cold_users=True)
     with pytest.raises(snapshot.SnapshotError, match="adapt emitted 3"):
@@ -132,13 +132,13 @@ def test_finalize_refuses_shards_that_disagree_with_the_counters_or_the_format()
     }
     for message, bad in refused.items():
         with pytest.raises(snapshot.SnapshotError, match=message):
-            snapshot.check_shards([bad], meta, expected_users=3 if bad is good else None)
+            publishing.check_shards([bad], meta, expected_users=3 if bad is good else None)
     with pytest.raises(snapshot.SnapshotError, match="more than one row"):
-        snapshot.check_shards([dataclasses.replace(good, misplaced=1)], meta)
+        publishing.check_shards([dataclasses.replace(good, misplaced=1)], meta)
     with pytest.raises(snapshot.SnapshotError, match="same file"):
-        snapshot.check_shards([good, good], meta)
+        publishing.check_shards([good, good], meta)
     with pytest.raises(snapshot.SnapshotError, match="model_version"):
-        snapshot.check_shards([good], dataclasses.replace(meta, model_version="v2"))
+        publishing.check_shards([good], dataclasses.replace(meta, model_version="v2"))
 
 
 def test_an_edited_checkpoint_is_refused_before_any_work(ds):
@@ -220,6 +220,6 @@ def test_a_refresh_older_than_current_is_refused_and_current_stays(ds):
     assert snapshot.current_name(out) == second and not any((out / "staging").glob("*"))
     older = snapshot.SnapshotMeta("v", "h", "activation", 4, AS_OF - dt.timedelta(days=1))
     with pytest.raises(snapshot.SnapshotError, match="newer than"):
-        snapshot.publish(out, snapshot.staging_dir(out, older, "overlapping-run"), older, {}, [])
+        publishing.publish(out, publishing.staging_dir(out, older, "overlapping-run"), older, {}, [])
     assert snapshot.current_name(out) == second
     assert snapshot.rollback(out) == first and snapshot.current_name(out) == first
