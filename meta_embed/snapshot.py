@@ -206,14 +206,19 @@ def current_name(root: str | Path) -> str | None:
         return None
 
 
-def current_dir(root: str | Path) -> Path:
-    """The local directory of the snapshot CURRENT names (serving reads local roots)."""
+def require_current(root: str | Path) -> str:
+    """The name CURRENT holds; refuses a root where nothing was published yet."""
     name = current_name(root)
     if name is None:
         raise SnapshotError(
             f"{root}: no {CURRENT} pointer; run `meta-embed refresh` to publish a snapshot first"
         )
-    return Path(root) / "snapshots" / name
+    return name
+
+
+def current_dir(root: str | Path) -> Path:
+    """The local directory of the snapshot CURRENT names (serving reads local roots)."""
+    return Path(root) / "snapshots" / require_current(root)
 
 
 def published(root: str | Path) -> list[str]:

@@ -32,11 +32,7 @@ def local_root(root: Path | str) -> Path:
     if not storage.is_remote(root):
         return Path(root)
     mirror = storage.cache_dir() / "roots" / hashlib.sha256(str(root).encode()).hexdigest()[:16]
-    name = snapshot.current_name(root)
-    if name is None:
-        raise snapshot.SnapshotError(
-            f"{root}: no {snapshot.CURRENT} pointer; run `meta-embed refresh` to publish a snapshot first"
-        )
+    name = snapshot.require_current(root)
     if snapshot.current_name(mirror) != name:
         _copy_snapshot(str(root), name, mirror)
         storage.write_text(mirror / snapshot.CURRENT, name + "\n")
